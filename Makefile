@@ -1,0 +1,30 @@
+# Two commands: `make demo` compiles the embedded example, `make test` runs the test suite.
+# Both create .venv and install pinned dependencies on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/adl compile examples/digits_fixed.adl -o build/digits_fixed
+	$(BIN)/adl data examples/digits_fixed.adl --split test -o build/digits_fixed.test.npz
+	$(BIN)/adl run build/digits_fixed --input build/digits_fixed.test.npz
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from adl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""The `lower` pass: the trained PyTorch model -> a TVM library, verified and measured.
+
+Verification is part of lowering: the library's outputs on the test split must agree
+with the PyTorch model, and its accuracy, batch-1 latency and file size are measured on
+this machine into the module's metrics (and from there into the manifest and the budgets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from adl.compiler.module import Module
+from adl.compiler.options import Option
+from adl.compiler.passes import Pass, PassContext, PassError
+
+
+class LowerPass(Pass):
+    name = "lower"
+    summary = "lower through TVM Relax to a shared library; verify it against PyTorch; measure it"
+    options = (
+        Option("repeats", "int", 50, "timed batch-1 runs for the latency median", low=10),
+        Option("warmup", "int", 10, "untimed runs before timing", low=0),
+        Option("tolerance", "float", 1e-4, "max abs difference allowed between library and PyTorch outputs",
+               low=0.0),
+    )
+    requires = ("model",)
+    ensures = ("library",)
+
+    def run(self, module: Module, ctx: PassContext) -> Module:
+        import numpy as np
+
+        from adl.backends.runtime import CompiledLibrary
+        from adl.backends.tvm.build import LoweringError, build_library, max_abs_difference
+
+        dataset = ctx.dataset()
+        path = ctx.output_dir() / "model.so"
+        target = ctx.spec.target.tvm_target()
+        with ctx.progress.task("lower", total=3) as bar:
+            try:
+                info = build_library(module.model, dataset.x_test[:1], target, path)
+            except LoweringError as err:
+                raise PassError(str(err)) from err
+            bar.advance(1, step="built")
+            difference = max_abs_difference(module.model, path, dataset.x_test)
+            if not difference <= self.config["tolerance"]:
+                raise PassError(f"the library disagrees with the PyTorch model: max abs difference {difference:.3g} "
+                                f"exceeds the tolerance {self.config['tolerance']:.3g}")
+            bar.advance(1, step="verified")
+            library = CompiledLibrary(path, info.input_shape, num_threads=ctx.spec.target.cores)
+            accuracy = float(np.mean(library.predict(dataset.x_test) == dataset.y_test))
+            latency = library.latency(repeats=self.config["repeats"], warmup=self.config["warmup"])
+            bar.advance(1, step="measured")
+        return module.with_files(library=str(path)).with_metrics(
+            accuracy=accuracy,
+            latency_s=latency.median_s,
+            latency=asdict(latency),
+            size_bytes=info.library_bytes,
+            max_abs_diff=difference,
+            library=asdict(info) | {"file": "model.so", "target": target},
+        ).establish("library")

@@ -1,0 +1,303 @@
+"""Semantic checks: AST -> `Spec`, or an `AdlError` listing every problem with its caret.
+
+This module also defines what each block accepts (its settings schema), so the language
+reference in docs/ and ``adl check`` read from one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from adl.compiler.options import Option, OptionError, coerce_settings, quantity_of
+from adl.compiler.passes import PassRegistry, default_registry
+from adl.compiler.pipeline import resolve_stage
+from adl.compiler.spec import (
+    BUDGET_QUANTITIES, Budget, DataSpec, ModelSpec, Spec, StageSpec, TargetSpec, TaskSpec,
+)
+from adl.dsl import ast
+from adl.dsl.errors import AdlError, Diagnostic
+from adl.dsl.parser import parse
+
+TASKS: dict[str, tuple[Option, ...]] = {
+    "classify": (Option("classes", "int", doc="number of classes, e.g. `classes = 10`", low=2),),
+}
+
+_SPLIT = Option("split", "fraction", 0.8, "fraction of samples used for training (the rest is the test split)",
+                low=0.0, high=1.0)
+_SEED = Option("seed", "int", 0, "seed of the train/test split", low=0)
+_PATH = Option("path", "path", doc='where the data lies, e.g. `path = "data/x.npz"` (relative to the spec)')
+DATA_SOURCES: dict[str, tuple[Option, ...]] = {
+    "digits": (_SPLIT, _SEED),
+    "npz": (_PATH, _SPLIT, _SEED),
+    "cifar10": (_PATH,),
+    "images": (_PATH, _SPLIT, _SEED,
+               Option("image_size", "int_list", None, "resize every image to [H, W]", low=1),
+               Option("grayscale", "bool", False, "read images as one channel")),
+}
+
+MODEL_FAMILIES: dict[str, tuple[Option, ...]] = {
+    "mlp": (Option("hidden", "int_list", (64,), "widths of the hidden layers", low=1),),
+    "cnn": (Option("channels", "int_list", (16, 32), "output channels of each conv-BN-ReLU-pool stage", low=1),
+            Option("hidden", "int", 64, "width of the hidden fully connected layer (0: none)", low=0),
+            Option("kernel", "int", 3, "convolution kernel size", low=1)),
+    "mobilenet": (Option("kernels", "int_list", (3, 3, 3, 3), "depthwise kernel of each inverted-residual block",
+                         low=1),
+                  Option("expand", "int_list", (1, 6, 6, 6), "expansion ratio of each block", low=1),
+                  Option("channels", "int_list", (16, 24, 24, 32), "output channels of each block", low=1),
+                  Option("strides", "int_list", (1, 2, 1, 2), "stride of each block", low=1, high=2),
+                  Option("width", "float", 1.0, "width multiplier applied to all channels", low=0.05),
+                  Option("stem", "int", 16, "channels of the stem convolution", low=1),
+                  Option("head", "int", 64, "channels of the final 1x1 convolution", low=1)),
+}
+
+TARGET_OPTIONS: tuple[Option, ...] = (
+    Option("kind", "name", "llvm", "TVM target kind", choices=("llvm",)),
+    Option("cores", "int", os.cpu_count() or 1, "CPU cores the library may use", low=1, high=1024),
+    Option("mcpu", "string", None, "LLVM CPU name, e.g. znver3 (default: generic for the host)"),
+)
+
+REQUIRED_BLOCKS = ("task", "data", "pipeline")
+
+
+class _Checker:
+    def __init__(self, tree: ast.SpecFile, registry: PassRegistry) -> None:
+        self.tree = tree
+        self.registry = registry
+        self.errors: list[Diagnostic] = []
+        self.base_dir = Path(tree.filename).resolve().parent if os.path.exists(tree.filename) else Path.cwd()
+
+    def error(self, message: str, span: ast.Span | None, note: str | None = None) -> None:
+        self.errors.append(Diagnostic(message, span, note))
+
+    # -- blocks --------------------------------------------------------------------------------
+
+    def run(self) -> Spec:
+        blocks: dict[str, Any] = {}
+        for item in self.tree.items:
+            keyword, span = _keyword_of(item)
+            if keyword in blocks:
+                first = _keyword_of(blocks[keyword])[1]
+                self.error(f"duplicate '{keyword}' block", span, f"first defined at {first.line}:{first.column}")
+                continue
+            blocks[keyword] = item
+        for keyword in REQUIRED_BLOCKS:
+            if keyword not in blocks:
+                self.error(f"missing '{keyword}' block", None, _REQUIRED_HINTS[keyword])
+        if self.errors:
+            raise self._failure()
+
+        name_item = blocks.get("spec")
+        name = name_item.name if name_item else Path(self.tree.filename).stem or "spec"
+        task = self.task(blocks["task"])
+        data = self.data(blocks["data"])
+        model = self.model(blocks["model"]) if "model" in blocks else None
+        target = self.target(blocks.get("target"))
+        budgets = self.constraints(blocks.get("constraints"))
+        # A model block with errors still counts as a model: its errors are reported already.
+        pipeline = self.pipeline(blocks["pipeline"], has_model="model" in blocks)
+        if self.errors:
+            raise self._failure()
+        assert task and data and target is not None
+        return Spec(name=name, task=task, data=data, model=model, target=target, budgets=budgets,
+                    pipeline=pipeline, filename=self.tree.filename, source=self.tree.source)
+
+    def _failure(self) -> AdlError:
+        return AdlError(self.errors, filename=self.tree.filename, source=self.tree.source)
+
+    def _head_choice(self, block: ast.Block, choices: dict[str, Any], what: str) -> tuple[str | None, tuple]:
+        """The block's head names one of `choices`; call arguments join the body's settings."""
+        head = block.head
+        if head is None:
+            self.error(f"'{block.keyword}' needs a {what}", block.keyword_span,
+                       "expected one of: " + ", ".join(choices))
+            return None, ()
+        name, span = (head.value, head.span) if isinstance(head, ast.Name) else (head.name, head.name_span)
+        if name not in choices:
+            self.error(f"unknown {what} '{name}'", span, "expected one of: " + ", ".join(choices))
+            return None, ()
+        args = head.args if isinstance(head, ast.Call) else ()
+        return name, tuple(args) + block.settings
+
+    def _settings(self, settings: Sequence[ast.Setting], schema: Sequence[Option], what: str,
+                  span: ast.Span) -> dict[str, Any] | None:
+        before = len(self.errors)
+        values = coerce_settings(settings, schema, what=what, span=span, errors=self.errors)
+        return values if len(self.errors) == before else None
+
+    def task(self, block: ast.Block) -> TaskSpec | None:
+        kind, settings = self._head_choice(block, TASKS, "task")
+        if kind is None:
+            return None
+        values = self._settings(settings, TASKS[kind], f"task '{kind}'", block.keyword_span)
+        return TaskSpec(kind, values["classes"], block.span) if values else None
+
+    def data(self, block: ast.Block) -> DataSpec | None:
+        source, settings = self._head_choice(block, DATA_SOURCES, "data source")
+        if source is None:
+            return None
+        values = self._settings(settings, DATA_SOURCES[source], f"data source '{source}'", block.keyword_span)
+        if values is None:
+            return None
+        path = values.get("path")
+        if path is not None:
+            resolved = (self.base_dir / path).resolve()
+            if not resolved.exists():
+                setting = next(s for s in settings if s.key == "path")
+                self.error(f"data path '{path}' does not exist", setting.value.span, f"looked for {resolved}")
+                return None
+            path = str(resolved)
+        size = values.get("image_size")
+        if size is not None and len(size) not in (1, 2):
+            setting = next(s for s in settings if s.key == "image_size")
+            self.error("'image_size' must be [H, W] or [S]", setting.value.span)
+            return None
+        if size is not None:
+            size = (size[0], size[-1])
+        if "split" in values and not 0 < values["split"] < 1:
+            setting = next(s for s in settings if s.key == "split")
+            self.error("'split' must leave samples for both training and testing (0 < split < 1)",
+                       setting.value.span)
+            return None
+        return DataSpec(source=source, path=path, split=values.get("split", 0.8), seed=values.get("seed", 0),
+                        image_size=size, grayscale=values.get("grayscale", False), span=block.span)
+
+    def model(self, block: ast.Block) -> ModelSpec | None:
+        family, settings = self._head_choice(block, MODEL_FAMILIES, "model family")
+        if family is None:
+            return None
+        values = self._settings(settings, MODEL_FAMILIES[family], f"model '{family}'", block.keyword_span)
+        if values is None:
+            return None
+        if family == "mobilenet":
+            lengths = {k: len(values[k]) for k in ("kernels", "expand", "channels", "strides")}
+            if len(set(lengths.values())) != 1:
+                self.error("mobilenet's per-block lists differ in length: "
+                           + ", ".join(f"{k} has {n}" for k, n in lengths.items()), block.head.span)
+                return None
+        return ModelSpec(family, tuple(values.items()), block.span)
+
+    def target(self, block: ast.Block | None) -> TargetSpec | None:
+        if block is None:
+            return TargetSpec(name="host", cores=TARGET_OPTIONS[1].default)
+        if isinstance(block.head, ast.Call):
+            self.error("a target's head is a plain name, e.g. `target host { ... }`", block.head.span)
+            return None
+        name = block.head.value if block.head else "host"
+        values = self._settings(block.settings, TARGET_OPTIONS, "target", block.keyword_span)
+        if values is None:
+            return None
+        return TargetSpec(name=name, kind=values["kind"], cores=values["cores"], mcpu=values["mcpu"],
+                          span=block.span)
+
+    # -- constraints ---------------------------------------------------------------------------
+
+    def constraints(self, block: ast.ConstraintsBlock | None) -> tuple[Budget, ...]:
+        if block is None:
+            return ()
+        budgets: list[Budget] = []
+        for c in block.constraints:
+            quantity = BUDGET_QUANTITIES.get(c.metric)
+            if quantity is None:
+                self.error(f"unknown metric '{c.metric}'", c.metric_span,
+                           "constraints can bound: " + ", ".join(BUDGET_QUANTITIES))
+                continue
+            try:
+                value = quantity_of(c.bound, quantity, c.metric)
+            except OptionError as err:
+                self.errors.append(err.diagnostic)
+                continue
+            if quantity == "fraction" and not 0 <= value <= 1:
+                self.error(f"{c.metric} must lie between 0 % and 100 %, got {c.bound.text}", c.bound.span)
+                continue
+            if value < 0:
+                self.error(f"{c.metric} cannot be negative, got {c.bound.text}", c.bound.span)
+                continue
+            budget = Budget(c.metric, c.op, value, c.bound.text, c.bound.unit, c.span)
+            if self._conflicts(budget, budgets):
+                continue
+            budgets.append(budget)
+        return tuple(budgets)
+
+    def _conflicts(self, new: Budget, budgets: list[Budget]) -> bool:
+        for old in budgets:
+            if old.metric != new.metric:
+                continue
+            where = f"{old.span.line}:{old.span.column}" if old.span else "?"
+            if old.is_upper == new.is_upper:
+                self.error(f"duplicate {new.metric} constraint", new.span, f"already bounded at {where}")
+                return True
+            upper, lower = (old, new) if old.is_upper else (new, old)
+            strict = upper.op == "<" or lower.op == ">"
+            if lower.value > upper.value or (strict and lower.value == upper.value):
+                self.error(f"contradictory {new.metric} constraints: no value is {lower.op} {lower.text} "
+                           f"and {upper.op} {upper.text}", new.span, f"the other bound is at {where}")
+                return True
+        return False
+
+    # -- pipeline ------------------------------------------------------------------------------
+
+    def pipeline(self, block: ast.PipelineBlock, *, has_model: bool) -> tuple[StageSpec, ...]:
+        if not block.stages:
+            self.error("empty pipeline", block.keyword_span, "list passes, e.g. `pipeline { train lower }`")
+            return ()
+        stages = []
+        facts = {"model"} if has_model else set()
+        for stage in block.stages:
+            resolved = resolve_stage(stage, self.registry, self.errors)
+            pass_cls = self.registry.get(stage.name)
+            if pass_cls is None:
+                continue
+            missing = [fact for fact in pass_cls.requires if fact not in facts]
+            if missing:
+                hint = ("add a `model` block (e.g. `model cnn()`) or a search pass before it"
+                        if "model" in missing else
+                        "passes run in the order written; move it after the pass that provides it")
+                self.error(f"pass '{stage.name}' needs {', '.join(missing)}, which no earlier step provides",
+                           stage.name_span, hint)
+            facts.update(pass_cls.ensures)
+            if resolved is not None:
+                stages.append(resolved)
+        return tuple(stages)
+
+
+_REQUIRED_HINTS = {
+    "task": "e.g. `task classify { classes = 10 }`",
+    "data": "e.g. `data digits { split = 0.8 }`",
+    "pipeline": "e.g. `pipeline { train lower }`",
+}
+
+
+def _keyword_of(item: ast.TopLevel) -> tuple[str, ast.Span]:
+    if isinstance(item, ast.SpecName):
+        return "spec", item.keyword_span
+    if isinstance(item, ast.ConstraintsBlock):
+        return "constraints", item.keyword_span
+    if isinstance(item, ast.PipelineBlock):
+        return "pipeline", item.keyword_span
+    return item.keyword, item.keyword_span
+
+
+def check(tree: ast.SpecFile, registry: PassRegistry | None = None) -> Spec:
+    """Semantic check of a parsed spec; raises `AdlError` with every problem found."""
+    return _Checker(tree, registry or default_registry()).run()
+
+
+def load_spec(text: str, filename: str = "<spec>", registry: PassRegistry | None = None) -> Spec:
+    """Parse and check spec text."""
+    return check(parse(text, filename), registry)
+
+
+def load_spec_file(path: str | os.PathLike[str], registry: PassRegistry | None = None) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise AdlError.at(f"cannot read spec: {err.strerror if isinstance(err, OSError) else err}", None,
+                          filename=str(path)) from None
+    return load_spec(text, str(path), registry)
+
+
+__all__ = ["check", "load_spec", "load_spec_file", "TASKS", "DATA_SOURCES", "MODEL_FAMILIES",
+           "TARGET_OPTIONS"]

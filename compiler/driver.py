@@ -1,0 +1,168 @@
+"""The compile driver: data, initial module, the pass pipeline with checkpoints, budgets, artifact.
+
+The only module of `adl.compiler` that imports the layers below it (data, models, backends).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from adl.compiler import budgets as budget_checks
+from adl.compiler.checkpoint import CheckpointStore, root_key
+from adl.compiler.module import Module, PassRecord
+from adl.compiler.passes import Instrument, Pass, PassContext, PassError, stage_key
+from adl.compiler.pipeline import Pipeline
+from adl.compiler.progress import Progress, SilentProgress
+from adl.compiler.spec import Spec
+from adl import __version__
+from adl.dsl.errors import AdlError
+
+ADL_VERSION = __version__
+
+
+@dataclass
+class CompileResult:
+    module: Module
+    artifact_dir: Path
+    verdicts: list[budget_checks.Verdict]
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(v.holds for v in self.verdicts)
+
+
+def default_out_dir(spec: Spec) -> Path:
+    return Path("build") / spec.name
+
+
+def load_data(spec: Spec):
+    """The spec's dataset; a data problem becomes an `AdlError` pointing at the `data` block."""
+    from adl.data import DataError, load_dataset
+
+    d = spec.data
+    try:
+        return load_dataset(d.source, path=d.path, split=d.split, seed=d.seed, classes=spec.task.classes,
+                            image_size=d.image_size, grayscale=d.grayscale)
+    except DataError as err:
+        raise AdlError.at(str(err), d.span, filename=spec.filename, source=spec.source) from None
+
+
+def initial_module(spec: Spec, dataset: Any, seed: int) -> Module:
+    """The module before any pass: the spec, and the `model` block's network freshly initialised."""
+    if spec.model is None:
+        return Module(spec=spec)
+    import torch
+
+    from adl.models import build_model
+
+    torch.manual_seed(seed)
+    try:
+        model = build_model(spec.model.family, spec.model.as_dict(), input_shape=dataset.input_shape,
+                            classes=spec.task.classes, mean=dataset.mean, std=dataset.std)
+    except ValueError as err:
+        raise AdlError.at(str(err), spec.model.span, filename=spec.filename, source=spec.source) from None
+    return Module(spec=spec, model=model)
+
+
+class DumpIR(Instrument):
+    """`--dump-ir DIR`: a readable dump of the module after each pass, `NN-name.txt`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.count = 0
+
+    def after_pass(self, p: Pass, module: Module, ctx: PassContext) -> None:
+        from adl.compiler.dump import dump_module
+
+        self.count += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"{self.count:02d}-{p.name}.txt").write_text(dump_module(module, p, ctx))
+
+
+def run_pipeline(module: Module, pipeline: Pipeline, ctx: PassContext, store: CheckpointStore, upstream: str,
+                 on_pass: Callable[[PassRecord], None] = lambda record: None) -> Module:
+    """Run each pass, or reuse its checkpoint when one exists for the same upstream content."""
+    done: list[str] = []
+    key = upstream
+    for p in pipeline:
+        key = stage_key(key, p, ADL_VERSION)
+        ctx.current_key = key
+        started = time.perf_counter()
+        cached = store.load(key)
+        if cached is not None:
+            record = PassRecord(p.name, str(p), key, time.perf_counter() - started, reused=True)
+            module = cached.evolve(log=module.log + (record,))
+        else:
+            module = _run_one(p, module, ctx, done)
+            record = PassRecord(p.name, str(p), key, time.perf_counter() - started)
+            module = module.evolve(log=module.log + (record,))
+            store.save(key, module)
+        for instrument in ctx.instruments:
+            instrument.after_pass(p, module, ctx)
+        on_pass(record)
+        done.append(p.name)
+    return module
+
+
+def _run_one(p: Pass, module: Module, ctx: PassContext, done: Sequence[str]) -> Module:
+    where = f"while running '{p.name}'" + (f" after [{', '.join(done)}]" if done else "")
+    missing = [fact for fact in p.requires if fact not in module.provides()]
+    if missing:
+        raise PassError(f"{where}: it requires {', '.join(missing)}, which no earlier pass provided")
+    for instrument in ctx.instruments:
+        instrument.before_pass(p, module, ctx)
+    try:
+        result = p.run(module, ctx)
+    except (AdlError, KeyboardInterrupt):
+        raise
+    except PassError as err:
+        raise PassError(f"{where}: {err}") from err
+    except Exception as err:
+        raise PassError(f"{where}: {type(err).__name__}: {err}") from err
+    unmet = [fact for fact in p.ensures if fact not in result.provides()]
+    if unmet:
+        raise PassError(f"{where}: the pass did not establish {', '.join(unmet)} as it declares")
+    return result
+
+
+def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline | None = None, seed: int = 0,
+                 dump_ir: Path | None = None, cache_dir: Path | None = None, progress: Progress | None = None,
+                 log: Callable[[str], None] = lambda message: None,
+                 on_pass: Callable[[PassRecord], None] = lambda record: None) -> CompileResult:
+    """Compile a checked spec into an artifact directory and check its budgets."""
+    from adl.backends.artifact import write_artifact
+    from adl.compiler.manifest import build_manifest, render_report
+
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".adl-cache"
+    pipeline = pipeline if pipeline is not None else Pipeline.from_stages(spec.pipeline)
+
+    dataset = load_data(spec)
+    ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
+                      instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log)
+    module = initial_module(spec, dataset, seed)
+    upstream = root_key(spec, dataset.fingerprint(), seed, ADL_VERSION)
+    module = run_pipeline(module, pipeline, ctx, CheckpointStore(cache_dir), upstream, on_pass)
+
+    module = module.with_metrics(**_model_metrics(module, dataset))
+    verdicts = budget_checks.evaluate(spec.budgets, module.metrics)
+    manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION)
+    artifact_dir = write_artifact(out_dir, library=module.files.get("library"), manifest=manifest,
+                                  spec_source=spec.source, report=render_report(manifest))
+    return CompileResult(module, artifact_dir, verdicts, manifest)
+
+
+def _model_metrics(module: Module, dataset: Any) -> dict[str, Any]:
+    if module.model is None:
+        return {}
+    from adl.compiler.layers import describe_model
+
+    layers = describe_model(module.model, (1, *dataset.input_shape))
+    return {"layers": [layer.as_row() for layer in layers],
+            "flops": sum(layer.flops for layer in layers),
+            "params": sum(p.numel() for p in module.model.parameters()),
+            "accuracy": module.metrics.get("accuracy", module.metrics.get("torch_accuracy"))}

@@ -1,0 +1,121 @@
+"""`LayerDesc`: the one vocabulary of layers shared by models, search candidates and cost models.
+
+`describe_model` extracts it from a PyTorch model with torch.fx shape propagation (torch
+is imported lazily, so this module stays importable on the `adl check` path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+OPS = ("conv2d", "dwconv2d", "linear", "pool", "add")
+
+
+@dataclass(frozen=True)
+class LayerDesc:
+    name: str
+    op: str  # one of OPS
+    input_shape: tuple[int, ...]  # batch included
+    output_shape: tuple[int, ...]
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    groups: int = 1
+    has_bias: bool = False
+    weight_bits: int = 32
+    act_bits: int = 32
+
+    @property
+    def params(self) -> int:
+        if self.op in ("conv2d", "dwconv2d"):
+            cin, cout = self.input_shape[1], self.output_shape[1]
+            weights = cout * (cin // self.groups) * self.kernel[0] * self.kernel[1]
+            return weights + (cout if self.has_bias else 0)
+        if self.op == "linear":
+            return self.input_shape[-1] * self.output_shape[-1] + (self.output_shape[-1] if self.has_bias else 0)
+        return 0
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass (batch included)."""
+        if self.op in ("conv2d", "dwconv2d"):
+            batch, cout, oh, ow = self.output_shape
+            cin = self.input_shape[1]
+            return batch * cout * oh * ow * (cin // self.groups) * self.kernel[0] * self.kernel[1]
+        if self.op == "linear":
+            batch = _prod(self.output_shape[:-1])
+            return batch * self.input_shape[-1] * self.output_shape[-1]
+        return 0
+
+    @property
+    def flops(self) -> int:
+        """2 x MACs for conv/linear; one op per output element for pooling and additions."""
+        if self.op in ("pool", "add"):
+            return _prod(self.output_shape)
+        return 2 * self.macs
+
+    @property
+    def weight_bytes(self) -> int:
+        return (self.params * self.weight_bits + 7) // 8
+
+    def as_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row.update(params=self.params, macs=self.macs, flops=self.flops)
+        return row
+
+
+def _prod(values: Sequence[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def describe_model(model: Any, input_shape: Sequence[int]) -> list[LayerDesc]:
+    """LayerDescs of a torch model's conv/linear/pool/add nodes, in execution order.
+
+    `input_shape` includes the batch dimension, e.g. (1, 1, 8, 8).
+    """
+    import operator
+
+    import torch
+    from torch import fx, nn
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    graph_module = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    was_training = graph_module.training
+    graph_module.eval()
+    with torch.no_grad():
+        ShapeProp(graph_module).propagate(torch.zeros(tuple(input_shape)))
+    graph_module.train(was_training)
+    modules = dict(graph_module.named_modules())
+
+    def shape(node: Any) -> tuple[int, ...]:
+        return tuple(node.meta["tensor_meta"].shape)
+
+    layers: list[LayerDesc] = []
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            mod = modules[node.target]
+            src, out = shape(node.args[0]), shape(node)
+            if isinstance(mod, nn.Conv2d):
+                depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+                layers.append(LayerDesc(node.target, "dwconv2d" if depthwise else "conv2d", src, out,
+                                        _pair(mod.kernel_size), _pair(mod.stride), mod.groups, mod.bias is not None))
+            elif isinstance(mod, nn.Linear):
+                layers.append(LayerDesc(node.target, "linear", src, out, has_bias=mod.bias is not None))
+            elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+                layers.append(LayerDesc(node.target, "pool", src, out, _pair(mod.kernel_size),
+                                        _pair(mod.stride or mod.kernel_size)))
+            elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                layers.append(LayerDesc(node.target, "pool", src, out, (src[2] // out[2], src[3] // out[3]),
+                                        (src[2] // out[2], src[3] // out[3])))
+        elif node.op == "call_function" and node.target in (operator.add, torch.add) and "tensor_meta" in node.meta:
+            tensor_args = [a for a in node.args if hasattr(a, "meta") and "tensor_meta" in a.meta]
+            if len(tensor_args) == 2 and shape(tensor_args[0]) == shape(tensor_args[1]) == shape(node):
+                layers.append(LayerDesc(node.name, "add", shape(node), shape(node)))
+    return layers

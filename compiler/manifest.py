@@ -1,0 +1,80 @@
+"""The artifact's `manifest.json` (schema-versioned) and its human summary `report.md`."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+from adl.compiler.budgets import Verdict
+from adl.compiler.module import Module
+from adl.compiler.pipeline import Pipeline
+
+SCHEMA_VERSION = 1
+
+
+def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: Sequence[Verdict], *, seed: int,
+                   version: str) -> dict[str, Any]:
+    spec = module.spec
+    metrics = dict(module.metrics)
+    library = metrics.pop("library", None)
+    layers = metrics.pop("layers", [])
+    history = metrics.pop("train_history", [])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "adl_version": version,
+        "spec": {"name": spec.name, "file": "spec.adl",
+                 "sha256": hashlib.sha256(spec.source.encode()).hexdigest()},
+        "seed": seed,
+        "target": {"name": spec.target.name, **spec.target.tvm_target()},
+        "input": {"name": library["input_name"] if library else "x",
+                  "shape": [1, *dataset.input_shape], "dtype": "float32", "layout": "NCHW",
+                  "value_range": list(dataset.value_range),
+                  "preprocessing": "none: normalisation is compiled into the library"},
+        "output": {"shape": [1, spec.task.classes], "meaning": "class logits"},
+        "data": {"source": spec.data.source, "fingerprint": dataset.fingerprint(),
+                 "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test)},
+        "pipeline": str(pipeline),
+        "library": library,
+        "metrics": metrics,
+        "budgets": [v.as_dict() for v in verdicts],
+        "all_budgets_hold": all(v.holds for v in verdicts),
+        "layers": layers,
+        "passes": [{"name": r.name, "pass": r.pipeline_text, "key": r.key, "seconds": round(r.seconds, 3),
+                    "reused": r.reused} for r in module.log],
+        "training": {"history": history},
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_report(manifest: dict[str, Any]) -> str:
+    m = manifest["metrics"]
+    verdict = "every budget holds" if manifest["all_budgets_hold"] else "a budget does NOT hold"
+    out = [f"# {manifest['spec']['name']}: {verdict}", "",
+           f"Pipeline `{manifest['pipeline']}` for target `{manifest['target']['name']}` "
+           f"({manifest['target']['kind']}, {manifest['target']['num-cores']} cores), seed {manifest['seed']}.", ""]
+    if manifest["budgets"]:
+        out += ["## Budgets", ""]
+        out += _table(["metric", "budget", "measured", "verdict"],
+                      [(b["metric"], f"{b['op']} {b['bound_text']}", b["measured_text"],
+                        ("holds, " if b["holds"] else "FAILS, ") + b["margin"]) for b in manifest["budgets"]])
+        out.append("")
+    out += ["## Measurements", ""]
+    rows = [(k, v) for k, v in m.items() if not isinstance(v, (dict, list))]
+    out += _table(["metric", "value"], rows)
+    out += ["", "## Layers", ""]
+    out += _table(["layer", "op", "input", "output", "kernel", "params", "MACs"],
+                  [(l["name"], l["op"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["output_shape"])),
+                    "x".join(map(str, l["kernel"])), l["params"], l["macs"]) for l in manifest["layers"]])
+    out += ["", "## Passes", ""]
+    out += _table(["pass", "seconds", "reused"], [(p["pass"], p["seconds"], p["reused"]) for p in manifest["passes"]])
+    inp = manifest["input"]
+    out += ["", "## Deploying", "",
+            f"Input `{inp['name']}`: {inp['dtype']} {inp['shape']} ({inp['layout']}), raw values in "
+            f"{inp['value_range']}; {inp['preprocessing']}. Run with `adl run <this folder> --input x.npy` or "
+            "`adl.load(path)` (TVM runtime only).", ""]
+    return "\n".join(out)

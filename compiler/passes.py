@@ -1,0 +1,173 @@
+"""The pass protocol, the context passes run in, and the registry of passes.
+
+A pass is metadata (name, typed options, requires/ensures) plus ``run(module, ctx) -> module``.
+Pass modules must stay cheap to import: ``adl check`` and ``adl passes`` read this metadata
+without importing torch, TVM or JAX, so heavy imports belong inside ``run``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
+
+from adl.compiler.module import Module
+from adl.compiler.options import Option, format_option
+from adl.compiler.progress import Progress, SilentProgress
+from adl.compiler.spec import Spec
+
+if TYPE_CHECKING:
+    from adl.data import Dataset
+
+ENTRY_POINT_GROUP = "adl.passes"
+
+
+class PassError(Exception):
+    """A pass failed for a reason the user can act on; the message is shown without a traceback."""
+
+
+class Pass:
+    """Base class of every pass. Subclasses set the class attributes and implement `run`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()  # facts the input module must provide
+    ensures: ClassVar[tuple[str, ...]] = ()  # facts the output module provides
+
+    def __init__(self, **explicit: Any) -> None:
+        schema = {o.name: o for o in self.options}
+        unknown = set(explicit) - set(schema)
+        if unknown:
+            raise TypeError(f"pass '{self.name}' has no option(s) {sorted(unknown)}; known: {sorted(schema)}")
+        missing = [o.name for o in self.options if o.required and o.name not in explicit]
+        if missing:
+            raise TypeError(f"pass '{self.name}' needs option(s) {missing}")
+        self.explicit: dict[str, Any] = {o.name: explicit[o.name] for o in self.options if o.name in explicit}
+        self.config: dict[str, Any] = {o.name: explicit.get(o.name, o.default) for o in self.options}
+
+    def run(self, module: Module, ctx: "PassContext") -> Module:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        """The pass in pipeline-string form: explicit options only, in declaration order."""
+        if not self.explicit:
+            return self.name
+        schema = {o.name: o for o in self.options}
+        inner = ",".join(f"{k}={format_option(schema[k], v)}" for k, v in self.explicit.items())
+        return f"{self.name}{{{inner}}}"
+
+    def __repr__(self) -> str:
+        return f"<Pass {self}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pass) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+class Instrument:
+    """Hooks around every pass (TVM's PassInstrument): override what you need."""
+
+    def before_pass(self, p: Pass, module: Module, ctx: "PassContext") -> None:
+        pass
+
+    def after_pass(self, p: Pass, module: Module, ctx: "PassContext") -> None:
+        pass
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides its input module.
+
+    `work_dir` is where passes put files they produce; `state_dir(key)` gives a pass a
+    folder private to one checkpoint key for resumable progress (e.g. per-epoch training
+    state), so a killed pass restarts from its last saved step.
+    """
+
+    spec: Spec
+    work_dir: Path
+    seed: int = 0
+    progress: Progress = field(default_factory=SilentProgress)
+    instruments: Sequence[Instrument] = ()
+    load_dataset: Callable[[], "Dataset"] | None = None
+    log: Callable[[str], None] = lambda message: None
+    current_key: str = ""  # checkpoint key of the running pass, set by the driver
+    _dataset: Any = field(default=None, repr=False)
+
+    def dataset(self) -> "Dataset":
+        if self._dataset is None:
+            if self.load_dataset is None:
+                raise PassError("no data source available in this context")
+            self._dataset = self.load_dataset()
+        return self._dataset
+
+    def state_dir(self) -> Path:
+        """A folder for the running pass's resumable state, keyed by its checkpoint key."""
+        path = self.work_dir / "state" / self.current_key[:16]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def output_dir(self) -> Path:
+        """A folder for files the running pass produces (content-addressed by its key)."""
+        path = self.work_dir / "outputs" / self.current_key[:16]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def stage_key(upstream: str, p: Pass, version: str) -> str:
+    return hashlib.sha256(f"{upstream}\n{p}\n{version}".encode()).hexdigest()
+
+
+class PassRegistry:
+    """Passes by name: built-ins and third-party ones, all registered through the
+    ``adl.passes`` entry-point group. A plug-in that fails to load warns and is skipped."""
+
+    def __init__(self, passes: Mapping[str, type[Pass]] | None = None) -> None:
+        self._passes: dict[str, type[Pass]] = dict(passes or {})
+
+    @classmethod
+    def from_entry_points(cls) -> "PassRegistry":
+        registry = cls()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                pass_cls = ep.load()
+            except Exception as err:  # a broken plug-in must not break the compiler
+                warnings.warn(f"adl: skipping pass plug-in '{ep.name}' ({ep.value}): {err}", stacklevel=2)
+                continue
+            if not (isinstance(pass_cls, type) and issubclass(pass_cls, Pass)):
+                warnings.warn(f"adl: skipping pass plug-in '{ep.name}': {ep.value} is not a Pass subclass",
+                              stacklevel=2)
+                continue
+            registry.register(pass_cls)
+        return registry
+
+    def register(self, pass_cls: type[Pass]) -> type[Pass]:
+        self._passes[pass_cls.name] = pass_cls
+        return pass_cls
+
+    def get(self, name: str) -> type[Pass] | None:
+        return self._passes.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._passes)
+
+    def __iter__(self) -> Iterator[type[Pass]]:
+        return iter(self._passes[name] for name in self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._passes
+
+
+_default: PassRegistry | None = None
+
+
+def default_registry() -> PassRegistry:
+    global _default
+    if _default is None:
+        _default = PassRegistry.from_entry_points()
+    return _default

@@ -1,0 +1,115 @@
+"""PyTorch implementations of the `model` families: mlp, cnn, mobilenet (MobileNetV2-style).
+
+Every model starts with `Normalize`, so the compiled library takes inputs exactly as the
+data source gives them (digits: pixel values 0..16) and deploys without preprocessing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, with mean and std stored as buffers (compiled into the library)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channel_dims: int) -> None:
+        super().__init__()
+        shape = (1, len(mean)) + (1,) * channel_dims
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.inv_std
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU6):
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> kxk depthwise -> 1x1 project, skip when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, expand: int, stride: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn(cin, hidden, 1))
+        layers.append(_conv_bn(hidden, hidden, kernel, stride, groups=hidden))
+        layers.append(_conv_bn(hidden, cout, 1, act=None))
+        self.body = nn.Sequential(*layers)
+        self.use_skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return x + out if self.use_skip else out
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(4, int(round(channels * width / 4)) * 4) if width != 1.0 else channels
+
+
+def mlp(input_shape: Sequence[int], classes: int, hidden: Sequence[int] = (64,)) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 1
+    for dim in input_shape:
+        width *= dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(input_shape: Sequence[int], classes: int, channels: Sequence[int] = (16, 32), hidden: int = 64,
+        kernel: int = 3) -> nn.Sequential:
+    cin, height = input_shape[0], min(input_shape[1:])
+    layers: list[nn.Module] = []
+    for cout in channels:
+        layers.append(_conv_bn(cin, cout, kernel, act=nn.ReLU))
+        if height >= 2:
+            layers.append(nn.MaxPool2d(2))
+            height //= 2
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if hidden:
+        layers += [nn.Linear(cin, hidden), nn.ReLU()]
+        cin = hidden
+    layers.append(nn.Linear(cin, classes))
+    return nn.Sequential(*layers)
+
+
+def mobilenet(input_shape: Sequence[int], classes: int, kernels: Sequence[int] = (3, 3, 3, 3),
+              expand: Sequence[int] = (1, 6, 6, 6), channels: Sequence[int] = (16, 24, 24, 32),
+              strides: Sequence[int] = (1, 2, 1, 2), width: float = 1.0, stem: int = 16,
+              head: int = 64) -> nn.Sequential:
+    cin = _scaled(stem, width)
+    layers: list[nn.Module] = [_conv_bn(input_shape[0], cin, 3)]
+    for k, e, c, s in zip(kernels, expand, channels, strides):
+        cout = _scaled(c, width)
+        layers.append(InvertedResidual(cin, cout, k, e, s))
+        cin = cout
+    layers += [_conv_bn(cin, head, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head, classes)]
+    return nn.Sequential(*layers)
+
+
+FAMILIES = {"mlp": mlp, "cnn": cnn, "mobilenet": mobilenet}
+
+
+def build_model(family: str, options: Mapping[str, Any], *, input_shape: Sequence[int], classes: int,
+                mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
+    """A fresh model of `family`, preceded by input normalisation. Flat inputs need `mlp`."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    if len(input_shape) != 3 and family != "mlp":
+        raise ValueError(f"model '{family}' needs image inputs (C, H, W); this data has shape "
+                         f"{tuple(input_shape)}: use `model mlp(...)`")
+    body = FAMILIES[family](input_shape, classes, **dict(options))
+    return nn.Sequential(Normalize(mean, std, channel_dims=len(input_shape) - 1), body)

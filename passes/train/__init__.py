@@ -1,0 +1,51 @@
+"""The `train` pass: supervised training in PyTorch on the CPU, deterministic for a seed.
+
+Seams for later work: optimizers come from `OPTIMIZERS` (name -> option schema) and
+`adl.passes.train.loop.make_optimizer`; a learned optimizer or a distributed strategy
+adds an entry there instead of changing the loop.
+"""
+
+from __future__ import annotations
+
+from adl.compiler.module import Module
+from adl.compiler.options import Option
+from adl.compiler.passes import Pass, PassContext
+from adl.compiler.spec import CallValue
+
+OPTIMIZERS: dict[str, tuple[Option, ...]] = {
+    "adam": (Option("lr", "float", 0.003, "learning rate", low=0.0),
+             Option("weight_decay", "float", 0.0, "L2 penalty", low=0.0)),
+    "adamw": (Option("lr", "float", 0.003, "learning rate", low=0.0),
+              Option("weight_decay", "float", 0.01, "decoupled weight decay", low=0.0)),
+    "sgd": (Option("lr", "float", 0.05, "learning rate", low=0.0),
+            Option("momentum", "float", 0.9, "momentum", low=0.0, high=1.0),
+            Option("weight_decay", "float", 0.0005, "L2 penalty", low=0.0),
+            Option("nesterov", "bool", True, "Nesterov momentum")),
+}
+
+
+class TrainPass(Pass):
+    name = "train"
+    summary = "train the model on the spec's training split (PyTorch, CPU) and measure test accuracy"
+    options = (
+        Option("epochs", "int", 30, "passes over the training split", low=1),
+        Option("batch_size", "int", 64, "samples per step", low=1),
+        Option("optimizer", "call", CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
+               "adam(...), adamw(...) or sgd(...)",
+               calls=OPTIMIZERS),
+        Option("schedule", "name", "cosine", "learning-rate schedule over the epochs",
+               choices=("cosine", "constant")),
+        Option("label_smoothing", "fraction", 0.0, "label smoothing of the cross-entropy loss", high=0.5),
+    )
+    requires = ("model",)
+    ensures = ("model", "trained")
+
+    def run(self, module: Module, ctx: PassContext) -> Module:
+        from adl.passes.train.loop import train_model
+
+        result = train_model(module.model, ctx.dataset(), self.config, seed=ctx.seed,
+                             state_dir=ctx.state_dir(), progress=ctx.progress, threads=ctx.spec.target.cores,
+                             log=ctx.log)
+        return module.evolve(model=result.model).with_metrics(
+            torch_accuracy=result.test_accuracy, train_history=result.history,
+        ).establish("trained")

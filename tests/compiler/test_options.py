@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from adl.compiler.budgets import Verdict, evaluate
+from adl.compiler.options import Option, OptionError, coerce, format_option
+from adl.compiler.spec import Budget
+from adl.dsl import ast
+
+SPAN = ast.Span(1, 1, 1, 2)
+
+
+def num(value, unit=None):
+    return ast.Number(value, unit, SPAN, f"{value} {unit or ''}".strip())
+
+
+@pytest.mark.parametrize("kind, value, expected", [
+    ("time", num(200, "us"), 2e-4),
+    ("time", num(1.5, "s"), 1.5),
+    ("bytes", num(64, "KB"), 64_000),
+    ("bytes", num(2, "KiB"), 2048),
+    ("fraction", num(50, "%"), 0.5),
+    ("fraction", num(0.25), 0.25),
+    ("flops", num(3, "MFLOPs"), 3e6),
+    ("count", num(40, "K"), 40e3),
+    ("count", num(7), 7),
+])
+def test_units_normalise_to_base_units(kind, value, expected):
+    assert coerce(value, Option("x", kind)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kind, value, message", [
+    ("time", num(5, "KB"), "wrong unit 'KB' for 'x': expected a time"),
+    ("time", num(5), "'x' needs a unit"),
+    ("fraction", num(1.5), "must be a fraction"),
+    ("int", num(2.5), "must be an integer"),
+    ("int", num(2, "ms"), "takes a plain number"),
+    ("bool", ast.Name("yes", SPAN), "must be true or false"),
+    ("int_range", ast.RangeValue(num(8), num(2), SPAN), "empty range 8..2"),
+])
+def test_bad_values_are_rejected_with_a_message(kind, value, message):
+    with pytest.raises(OptionError, match=message):
+        coerce(value, Option("x", kind))
+
+
+def test_bounds_are_enforced():
+    with pytest.raises(OptionError, match="at least 1"):
+        coerce(num(0), Option("epochs", "int", low=1))
+    with pytest.raises(OptionError, match="at most 2"):
+        coerce(ast.ListValue((num(1), num(3)), SPAN), Option("strides", "int_list", high=2))
+
+
+@pytest.mark.parametrize("kind, value, text", [
+    ("time", 2e-4, "0.0002s"), ("bytes", 64000.0, "64000.0B"), ("int_range", (2, 8), "2..8"),
+    ("path", "a b.npz", '"a b.npz"'), ("bool", True, "true"), ("int_list", (3, 5), "[3,5]"),
+])
+def test_values_print_in_the_language(kind, value, text):
+    assert format_option(Option("x", kind), value) == text
+
+
+def test_budget_verdicts_and_margins():
+    latency = Budget("latency", "<=", 1e-3, "1 ms", "ms")
+    accuracy = Budget("accuracy", ">=", 0.95, "95 %", "%")
+    size = Budget("size", "<=", 1000, "1 KB", "KB")
+    verdicts = evaluate([latency, accuracy, size], {"latency_s": 1.5e-3, "accuracy": 0.97})
+    assert [v.holds for v in verdicts] == [False, True, False]
+    assert verdicts[0].margin_text == "misses by 0.5 ms"
+    assert verdicts[1].margin_text == "2 % to spare"
+    assert verdicts[2].measured is None and verdicts[2].measured_text == "not measured"
+    assert Verdict(Budget("latency", "<", 1e-3, "1 ms", "ms"), 1e-3).holds is False
