@@ -1,0 +1,89 @@
+"""Dataset loading for adl: a source name and its options in, a train/test `Dataset` out.
+
+This is a leaf layer: it imports nothing else from adl, and only numpy at module level
+(scikit-learn and Pillow are imported when the source that needs them is loaded).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import sources
+from .dataset import DataError, Dataset, check_classes, check_split
+
+__all__ = ["DataError", "Dataset", "SOURCES", "load_dataset"]
+
+SOURCES = ("cifar10", "digits", "images", "npz")
+_NEEDS_PATH = {"cifar10", "images", "npz"}
+
+
+def load_dataset(
+    source: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    split: float = 0.8,
+    seed: int = 0,
+    classes: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    grayscale: bool = False,
+) -> Dataset:
+    """Load `source` and split it into training and test sets.
+
+    Sources:
+      - "digits": scikit-learn's 8x8 digits, x of shape (N, 1, 8, 8), values 0..16. No `path`.
+      - "npz": `path` to an .npz with arrays `x` ((N, D), (N, H, W) or (N, C, H, W)) and
+        `y` ((N,) integer labels); (N, H, W) gains a channel axis.
+      - "cifar10": `path` to the CIFAR-10 "python version" folder (`cifar-10-batches-py`) or
+        its parent. The official files decide the division: `data_batch_*` is the training
+        set and `test_batch` the test set, so `split` and `seed` are ignored.
+      - "images": `path` to a folder with one subfolder of images per class; class indices
+        follow the sorted subfolder names. Images become RGB (L with `grayscale=True`) and are
+        resized to `image_size` (H, W) when given, else must all share one size.
+
+    digits, npz and images are split by `split` (the training fraction, in (0, 1)), class by
+    class, deterministically for a given `seed`. `classes`, when given, must cover every
+    label. `image_size` and `grayscale` apply only to "images".
+
+    Raises DataError (with `key` naming the offending option) for any problem with the data
+    or the options.
+    """
+    if source not in SOURCES:
+        raise DataError(f"unknown data source {source!r} (known: {', '.join(SOURCES)})", key="source")
+    check_split(split)
+    check_classes(classes)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}", key="seed")
+    if source != "images":
+        # Silently ignoring these would hide a spec mistake, e.g. expecting cifar10 to be resized.
+        if image_size is not None:
+            raise DataError(f"image_size only applies to source 'images', not {source!r}", key="image_size")
+        if grayscale:
+            raise DataError(f"grayscale only applies to source 'images', not {source!r}", key="grayscale")
+    elif image_size is not None and not _is_size(image_size):
+        raise DataError(f"image_size must be two positive integers (H, W), got {image_size!r}", key="image_size")
+
+    if source not in _NEEDS_PATH:
+        if path is not None:
+            raise DataError(f"source {source!r} takes no path", key="path")
+        return sources.load_digits(split=split, seed=seed, classes=classes)
+    if path is None or str(path) == "":
+        raise DataError(f"source {source!r} needs a path", key="path")
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if source == "npz":
+        return sources.load_npz(p, split=split, seed=seed, classes=classes)
+    if source == "cifar10":
+        return sources.load_cifar10(p, classes=classes)
+    return sources.load_images(
+        p, split=split, seed=seed, classes=classes,
+        image_size=None if image_size is None else (int(image_size[0]), int(image_size[1])),
+        grayscale=bool(grayscale),
+    )
+
+
+def _is_size(size: object) -> bool:
+    return (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size)
+    )

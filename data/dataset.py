@@ -1,0 +1,185 @@
+"""The `Dataset` record, the `DataError` exception and the helpers every source shares."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# A split must leave at least this many samples on each side: a one-sample test set gives a
+# meaningless accuracy and a one-sample training batch breaks batch statistics.
+MIN_SPLIT_SAMPLES = 2
+
+
+class DataError(Exception):
+    """A user-facing data problem.
+
+    `message` is one line meant to be shown as is (no traceback needed); `key` names the spec
+    option it relates to ("path", "split", "source", "classes", ...) so the compiler can point
+    at it, or is None when no single option is to blame.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.key = key
+
+
+# eq=False: numpy arrays make field-wise equality and hashing meaningless (and raise), so a
+# Dataset compares and hashes by identity; use `fingerprint()` to compare contents.
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    name: str
+    x_train: np.ndarray  # float32, raw values as the source gives them (not normalised)
+    y_train: np.ndarray  # int64 in [0, classes)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: int
+    input_shape: tuple[int, ...]  # per sample: (C, H, W) for images, (D,) for flat vectors
+    value_range: tuple[float, float]  # nominal range of raw inputs
+    mean: tuple[float, ...]  # per-channel mean of x_train (one value for flat vectors)
+    std: tuple[float, ...]  # per-channel std of x_train, 1.0 where a channel is constant
+
+    def fingerprint(self) -> str:
+        """sha256 hex digest of the four arrays (dtype, shape and bytes) and `classes`.
+
+        Stable across runs and platforms (bytes are hashed little-endian), so it can key a
+        checkpoint cache: any change to the data, the split or the class count changes it.
+        """
+        h = hashlib.sha256()
+        h.update(f"classes={self.classes};".encode())
+        for field in ("x_train", "y_train", "x_test", "y_test"):
+            a = getattr(self, field)
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+            h.update(f"{field}:{a.dtype.str}:{a.shape};".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"classes={self.classes}, input_shape={self.input_shape}, "
+            f"value_range={self.value_range})"
+        )
+
+
+def check_split(split: float) -> None:
+    if (
+        isinstance(split, bool)
+        or not isinstance(split, (int, float))
+        or not math.isfinite(split)
+        or not 0 < split < 1
+    ):
+        raise DataError(f"split must be a number strictly between 0 and 1, got {split!r}", key="split")
+
+
+def stratified_split(
+    y: np.ndarray, split: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices into `y`, split class by class in the proportion `split`.
+
+    Each class with at least 2 samples keeps at least one sample on each side; a class with a
+    single sample goes to training. The result depends only on (y, split, seed). Both index
+    arrays are shuffled, so neither split comes out sorted by class.
+    """
+    rng = np.random.default_rng(seed)
+    train_parts, test_parts = [], []
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        n = len(idx)
+        n_train = n if n < 2 else min(max(math.floor(n * split + 0.5), 1), n - 1)
+        train_parts.append(idx[:n_train])
+        test_parts.append(idx[n_train:])
+    empty = np.empty(0, dtype=np.int64)
+    train = rng.permutation(np.concatenate(train_parts)) if train_parts else empty
+    test = rng.permutation(np.concatenate(test_parts)) if test_parts else empty
+    return train, test
+
+
+def check_labels(y: np.ndarray, classes: int | None, what: str, key: str = "classes") -> int:
+    """Check that integer labels lie in [0, classes); returns the class count.
+
+    When `classes` is None it is inferred as max(label) + 1. `what` names the data in the
+    message ("npz file '/x.npz'"); `key` is the option blamed for labels >= classes.
+    """
+    if classes is None:
+        bad = y[y < 0]
+        if len(bad):
+            raise DataError(f"{what} has negative labels: {_describe_labels(bad)}", key="path")
+        return int(y.max()) + 1 if len(y) else 0
+    bad = y[(y < 0) | (y >= classes)]
+    if len(bad):
+        raise DataError(
+            f"{what} has labels outside [0, {classes}): {_describe_labels(bad)}",
+            key=key,
+        )
+    return classes
+
+
+def _describe_labels(bad: np.ndarray, limit: int = 5) -> str:
+    """'label 7 (3 samples), label 9 (1 sample)' for the offending label values."""
+    values, counts = np.unique(bad, return_counts=True)
+    parts = [f"label {v} ({c} sample{'s' if c != 1 else ''})" for v, c in zip(values, counts)]
+    if len(parts) > limit:
+        parts = parts[:limit] + [f"and {len(parts) - limit} more values"]
+    return ", ".join(parts)
+
+
+def check_classes(classes: int | None) -> None:
+    if classes is None:
+        return
+    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 2:
+        raise DataError(f"classes must be an integer of at least 2, got {classes!r}", key="classes")
+
+
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (N, C, H, W) data, or one overall value for (N, D) data.
+
+    Computed channel by channel in float64 to keep memory bounded and sums accurate. A
+    constant channel gets std 1.0 so that normalising by it never divides by zero.
+    """
+    channels = [x[:, c] for c in range(x.shape[1])] if x.ndim == 4 else [x]
+    means, stds = [], []
+    for xc in channels:
+        means.append(float(np.mean(xc, dtype=np.float64)))
+        s = float(np.std(xc, dtype=np.float64))
+        stds.append(s if s > 0 and math.isfinite(s) else 1.0)
+    return tuple(means), tuple(stds)
+
+
+def make_dataset(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: int,
+    value_range: tuple[float, float],
+    what: str,
+) -> Dataset:
+    """Assemble a Dataset with the canonical dtypes, after checking neither split is tiny."""
+    for split_name, ys in (("training", y_train), ("test", y_test)):
+        if len(ys) < MIN_SPLIT_SAMPLES:
+            total = len(y_train) + len(y_test)
+            raise DataError(
+                f"{what} leaves {len(ys)} {split_name} sample(s) out of {total}; "
+                f"each split needs at least {MIN_SPLIT_SAMPLES}",
+                # With enough samples a different split fraction fixes it; otherwise the data must grow.
+                key="split" if total >= 2 * MIN_SPLIT_SAMPLES and name != "cifar10" else "path",
+            )
+    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+    mean, std = channel_stats(x_train)
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=np.ascontiguousarray(y_train, dtype=np.int64),
+        x_test=np.ascontiguousarray(x_test, dtype=np.float32),
+        y_test=np.ascontiguousarray(y_test, dtype=np.int64),
+        classes=int(classes),
+        input_shape=tuple(int(d) for d in x_train.shape[1:]),
+        value_range=(float(value_range[0]), float(value_range[1])),
+        mean=mean,
+        std=std,
+    )
