@@ -1,0 +1,295 @@
+"""Run a library built by :mod:`adl.backends.tvm` with the TVM runtime only.
+
+This module must never import torch, directly or indirectly: a deployed adl library needs
+numpy and the TVM runtime, nothing else. ``tvm_ffi`` (which ``import tvm`` loads) tries
+``import torch`` unconditionally when torch is installed, which would cost seconds and pull
+torch into the process; :func:`_import_tvm` hides torch from that import (see there).
+
+TVM is imported lazily, on the first :class:`CompiledLibrary`, so importing this module is cheap.
+
+Threads: TVM's CPU thread pool is per calling thread and reads ``TVM_NUM_THREADS`` when the
+pool of that thread is created (on first use, not at ``import tvm``); its size is an upper bound
+for the threads a kernel may use. ``runtime.config_threadpool(mode, n)`` then sets how many of
+those workers are used. ``CompiledLibrary(num_threads=n)`` sets ``TVM_NUM_THREADS`` (if unset)
+so the pool is large enough, and applies ``config_threadpool`` in the calling thread before every
+run or timing. Note that untuned TVM kernels have no parallel loops; the thread count matters only
+for libraries whose kernels are parallelised (tuned or scheduled).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CompiledLibrary", "LatencyStats"]
+
+# threading::ThreadGroup::AffinityMode::kBig in TVM's threading_backend (all cores are "big" on
+# a homogeneous CPU).
+_AFFINITY_BIG = 1
+# Modules that tvm_ffi imports opportunistically and that drag torch in.
+_TORCH_MODULES = ("torch", "torch_c_dlpack_ext")
+
+_import_lock = threading.Lock()
+
+
+def _import_tvm() -> ModuleType:
+    """Import tvm (and its runtime VM) without importing torch, and return the ``tvm`` module.
+
+    If tvm is already imported (for instance by the build step, which needs torch anyway),
+    it is returned as is. Otherwise torch is hidden for the duration of the import by a
+    ``None`` entry in ``sys.modules`` (which makes ``import torch`` raise ImportError, the case
+    tvm_ffi handles as "torch not installed"); the entries are removed afterwards, so torch
+    stays importable for the rest of the process. The only lasting effect is that tvm_ffi's
+    optional torch integration (converting torch tensors passed directly to TVM functions,
+    torch stream contexts) is off in such a process; DLPack exchange still works.
+    """
+    with _import_lock:
+        if "tvm" in sys.modules and "tvm.runtime.vm" in sys.modules:
+            return sys.modules["tvm"]
+        hidden = [name for name in _TORCH_MODULES if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]
+        try:
+            import tvm
+            import tvm.runtime.vm  # noqa: F401
+        finally:
+            for name in hidden:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
+        return tvm
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Batch-1 latency of one call of the library's ``main``, in seconds."""
+
+    median_s: float
+    mean_s: float
+    p10_s: float
+    p90_s: float
+    min_s: float
+    repeats: int
+
+
+class CompiledLibrary:
+    """A built adl library loaded through the TVM runtime only.
+
+    Parameters
+    ----------
+    path:
+        The shared library written by :func:`adl.backends.tvm.build_library`.
+    input_shape:
+        The library's input shape, batch axis first and equal to 1, e.g. ``(1, 1, 8, 8)``.
+    num_threads:
+        Threads the TVM runtime may use for this library's kernels; ``None`` leaves the
+        runtime's setting alone (TVM's own default, or ``TVM_NUM_THREADS``).
+    input_dtype:
+        The library's input dtype (``"float32"`` for everything adl builds). Inputs of the same
+        kind (any float dtype for a float input) are cast; other kinds are rejected.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        input_shape: Sequence[int],
+        *,
+        num_threads: int | None = None,
+        input_dtype: str = "float32",
+    ):
+        self.path = Path(path)
+        try:
+            shape = tuple(int(d) for d in input_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
+        if len(shape) < 1 or shape[0] != 1 or any(d <= 0 for d in shape):
+            raise ValueError(
+                f"input_shape must be a positive shape with batch axis 1 first, e.g. (1, 1, 8, 8); "
+                f"got {shape}"
+            )
+        self.input_shape: tuple[int, ...] = shape
+        self.input_dtype = np.dtype(input_dtype)
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+                raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+            # The pool of a thread reads TVM_NUM_THREADS once, when it is created, and caps the
+            # usable workers; make it large enough, config_threadpool picks the exact count.
+            os.environ.setdefault("TVM_NUM_THREADS", str(max(num_threads, _available_cores())))
+        self.num_threads = num_threads
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no compiled library at {self.path}")
+
+        tvm = _import_tvm()
+        self._tvm = tvm
+        self._device = tvm.cpu(0)
+        try:
+            self._module = tvm.runtime.load_module(str(self.path))
+            self._vm = tvm.runtime.vm.VirtualMachine(self._module, self._device)
+            self._main = self._vm["main"]
+        except Exception as exc:  # TVM raises its own error types; keep the message short.
+            raise RuntimeError(f"cannot load {self.path} as a TVM Relax library: {_first_line(exc)}") from exc
+        self._config_threadpool = tvm.get_global_func("runtime.config_threadpool")
+        self._warned_threads = False
+        self._output_shape: tuple[int, ...] | None = None
+        self._apply_threads()
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledLibrary({str(self.path)!r}, input_shape={self.input_shape}, "
+            f"num_threads={self.num_threads})"
+        )
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def _apply_threads(self) -> None:
+        """Make the calling thread's TVM pool use ``num_threads`` workers (pools are per thread)."""
+        n = self.num_threads
+        if n is None:
+            return
+        runtime = self._tvm.runtime
+        if runtime.num_threads() == n:
+            return
+        self._config_threadpool(_AFFINITY_BIG, n)
+        actual = runtime.num_threads()
+        if actual != n and not self._warned_threads:
+            self._warned_threads = True
+            warnings.warn(
+                f"TVM runtime uses {actual} threads, not the {n} requested: this thread's pool was "
+                f"created before with fewer workers (TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')!r}). "
+                f"Set TVM_NUM_THREADS >= {n} before the first TVM use.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def runtime_threads(self) -> int:
+        """Threads the TVM runtime uses in the calling thread for this library."""
+        self._apply_threads()
+        return int(self._tvm.runtime.num_threads())
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _check_input(self, x: Any) -> tuple[np.ndarray, bool]:
+        """Return ``(batch, was_single)`` with ``batch`` of shape (N, *input_shape[1:])."""
+        arr = np.asarray(x)
+        sample_shape = self.input_shape[1:]
+        if arr.dtype.kind != self.input_dtype.kind or arr.dtype.kind not in "fiub":
+            kind = {"f": "floating-point", "i": "signed integer", "u": "unsigned integer", "b": "boolean"}
+            raise ValueError(
+                f"expected a {kind.get(self.input_dtype.kind, str(self.input_dtype))} input "
+                f"(the library's input dtype is {self.input_dtype}), got dtype {arr.dtype} "
+                f"with shape {arr.shape}"
+            )
+        if arr.shape == sample_shape:
+            return arr.reshape((1, *sample_shape)), True
+        if arr.ndim == len(self.input_shape) and arr.shape[1:] == sample_shape:
+            return arr, False
+        raise ValueError(
+            f"expected input of shape (N, {', '.join(map(str, sample_shape))}) or a single sample "
+            f"{sample_shape} (the library's input shape is {self.input_shape}); got shape {arr.shape}"
+        )
+
+    def _call(self, tensor: Any) -> np.ndarray:
+        try:
+            out = self._main(tensor)
+        except Exception as exc:  # the VM checks the declared shape against the compiled one
+            message = _first_line(exc)
+            if "match_cast" in str(exc) or "mismatch" in message:
+                raise ValueError(
+                    f"the library rejected an input of shape {self.input_shape}: is input_shape right? "
+                    f"{message}"
+                ) from exc
+            raise RuntimeError(f"running {self.path.name} failed: {message}") from exc
+        if not hasattr(out, "numpy"):  # Relax returns a tuple (an ffi Array) by default.
+            out = out[0]
+        return out.numpy()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run the library on ``x``.
+
+        ``x`` is a batch ``(N, *input_shape[1:])`` or one sample ``input_shape[1:]`` (treated as
+        N = 1). The library is compiled for batch 1, so the samples run one call at a time.
+        Returns the outputs stacked along a new batch axis, float32, e.g. ``(N, classes)``.
+        """
+        batch, _ = self._check_input(x)
+        self._apply_threads()
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        n = batch.shape[0]
+        staging = self._tvm.runtime.empty(self.input_shape, str(self.input_dtype), self._device)
+        outputs: np.ndarray | None = None
+        for i in range(n):
+            staging.copyfrom(batch[i : i + 1])
+            y = self._call(staging)
+            # batch-1 output (1, *rest) -> one row of the result
+            y = y.reshape(y.shape[1:]) if y.ndim >= 1 and y.shape[0] == 1 else y
+            if outputs is None:
+                outputs = np.empty((n, *y.shape), dtype=np.float32)
+                self._output_shape = (1, *y.shape)
+            outputs[i] = y
+        if outputs is None:  # empty batch: learn the output shape from one call
+            return np.empty((0, *self.output_shape[1:]), dtype=np.float32)
+        return outputs
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one batch-1 output, e.g. ``(1, classes)`` (found by one call if unknown)."""
+        if self._output_shape is None:
+            self.run(np.zeros(self.input_shape, dtype=self.input_dtype))
+        assert self._output_shape is not None
+        return self._output_shape
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Argmax labels (int64) of :meth:`run`'s outputs, shape ``(N,)``."""
+        return np.argmax(self.run(x), axis=-1).astype(np.int64)
+
+    def latency(self, *, repeats: int = 50, warmup: int = 10) -> LatencyStats:
+        """Batch-1 latency of one call of ``main`` on a random input, via the VM's time_evaluator.
+
+        ``warmup`` untimed calls first, then ``repeats`` timed runs of one call each
+        (``number=1, repeat=repeats``); the statistics are over those runs.
+        """
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+        self._apply_threads()
+        rng = np.random.default_rng(0)
+        if self.input_dtype.kind == "f":
+            sample = rng.standard_normal(self.input_shape).astype(self.input_dtype)
+        else:
+            sample = rng.integers(0, 2, size=self.input_shape).astype(self.input_dtype)
+        tensor = self._tvm.runtime.tensor(sample, self._device)
+        for _ in range(warmup):
+            self._call(tensor)
+        timer = self._vm.time_evaluator("main", self._device, number=1, repeat=repeats)
+        results = np.asarray(list(timer(tensor).results), dtype=np.float64)
+        return LatencyStats(
+            median_s=float(np.median(results)),
+            mean_s=float(np.mean(results)),
+            p10_s=float(np.percentile(results, 10)),
+            p90_s=float(np.percentile(results, 90)),
+            min_s=float(np.min(results)),
+            repeats=int(results.size),
+        )

@@ -1,0 +1,210 @@
+"""Lower a PyTorch model through Apache TVM (Relax) to a shared library.
+
+Pipeline: ``torch.export`` (eval mode, batch-1 float32 example) -> Relax
+(``from_exported_program``, weights embedded as constants) -> ``tvm.compile`` for the target
+-> ``export_library``. The result runs with :class:`adl.backends.runtime.CompiledLibrary`,
+which needs only numpy and the TVM runtime.
+
+torch and tvm are imported when a build starts, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["BuildInfo", "LoweringError", "build_library", "max_abs_difference"]
+
+STEP_EXPORT = "export"
+STEP_IMPORT = "import to Relax"
+STEP_COMPILE = "compile"
+STEP_EXPORT_LIBRARY = "export_library"
+
+
+class LoweringError(RuntimeError):
+    """Lowering a model to a TVM library failed.
+
+    ``step`` is one of ``"export"`` (torch.export), ``"import to Relax"``, ``"compile"``,
+    ``"export_library"``; the message names the step and the first line of the underlying
+    error, which is kept as ``__cause__``.
+    """
+
+    def __init__(self, message: str, step: str | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    input_name: str  # the Relax function's parameter name
+    input_shape: tuple[int, ...]  # batch 1, e.g. (1, 1, 8, 8)
+    input_dtype: str  # "float32"
+    output_shape: tuple[int, ...]  # (1, classes)
+    tvm_version: str
+    build_seconds: float
+    library_bytes: int  # size of the written .so
+
+
+def _summary(exc: BaseException) -> str:
+    """First non-empty line of an error, plus torch.export's pointer to the user code if any."""
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines()]
+    first = next((line for line in lines if line), "")
+    summary = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    marker = "The following call raised this error:"
+    if marker in lines:
+        where = [line for line in lines[lines.index(marker) + 1 :] if line][:2]
+        if where:
+            summary += f" (at {' '.join(where)})"
+    return summary
+
+
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except LoweringError:
+        raise
+    except Exception as exc:
+        raise LoweringError(f"TVM lowering failed at the {name} step: {_summary(exc)}", step=name) from exc
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Put ``model`` in eval mode, restoring each submodule's training flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _example_batch(example_input: np.ndarray) -> np.ndarray:
+    arr = np.asarray(example_input)
+    if arr.ndim < 1 or arr.shape[0] < 1:
+        raise ValueError(f"example_input needs a batch axis first with at least one sample, got shape {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise ValueError(f"example_input must be a float array, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr[:1], dtype=np.float32)
+
+
+def _tensor_type_shape(ty: Any) -> tuple[tuple[int, ...], str]:
+    return tuple(int(d) for d in ty.shape), str(ty.dtype)
+
+
+def build_library(
+    model: "torch.nn.Module",
+    example_input: np.ndarray,
+    target: dict,
+    out_path: Path,
+) -> BuildInfo:
+    """Lower ``model`` to a TVM shared library at ``out_path`` for ``target``.
+
+    ``torch.export`` (model in eval mode, batch-1 example, float32) -> Relax
+    (``from_exported_program``, ``keep_params_as_input=False`` so weights are embedded
+    constants) -> ``tvm.compile`` for ``tvm.target.Target(target)`` -> ``export_library``.
+
+    ``example_input`` has the batch axis first; only its first sample is used (the library is
+    compiled for batch 1). ``target`` is a TVM target dict, e.g. ``{"kind": "llvm", "num-cores": 2}``.
+    The library is written atomically (a temporary file in the same folder, then ``os.replace``).
+    The model's training flags are restored afterwards.
+
+    Raises :class:`LoweringError` naming the failed step (the original error is its
+    ``__cause__``), and ValueError for an ``example_input`` that is empty or not floating-point.
+    """
+    import torch  # before tvm: tvm_ffi then enables its torch integration
+
+    import tvm
+    from tvm.relax.frontend.torch import from_exported_program
+
+    out_path = Path(out_path)
+    example = _example_batch(example_input)
+    start = time.perf_counter()
+
+    with _eval_mode(model):
+        with _step(STEP_EXPORT):
+            exported = torch.export.export(model, (torch.from_numpy(example.copy()),))
+        with _step(STEP_IMPORT), warnings.catch_warnings():
+            # torch's pytree emits a FutureWarning about LeafSpec while TVM decomposes the program.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            mod = from_exported_program(exported, keep_params_as_input=False)
+            main = mod["main"]
+            params = list(main.params)
+            if len(params) != 1:
+                raise ValueError(f"expected the Relax main function to take 1 input, it takes {len(params)}")
+            input_name = str(params[0].name)
+            input_shape, input_dtype = _tensor_type_shape(params[0].ty)
+            ret = main.ret_ty
+            fields = getattr(ret, "fields", None)
+            if fields is not None:  # a tuple of outputs: the library's runtime takes the first
+                if len(fields) < 1:
+                    raise ValueError("the Relax main function returns an empty tuple")
+                ret = fields[0]
+            output_shape, _ = _tensor_type_shape(ret)
+
+    with _step(STEP_COMPILE):
+        tvm_target = tvm.target.Target(target)
+        executable = tvm.compile(mod, target=tvm_target)
+
+    with _step(STEP_EXPORT_LIBRARY):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder (so os.replace is atomic), same suffix (export_library picks the format by it).
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=f".tmp{out_path.suffix}", dir=out_path.parent)
+        os.close(fd)
+        try:
+            executable.export_library(tmp_name)
+            os.replace(tmp_name, out_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise
+
+    return BuildInfo(
+        input_name=input_name,
+        input_shape=input_shape,
+        input_dtype=input_dtype,
+        output_shape=output_shape,
+        tvm_version=str(tvm.__version__),
+        build_seconds=time.perf_counter() - start,
+        library_bytes=out_path.stat().st_size,
+    )
+
+
+def max_abs_difference(model: "torch.nn.Module", library_path: Path, inputs: np.ndarray) -> float:
+    """Max abs difference between ``model`` (eval mode) and the built library on ``inputs``.
+
+    ``inputs`` holds N samples, batch axis first; the library runs them one at a time through
+    :class:`adl.backends.runtime.CompiledLibrary`, the model as one batch.
+    """
+    import torch
+
+    from adl.backends.runtime import CompiledLibrary
+
+    batch = np.asarray(inputs)
+    if batch.ndim < 1 or batch.shape[0] < 1:
+        raise ValueError(f"inputs need a batch axis first with at least one sample, got shape {batch.shape}")
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    library = CompiledLibrary(library_path, input_shape=(1, *batch.shape[1:]))
+    got = library.run(batch)
+    with _eval_mode(model), torch.no_grad():
+        expected = model(torch.from_numpy(batch.copy()))
+    if isinstance(expected, (tuple, list)):
+        expected = expected[0]
+    expected = expected.detach().cpu().numpy()
+    if expected.shape != got.shape:
+        raise ValueError(f"output shapes differ: model {expected.shape}, library {got.shape}")
+    return float(np.max(np.abs(expected.astype(np.float64) - got.astype(np.float64))))
