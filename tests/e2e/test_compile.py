@@ -1,0 +1,175 @@
+"""End to end: spec -> trained model -> TVM library -> measured, budget-checked artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adl.cli import main
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+spec tiny
+task classify { classes = 10 }
+data digits { split = 0.8  seed = 0 }
+model cnn(channels = [8, 16], hidden = 32)
+target host { kind = llvm  cores = 2 }
+constraints {
+  latency  <= 50 ms
+  size     <= 5 MB
+  accuracy >= 70 %
+}
+pipeline {
+  train { epochs = EPOCHS }
+  lower { repeats = 20 }
+}
+"""
+
+
+def write_spec(folder: Path, epochs: int = 4, extra: str = "") -> Path:
+    path = folder / "tiny.adl"
+    path.write_text(SPEC.replace("EPOCHS", str(epochs)) + extra)
+    return path
+
+
+def compile_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "adl", "compile", "-q", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    spec = write_spec(folder)
+    proc = compile_cli(str(spec), "-o", str(folder / "out"), "--dump-ir", str(folder / "ir"))
+    return folder, spec, proc
+
+
+def test_compile_writes_a_complete_artifact(compiled):
+    folder, _, proc = compiled
+    assert proc.returncode == 0, proc.stderr
+    out = folder / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "report.md", "spec.adl"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert manifest["input"]["shape"] == [1, 1, 8, 8] and manifest["input"]["value_range"] == [0.0, 16.0]
+    assert manifest["metrics"]["accuracy"] >= 0.70
+    assert manifest["metrics"]["max_abs_diff"] <= 1e-4
+    assert manifest["metrics"]["latency"]["repeats"] == 20
+    assert manifest["metrics"]["size_bytes"] == (out / "model.so").stat().st_size
+    assert [p["name"] for p in manifest["passes"]] == ["train", "lower"]
+    assert {b["metric"]: b["holds"] for b in manifest["budgets"]} == {"latency": True, "size": True, "accuracy": True}
+    assert [layer["op"] for layer in manifest["layers"]] == ["conv2d", "pool", "conv2d", "pool", "pool", "linear",
+                                                             "linear"]
+    assert manifest["metrics"]["flops"] == sum(layer["flops"] for layer in manifest["layers"])
+    assert "accuracy" in proc.stdout and "holds" in proc.stdout
+    assert not list(folder.glob(".out.*")), "no temporary artifact folder may be left behind"
+
+
+def test_dump_ir_after_each_pass(compiled):
+    folder, _, _ = compiled
+    dumps = sorted(p.name for p in (folder / "ir").iterdir())
+    assert dumps == ["01-train.txt", "02-lower.txt"]
+    text = (folder / "ir" / "02-lower.txt").read_text()
+    assert "## graph (torch.fx)" in text and '"library"' in text
+
+
+def test_run_reproduces_the_measured_accuracy(compiled):
+    folder, spec, _ = compiled
+    assert main(["data", str(spec), "-o", str(folder / "test.npz")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "adl", "run", str(folder / "out"), "--input", str(folder / "test.npz"),
+                           "--output", str(folder / "pred.npy")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((folder / "out" / "manifest.json").read_text())
+    assert f"accuracy: {100 * manifest['metrics']['accuracy']:.2f} %" in proc.stdout
+    assert np.load(folder / "pred.npy").shape == (manifest["data"]["test_samples"],)
+
+
+def test_load_runs_through_tvm_only(compiled):
+    folder, spec, _ = compiled
+    main(["data", str(spec), "-o", str(folder / "test.npz")])
+    code = ("import sys, numpy as np, adl; a = adl.load(sys.argv[1]); d = np.load(sys.argv[2]); "
+            "acc = float(np.mean(a.predict(d['x']) == d['y'])); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(acc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder / "out"), str(folder / "test.npz")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((folder / "out" / "manifest.json").read_text())
+    assert float(proc.stdout) == pytest.approx(manifest["metrics"]["accuracy"])
+
+
+def test_rerun_reuses_every_pass_and_option_change_reruns_only_later_passes(compiled):
+    folder, spec, _ = compiled
+    proc = compile_cli(str(spec), "-o", str(folder / "out2"))
+    assert proc.returncode == 0, proc.stderr
+    passes = json.loads((folder / "out2" / "manifest.json").read_text())["passes"]
+    assert [p["reused"] for p in passes] == [True, True]
+
+    proc = compile_cli(str(spec), "-o", str(folder / "out3"), "--pipeline", "train{epochs=4},lower{repeats=30}")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((folder / "out3" / "manifest.json").read_text())
+    assert [p["reused"] for p in manifest["passes"]] == [True, False]
+    assert manifest["metrics"]["latency"]["repeats"] == 30
+    assert manifest["pipeline"] == "train{epochs=4},lower{repeats=30}"
+
+
+def test_a_missed_budget_exits_1_and_still_writes_the_artifact(compiled):
+    folder, _, _ = compiled
+    strict = folder / "strict.adl"
+    strict.write_text(SPEC.replace("EPOCHS", "4").replace("latency  <= 50 ms", "latency <= 1 ns"))
+    proc = compile_cli(str(strict), "-o", str(folder / "strict-out"), "--cache", str(folder / ".adl-cache"))
+    assert proc.returncode == 1, proc.stderr
+    manifest = json.loads((folder / "strict-out" / "manifest.json").read_text())
+    latency = next(b for b in manifest["budgets"] if b["metric"] == "latency")
+    assert latency["holds"] is False and latency["margin"].startswith("misses by")
+    assert manifest["all_budgets_hold"] is False
+    assert "FAILS" in proc.stdout and "misses by" in proc.stdout
+
+
+def _comparable(manifest: dict) -> dict:
+    """The manifest without what legitimately differs between runs: timings and checkpoint reuse."""
+    manifest = json.loads(json.dumps(manifest))
+    for key in ("latency_s", "latency"):
+        manifest["metrics"].pop(key)
+    manifest["library"].pop("build_seconds")
+    for budget in manifest["budgets"]:
+        if budget["metric"] == "latency":
+            budget.pop("measured"), budget.pop("measured_text"), budget.pop("margin")
+    manifest["passes"] = [(p["name"], p["pass"], p["key"]) for p in manifest["passes"]]
+    return manifest
+
+
+def test_sigkill_during_training_resumes_from_the_checkpoint(tmp_path):
+    spec = write_spec(tmp_path, epochs=25)
+    reference = compile_cli(str(spec), "-o", str(tmp_path / "ref"), "--cache", str(tmp_path / "cache-ref"))
+    assert reference.returncode == 0, reference.stderr
+
+    cache = tmp_path / "cache"
+    args = [sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out"), "--cache", str(cache)]
+    victim = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("state/*/train_state.pt")):
+        assert victim.poll() is None, "the compile finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (tmp_path / "out").exists()
+
+    resumed = subprocess.run(args[:4] + args[5:], capture_output=True, text=True)  # without -q: shows the log
+    assert resumed.returncode == 0, resumed.stderr
+    assert "train: resuming after epoch" in resumed.stderr
+    epoch = int(resumed.stderr.split("resuming after epoch ")[1].split()[0])
+    assert 1 <= epoch < 25
+    ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    got = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert _comparable(got) == _comparable(ref)
