@@ -45,8 +45,10 @@ MODEL_FAMILIES: dict[str, tuple[Option, ...]] = {
     "mobilenet": (Option("kernels", "int_list", (3, 3, 3, 3), "depthwise kernel of each inverted-residual block",
                          low=1),
                   Option("expand", "int_list", (1, 6, 6, 6), "expansion ratio of each block", low=1),
-                  Option("channels", "int_list", (16, 24, 24, 32), "output channels of each block", low=1),
-                  Option("strides", "int_list", (1, 2, 1, 2), "stride of each block", low=1, high=2),
+                  Option("channels", "int_list", None, "output channels of each block "
+                         "(default: 16, 24, 24, 32, 32, 48, ... for as many blocks as `kernels`)", low=1),
+                  Option("strides", "int_list", None, "stride of each block (default: 1, 2, 1, 2, 1, 1, ...)",
+                         low=1, high=2),
                   Option("width", "float", 1.0, "width multiplier applied to all channels", low=0.05),
                   Option("stem", "int", 16, "channels of the stem convolution", low=1),
                   Option("head", "int", 64, "channels of the final 1x1 convolution", low=1)),
@@ -171,7 +173,8 @@ class _Checker:
         if values is None:
             return None
         if family == "mobilenet":
-            lengths = {k: len(values[k]) for k in ("kernels", "expand", "channels", "strides")}
+            lengths = {k: len(values[k]) for k in ("kernels", "expand", "channels", "strides")
+                       if values[k] is not None}
             if len(set(lengths.values())) != 1:
                 self.error("mobilenet's per-block lists differ in length: "
                            + ", ".join(f"{k} has {n}" for k, n in lengths.items()), block.head.span)

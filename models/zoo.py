@@ -86,10 +86,19 @@ def cnn(input_shape: Sequence[int], classes: int, channels: Sequence[int] = (16,
     return nn.Sequential(*layers)
 
 
+DEFAULT_CHANNELS = (16, 24, 24, 32, 32, 48, 48, 64, 64, 96)
+DEFAULT_STRIDES = (1, 2, 1, 2)
+
+
 def mobilenet(input_shape: Sequence[int], classes: int, kernels: Sequence[int] = (3, 3, 3, 3),
-              expand: Sequence[int] = (1, 6, 6, 6), channels: Sequence[int] = (16, 24, 24, 32),
-              strides: Sequence[int] = (1, 2, 1, 2), width: float = 1.0, stem: int = 16,
+              expand: Sequence[int] = (1, 6, 6, 6), channels: Sequence[int] | None = None,
+              strides: Sequence[int] | None = None, width: float = 1.0, stem: int = 16,
               head: int = 64) -> nn.Sequential:
+    """MobileNetV2-style network; `channels`/`strides` default to a schedule as long as `kernels`
+    (two stride-2 blocks take 8x8 digits down to 2x2)."""
+    blocks = len(kernels)
+    channels = channels or tuple(DEFAULT_CHANNELS[min(i, len(DEFAULT_CHANNELS) - 1)] for i in range(blocks))
+    strides = strides or tuple(DEFAULT_STRIDES[i] if i < len(DEFAULT_STRIDES) else 1 for i in range(blocks))
     cin = _scaled(stem, width)
     layers: list[nn.Module] = [_conv_bn(input_shape[0], cin, 3)]
     for k, e, c, s in zip(kernels, expand, channels, strides):
