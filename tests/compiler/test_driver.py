@@ -1,0 +1,100 @@
+"""The driver with small custom passes: error context, requires/ensures, checkpoints, data errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import adl
+from adl.compiler.driver import compile_spec
+from adl.compiler.passes import Pass, PassError
+from adl.compiler.pipeline import Pipeline
+from adl.dsl.errors import AdlError
+
+SPEC = """spec d
+task classify { classes = 10 }
+data digits
+model mlp(hidden = [8])
+constraints { accuracy >= 50 %  latency <= 1 s }
+pipeline { train }
+"""
+
+RUNS: list[str] = []
+
+
+class Mark(Pass):
+    name = "mark"
+    ensures = ("marked",)
+
+    def run(self, module, ctx):
+        RUNS.append(self.name)
+        return module.with_metrics(accuracy=0.75).establish("marked")
+
+
+class NeedsMark(Pass):
+    name = "needs_mark"
+    requires = ("marked",)
+
+    def run(self, module, ctx):
+        RUNS.append(self.name)
+        return module
+
+
+class Boom(Pass):
+    name = "boom"
+
+    def run(self, module, ctx):
+        raise ValueError("kaput")
+
+
+class Liar(Pass):
+    name = "liar"
+    ensures = ("library",)
+
+    def run(self, module, ctx):
+        return module
+
+
+def test_custom_passes_run_then_are_reused(tmp_path):
+    RUNS.clear()
+    spec = adl.check(SPEC)
+    result = compile_spec(spec, pipeline=Pipeline([Mark(), NeedsMark()]), out_dir=tmp_path / "out")
+    assert RUNS == ["mark", "needs_mark"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [b["holds"] for b in manifest["budgets"]] == [True, False]  # latency: nothing measured it
+    assert manifest["budgets"][1]["measured_text"] == "not measured"
+    assert not (tmp_path / "out" / "model.so").exists()
+    assert not result.ok
+    compile_spec(spec, pipeline=Pipeline([Mark(), NeedsMark()]), out_dir=tmp_path / "out")
+    assert RUNS == ["mark", "needs_mark"], "the second compile must reuse both checkpoints"
+
+
+def test_missing_requirement_is_reported_before_running(tmp_path):
+    with pytest.raises(PassError, match="while running 'needs_mark': it requires marked"):
+        compile_spec(adl.check(SPEC), pipeline=Pipeline([NeedsMark()]), out_dir=tmp_path / "o")
+
+
+def test_failures_name_the_pass_and_what_ran_before(tmp_path):
+    with pytest.raises(PassError, match=r"while running 'boom' after \[mark\]: ValueError: kaput"):
+        compile_spec(adl.check(SPEC), pipeline=Pipeline([Mark(), Boom()]), out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_pass_that_breaks_its_contract_is_caught(tmp_path):
+    with pytest.raises(PassError, match="did not establish library"):
+        compile_spec(adl.check(SPEC), pipeline=Pipeline([Liar()]), out_dir=tmp_path / "o")
+
+
+def test_data_problems_found_at_compile_time_point_at_the_data_block(tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((20, 4), np.float32), y=np.full(20, 12))
+    spec_file = tmp_path / "s.adl"
+    spec_file.write_text(SPEC.replace("data digits", 'data npz { path = "bad.npz" }'))
+    from adl.compiler.check import load_spec_file
+
+    with pytest.raises(AdlError) as info:
+        compile_spec(load_spec_file(spec_file), pipeline=Pipeline([Mark()]), out_dir=tmp_path / "o")
+    rendered = info.value.render()
+    assert rendered.startswith(f"{spec_file}:3:1: error: npz file")
+    assert "labels outside [0, 10)" in rendered and "^~~~" in rendered
