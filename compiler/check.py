@@ -52,6 +52,8 @@ MODEL_FAMILIES: dict[str, tuple[Option, ...]] = {
                   Option("width", "float", 1.0, "width multiplier applied to all channels", low=0.05),
                   Option("stem", "int", 16, "channels of the stem convolution", low=1),
                   Option("head", "int", 64, "channels of the final 1x1 convolution", low=1)),
+    "resnet": (Option("blocks", "int_list", (2, 2, 2, 2), "basic blocks per stage (ResNet-18: [2, 2, 2, 2])", low=1),
+               Option("widths", "int_list", (64, 128, 256, 512), "channels of each stage", low=1)),
 }
 
 TARGET_OPTIONS: tuple[Option, ...] = (
@@ -171,6 +173,9 @@ class _Checker:
             return None
         values = self._settings(settings, MODEL_FAMILIES[family], f"model '{family}'", block.keyword_span)
         if values is None:
+            return None
+        if family == "resnet" and len(values["blocks"]) != len(values["widths"]):
+            self.error("resnet's `blocks` and `widths` differ in length", block.head.span)
             return None
         if family == "mobilenet":
             lengths = {k: len(values[k]) for k in ("kernels", "expand", "channels", "strides")

@@ -109,7 +109,34 @@ def mobilenet(input_shape: Sequence[int], classes: int, kernels: Sequence[int] =
     return nn.Sequential(*layers)
 
 
-FAMILIES = {"mlp": mlp, "cnn": cnn, "mobilenet": mobilenet}
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN, identity or 1x1-conv-BN shortcut, ReLU after the sum."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(cin, cout, 3, stride, act=nn.ReLU), _conv_bn(cout, cout, 3, act=None))
+        self.shortcut = (nn.Sequential() if stride == 1 and cin == cout
+                         else _conv_bn(cin, cout, 1, stride, act=None))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet(input_shape: Sequence[int], classes: int, blocks: Sequence[int] = (2, 2, 2, 2),
+           widths: Sequence[int] = (64, 128, 256, 512)) -> nn.Sequential:
+    """CIFAR-style ResNet (3x3 stem, no max-pool); the defaults are ResNet-18 (555 M MACs at 32x32)."""
+    cin = widths[0]
+    layers: list[nn.Module] = [_conv_bn(input_shape[0], cin, 3, act=nn.ReLU)]
+    for stage, (count, cout) in enumerate(zip(blocks, widths)):
+        for i in range(count):
+            layers.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
+    return nn.Sequential(*layers)
+
+
+FAMILIES = {"mlp": mlp, "cnn": cnn, "mobilenet": mobilenet, "resnet": resnet}
 
 
 def build_model(family: str, options: Mapping[str, Any], *, input_shape: Sequence[int], classes: int,
@@ -122,3 +149,15 @@ def build_model(family: str, options: Mapping[str, Any], *, input_shape: Sequenc
                          f"{tuple(input_shape)}: use `model mlp(...)`")
     body = FAMILIES[family](input_shape, classes, **dict(options))
     return nn.Sequential(Normalize(mean, std, channel_dims=len(input_shape) - 1), body)
+
+
+# Reference networks of the lowering benchmarks (CIFAR-style, 32x32 inputs).
+MOBILENET_V2_CIFAR = {
+    "kernels": (3,) * 17,
+    "expand": (1,) + (6,) * 16,
+    "channels": (16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320),
+    "strides": (1, 1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1),
+    "stem": 32,
+    "head": 1280,
+}
+RESNET18_CIFAR = {"blocks": (2, 2, 2, 2), "widths": (64, 128, 256, 512)}
