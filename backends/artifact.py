@@ -71,6 +71,10 @@ class Artifact:
             from adl.backends.runtime import CompiledLibrary
 
             library = self.path / LIBRARY_FILE
+            triple = self.manifest.get("target", {}).get("mtriple")
+            if (self.manifest.get("library") or {}).get("cross_compiled"):
+                raise ArtifactError(f"{self.path} was cross-compiled for {triple}: run it there with the TVM "
+                                    "runtime (see docs/lowering.md)")
             if not library.exists():
                 raise ArtifactError(f"{self.path} has no {LIBRARY_FILE}: its pipeline had no `lower` pass")
             cores = self.manifest.get("target", {}).get("num-cores")

@@ -14,7 +14,7 @@ from adl.compiler.options import Option, OptionError, coerce_settings, quantity_
 from adl.compiler.passes import PassRegistry, default_registry
 from adl.compiler.pipeline import resolve_stage
 from adl.compiler.spec import (
-    BUDGET_QUANTITIES, Budget, DataSpec, ModelSpec, Spec, StageSpec, TargetSpec, TaskSpec,
+    BUDGET_QUANTITIES, Budget, CallValue, DataSpec, ModelSpec, Spec, StageSpec, TargetSpec, TaskSpec,
 )
 from adl.dsl import ast
 from adl.dsl.errors import AdlError, Diagnostic
@@ -60,6 +60,14 @@ TARGET_OPTIONS: tuple[Option, ...] = (
     Option("kind", "name", "llvm", "TVM target kind", choices=("llvm",)),
     Option("cores", "int", os.cpu_count() or 1, "CPU cores the library may use", low=1, high=1024),
     Option("mcpu", "string", None, "LLVM CPU name, e.g. znver3 (default: generic for the host)"),
+    Option("triple", "string", None, 'LLVM target triple to cross-compile for, e.g. "aarch64-linux-gnu"'),
+    Option("tune", "call", CallValue("none"),
+           "none, or metaschedule(trials = N per new task, minutes = M for the whole session)",
+           calls={"none": (),
+                  "metaschedule": (Option("trials", "int", 64, "measured candidates per task not yet in the "
+                                          "tuning database", low=1),
+                                   Option("minutes", "float", None, "stop tuning after this many minutes "
+                                          "(what was measured by then is used)", low=0.0))}),
 )
 
 REQUIRED_BLOCKS = ("task", "data", "pipeline")
@@ -197,7 +205,7 @@ class _Checker:
         if values is None:
             return None
         return TargetSpec(name=name, kind=values["kind"], cores=values["cores"], mcpu=values["mcpu"],
-                          span=block.span)
+                          triple=values["triple"], tune=values["tune"], span=block.span)
 
     # -- constraints ---------------------------------------------------------------------------
 

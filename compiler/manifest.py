@@ -35,6 +35,8 @@ def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: S
                  "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test)},
         "pipeline": str(pipeline),
         "library": library,
+        "tuning": {"method": spec.target.tune.name, **spec.target.tune.as_dict(),
+                   "report": library.get("tuning") if library else None},
         "metrics": metrics,
         "budgets": [v.as_dict() for v in verdicts],
         "all_budgets_hold": all(v.holds for v in verdicts),

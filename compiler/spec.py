@@ -62,6 +62,8 @@ class TargetSpec:
     kind: str = "llvm"
     cores: int = 2
     mcpu: str | None = None
+    triple: str | None = None  # LLVM target triple for cross-compilation, e.g. "aarch64-linux-gnu"
+    tune: CallValue = CallValue("none")  # none | metaschedule(trials = N, minutes = M)
     span: Span | None = field(default=None, compare=False)
 
     def tvm_target(self) -> dict[str, Any]:
@@ -69,6 +71,8 @@ class TargetSpec:
         target: dict[str, Any] = {"kind": self.kind, "num-cores": self.cores}
         if self.mcpu:
             target["mcpu"] = self.mcpu
+        if self.triple:
+            target["mtriple"] = self.triple
         return target
 
 

@@ -25,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["BuildInfo", "LoweringError", "build_library", "max_abs_difference"]
+__all__ = ["BuildInfo", "LoweringError", "TuneRequest", "build_library", "cross_compiler_for", "max_abs_difference"]
 
 STEP_EXPORT = "export"
 STEP_IMPORT = "import to Relax"
@@ -55,6 +55,18 @@ class BuildInfo:
     tvm_version: str
     build_seconds: float
     library_bytes: int  # size of the written .so
+    tuning: dict | None = None  # TuningReport.as_dict() when MetaSchedule tuning was asked for
+    cross_compiled: bool = False  # built for another machine: it cannot run here
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """MetaSchedule tuning: up to `trials_per_task` measured candidates per new task, and stop
+    after `minutes` (what was measured by then is kept and used)."""
+
+    trials_per_task: int
+    minutes: float | None = None
+    root: Path | None = None  # tuning database root; default adl.backends.tvm.tuning.default_root()
 
 
 def _summary(exc: BaseException) -> str:
@@ -111,17 +123,22 @@ def build_library(
     example_input: np.ndarray,
     target: dict,
     out_path: Path,
+    *,
+    tune: TuneRequest | None = None,
+    progress: Any = None,
 ) -> BuildInfo:
     """Lower ``model`` to a TVM shared library at ``out_path`` for ``target``.
 
-    ``torch.export`` (model in eval mode, batch-1 example, float32) -> Relax
+    ``torch.export`` (model in eval mode, BatchNorm folded, batch-1 example, float32) -> Relax
     (``from_exported_program``, ``keep_params_as_input=False`` so weights are embedded
-    constants) -> ``tvm.compile`` for ``tvm.target.Target(target)`` -> ``export_library``.
+    constants) -> ``tvm.compile`` for ``tvm.target.Target(target)`` (with MetaSchedule's best
+    schedules from the tuning database when ``tune`` is given) -> ``export_library``; with an
+    ``mtriple`` in ``target`` the library is linked by that triple's cross compiler.
 
     ``example_input`` has the batch axis first; only its first sample is used (the library is
     compiled for batch 1). ``target`` is a TVM target dict, e.g. ``{"kind": "llvm", "num-cores": 2}``.
     The library is written atomically (a temporary file in the same folder, then ``os.replace``).
-    The model's training flags are restored afterwards.
+    The model itself is not modified.
 
     Raises :class:`LoweringError` naming the failed step (the original error is its
     ``__cause__``), and ValueError for an ``example_input`` that is empty or not floating-point.
@@ -131,9 +148,17 @@ def build_library(
     import tvm
     from tvm.relax.frontend.torch import from_exported_program
 
+    from adl.backends.tvm.prepare import fold_batchnorm
+
     out_path = Path(out_path)
     example = _example_batch(example_input)
     start = time.perf_counter()
+    fcompile = cross_compiler_for(target)
+    report = None
+    try:
+        model = fold_batchnorm(model)
+    except Exception:  # torch.fx cannot trace every model torch.export can; folding is only an optimisation
+        pass
 
     with _eval_mode(model):
         with _step(STEP_EXPORT):
@@ -157,8 +182,15 @@ def build_library(
             output_shape, _ = _tensor_type_shape(ret)
 
     with _step(STEP_COMPILE):
-        tvm_target = tvm.target.Target(target)
-        executable = tvm.compile(mod, target=tvm_target)
+        if tune is None:
+            executable = tvm.compile(mod, target=tvm.target.Target(target))
+        else:
+            from adl.backends.tvm import tuning
+
+            mod = tuning.prepare_for_tuning(mod)
+            report = tuning.tune(mod, target, trials_per_task=tune.trials_per_task, minutes=tune.minutes,
+                                 root=tune.root, progress=progress)
+            executable = tuning.build_with_database(mod, target, root=tune.root)
 
     with _step(STEP_EXPORT_LIBRARY):
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +198,10 @@ def build_library(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=f".tmp{out_path.suffix}", dir=out_path.parent)
         os.close(fd)
         try:
-            executable.export_library(tmp_name)
+            if fcompile is None:
+                executable.export_library(tmp_name)
+            else:
+                executable.export_library(tmp_name, fcompile=fcompile)
             os.replace(tmp_name, out_path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -181,7 +216,30 @@ def build_library(
         tvm_version=str(tvm.__version__),
         build_seconds=time.perf_counter() - start,
         library_bytes=out_path.stat().st_size,
+        tuning=report.as_dict() if report is not None else None,
+        cross_compiled=fcompile is not None,
     )
+
+
+def cross_compiler_for(target: dict) -> Any:
+    """The link step for a target triple other than this machine's (None: link natively).
+
+    Uses the GNU cross toolchain named after the triple, e.g. ``aarch64-linux-gnu-g++`` from
+    Debian's ``g++-aarch64-linux-gnu``.
+    """
+    import platform
+    import shutil
+
+    triple = target.get("mtriple")
+    if not triple or triple.split("-")[0] == platform.machine():
+        return None
+    compiler = f"{triple}-g++"
+    if shutil.which(compiler) is None:
+        raise LoweringError(f"cross-compiling for {triple} needs {compiler}, which is not installed "
+                            f"(Debian: apt-get install g++-{triple})", STEP_EXPORT_LIBRARY)
+    from tvm.support import cc
+
+    return cc.cross_compiler(compiler)
 
 
 def max_abs_difference(model: "torch.nn.Module", library_path: Path, inputs: np.ndarray) -> float:

@@ -30,17 +30,27 @@ class LowerPass(Pass):
         import numpy as np
 
         from adl.backends.runtime import CompiledLibrary
-        from adl.backends.tvm.build import LoweringError, build_library, max_abs_difference
+        from adl.backends.tvm.build import LoweringError, TuneRequest, build_library, max_abs_difference
 
         dataset = ctx.dataset()
         path = ctx.output_dir() / "model.so"
         target = ctx.spec.target.tvm_target()
+        tune_spec = ctx.spec.target.tune
+        tune = (TuneRequest(tune_spec.get("trials"), tune_spec.get("minutes"))
+                if tune_spec.name == "metaschedule" else None)
         with ctx.progress.task("lower", total=3) as bar:
             try:
-                info = build_library(module.model, dataset.x_test[:1], target, path)
+                info = build_library(module.model, dataset.x_test[:1], target, path, tune=tune,
+                                     progress=ctx.progress)
             except LoweringError as err:
                 raise PassError(str(err)) from err
             bar.advance(1, step="built")
+            if info.cross_compiled:
+                ctx.log(f"lower: cross-compiled for {target['mtriple']}: the library cannot run here, so it is "
+                        "neither verified nor measured")
+                return module.with_files(library=str(path)).with_metrics(
+                    size_bytes=info.library_bytes, library=asdict(info) | {"file": "model.so", "target": target},
+                ).establish("library")
             difference = max_abs_difference(module.model, path, dataset.x_test)
             if not difference <= self.config["tolerance"]:
                 raise PassError(f"the library disagrees with the PyTorch model: max abs difference {difference:.3g} "

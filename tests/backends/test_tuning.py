@@ -1,0 +1,86 @@
+"""MetaSchedule tuning: persistent database, reuse, deadline, torn-file repair, in the compiler."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+TARGET = {"kind": "llvm", "num-cores": 2}
+
+
+def _tiny_module():
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from adl.backends.tvm import tuning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    exported = torch.export.export(model, (torch.zeros(1, 1, 4, 4),))
+    return model, tuning.prepare_for_tuning(from_exported_program(exported, keep_params_as_input=False))
+
+
+@pytest.mark.slow
+def test_tuning_is_stored_reused_and_applied(tmp_path):
+    from adl.backends.runtime import CompiledLibrary
+    from adl.backends.tvm import tuning
+
+    model, mod = _tiny_module()
+    cut_short = tuning.tune(mod, TARGET, trials_per_task=4, minutes=0.0, root=tmp_path)
+    assert cut_short.stopped_by_deadline and 0 < cut_short.trials < 4 * cut_short.tasks
+
+    first = tuning.tune(mod, TARGET, trials_per_task=4, root=tmp_path)
+    assert not first.stopped_by_deadline and first.trials > 0
+    folder = tuning.database_dir(TARGET, tmp_path)
+    records = (folder / tuning.RECORD_FILE).read_text().splitlines()
+    assert len(records) == cut_short.trials + first.trials
+
+    again = tuning.tune(mod, TARGET, trials_per_task=4, root=tmp_path)
+    assert (again.tasks_reused, again.tasks_tuned, again.trials) == (again.tasks, 0, 0)
+    assert again.seconds < 0.1 * first.seconds
+
+    executable = tuning.build_with_database(mod, TARGET, root=tmp_path)
+    executable.export_library(str(tmp_path / "tuned.so"))
+    library = CompiledLibrary(tmp_path / "tuned.so", (1, 1, 4, 4))
+    x = np.random.default_rng(0).normal(size=(5, 1, 4, 4)).astype(np.float32)
+    with torch.no_grad():
+        assert np.abs(library.run(x) - model(torch.from_numpy(x)).numpy()).max() <= 1e-5
+
+
+def test_a_torn_database_line_is_dropped_with_a_warning(tmp_path):
+    from adl.backends.tvm.tuning import RECORD_FILE, WORKLOAD_FILE, repair_database
+
+    (tmp_path / WORKLOAD_FILE).write_text('["hash", "mod"]\n')
+    (tmp_path / RECORD_FILE).write_text('[0, ["trace"]]\n[0, ["tra')  # killed mid-write
+    with pytest.warns(UserWarning, match="dropped 1 torn line"):
+        assert repair_database(tmp_path) == 1
+    assert (tmp_path / RECORD_FILE).read_text() == '[0, ["trace"]]\n'
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert repair_database(tmp_path) == 0
+
+
+@pytest.mark.slow
+def test_a_spec_with_tuning_records_it_in_the_manifest(tmp_path, monkeypatch):
+    import adl
+    from adl.compiler.driver import compile_spec
+
+    monkeypatch.setenv("ADL_TUNING_DIR", str(tmp_path / "db"))
+    spec = adl.check("""
+        task classify { classes = 10 }
+        data digits
+        model mlp(hidden = [16])
+        target host { kind = llvm  cores = 2  tune = metaschedule(trials = 2) }
+        pipeline { train(epochs = 1) lower(repeats = 10) }
+    """)
+    result = compile_spec(spec, out_dir=tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tuning"]["method"] == "metaschedule" and manifest["tuning"]["trials"] == 2
+    report = manifest["tuning"]["report"]
+    assert report["tasks"] >= 2 and report["tasks_tuned"] == report["tasks"] and report["trials"] > 0
+    assert report["database"].startswith(str(tmp_path / "db"))
+    assert result.manifest["metrics"]["max_abs_diff"] <= 1e-4
