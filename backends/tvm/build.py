@@ -57,6 +57,7 @@ class BuildInfo:
     library_bytes: int  # size of the written .so
     tuning: dict | None = None  # TuningReport.as_dict() when MetaSchedule tuning was asked for
     cross_compiled: bool = False  # built for another machine: it cannot run here
+    target: dict | None = None  # the TVM target used (the host's mcpu filled in when none was given)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def build_library(
     from adl.backends.tvm.prepare import fold_batchnorm
 
     out_path = Path(out_path)
+    target = native_target(target)
     example = _example_batch(example_input)
     start = time.perf_counter()
     fcompile = cross_compiler_for(target)
@@ -182,15 +184,17 @@ def build_library(
             output_shape, _ = _tensor_type_shape(ret)
 
     with _step(STEP_COMPILE):
-        if tune is None:
-            executable = tvm.compile(mod, target=tvm.target.Target(target))
-        else:
+        executable = _compile_default(mod, target)
+        if tune is not None:
             from adl.backends.tvm import tuning
 
-            mod = tuning.prepare_for_tuning(mod)
-            report = tuning.tune(mod, target, trials_per_task=tune.trials_per_task, minutes=tune.minutes,
+            tuned_mod = tuning.prepare_for_tuning(mod)
+            report = tuning.tune(tuned_mod, target, trials_per_task=tune.trials_per_task, minutes=tune.minutes,
                                  root=tune.root, progress=progress)
-            executable = tuning.build_with_database(mod, target, root=tune.root)
+            tuned = tuning.build_with_database(tuned_mod, target, root=tune.root)
+            executable, choice = _faster(executable, tuned, input_shape, target.get("num-cores"),
+                                         fcompile is not None, out_path.parent)
+            report = report.as_dict() | choice
 
     with _step(STEP_EXPORT_LIBRARY):
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,9 +220,50 @@ def build_library(
         tvm_version=str(tvm.__version__),
         build_seconds=time.perf_counter() - start,
         library_bytes=out_path.stat().st_size,
-        tuning=report.as_dict() if report is not None else None,
+        tuning=report,
         cross_compiled=fcompile is not None,
+        target=target,
     )
+
+
+def native_target(target: dict) -> dict:
+    """`target` with this machine's CPU filled in when it names none and builds for the host:
+    the default schedules pick their vector width from the CPU's features."""
+    if target.get("kind") != "llvm" or target.get("mcpu") or target.get("mtriple"):
+        return target
+    from tvm.target import codegen
+
+    return {**target, "mcpu": str(codegen.llvm_get_system_cpu())}
+
+
+def _compile_default(mod, target: dict):
+    """The untuned build: adl's rule-based CPU schedules (see default_schedules.py)."""
+    import tvm
+
+    from adl.backends.tvm.default_schedules import default_cpu_pipeline
+
+    tvm_target = tvm.target.Target(target)
+    if target.get("kind") != "llvm":
+        return tvm.compile(mod, target=tvm_target)
+    return tvm.compile(mod, target=tvm_target, relax_pipeline=default_cpu_pipeline(tvm_target))
+
+
+def _faster(default, tuned, input_shape, threads: int | None, cross: bool, folder: Path) -> tuple[Any, dict]:
+    """Of the default-scheduled and the MetaSchedule-tuned executables, the faster one measured
+    here (the tuned one when it cannot run here). Tuning never makes a library slower."""
+    if cross:
+        return tuned, {"chosen": "metaschedule", "why": "cross-compiled: variants cannot be timed here"}
+    from adl.backends.runtime import CompiledLibrary
+
+    times = {}
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        for name, executable in (("default", default), ("metaschedule", tuned)):
+            path = Path(tmp) / f"{name}.so"
+            executable.export_library(str(path))
+            times[name] = CompiledLibrary(path, input_shape, num_threads=threads).latency(repeats=30, warmup=5).median_s
+    chosen = min(times, key=times.get)
+    return (default if chosen == "default" else tuned), {
+        "chosen": chosen, "variant_median_ms": {k: v * 1e3 for k, v in times.items()}}
 
 
 def cross_compiler_for(target: dict) -> Any:

@@ -49,7 +49,7 @@ class LowerPass(Pass):
                 ctx.log(f"lower: cross-compiled for {target['mtriple']}: the library cannot run here, so it is "
                         "neither verified nor measured")
                 return module.with_files(library=str(path)).with_metrics(
-                    size_bytes=info.library_bytes, library=asdict(info) | {"file": "model.so", "target": target},
+                    size_bytes=info.library_bytes, library=asdict(info) | {"file": "model.so"},
                 ).establish("library")
             difference = max_abs_difference(module.model, path, dataset.x_test)
             if not difference <= self.config["tolerance"]:
@@ -66,5 +66,5 @@ class LowerPass(Pass):
             latency=asdict(latency),
             size_bytes=info.library_bytes,
             max_abs_diff=difference,
-            library=asdict(info) | {"file": "model.so", "target": target},
+            library=asdict(info) | {"file": "model.so"},
         ).establish("library")

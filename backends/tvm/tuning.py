@@ -35,6 +35,8 @@ class TuningReport:
     trials: int  # candidates measured in this session
     seconds: float
     stopped_by_deadline: bool = False
+    failed: int = 0  # candidates that failed to build or run (counted in `trials`)
+    first_failure: str | None = None
     task_names: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,11 +147,17 @@ def tune(mod, target: dict[str, Any], *, trials_per_task: int, minutes: float | 
                 builder=ms.builder.LocalBuilder(max_workers=cores),
                 runner=ms.runner.LocalRunner(),
             )
-        if not callback.stopped:  # tasks whose design space is smaller than the trials count as done too
+        if callback.measured and callback.failed == callback.measured:
+            # MetaSchedule's silent failure mode (e.g. builder workers timing out): say so loudly,
+            # and do not mark the tasks as tuned.
+            warnings.warn(f"adl: every one of {callback.measured} tuning candidates failed "
+                          f"(first: {callback.first_failure}); the library uses untuned code", stacklevel=2)
+        elif not callback.stopped:  # tasks whose design space is smaller than the trials count as done too
             ledger.record([t.dispatched[0] for t in todo], trials_per_task)
     return TuningReport(database=str(folder), tasks=len(tasks), tasks_reused=len(tasks) - len(todo),
                         tasks_tuned=len(todo), trials=callback.measured, seconds=time.perf_counter() - started,
-                        stopped_by_deadline=callback.stopped, task_names=[t.task_name for t in tasks])
+                        stopped_by_deadline=callback.stopped, failed=callback.failed,
+                        first_failure=callback.first_failure, task_names=[t.task_name for t in tasks])
 
 
 class _Ledger:
@@ -201,6 +209,8 @@ class _ProgressCallback:
     def __init__(self, progress: Progress, total: int, deadline: float | None) -> None:
         self.progress, self.total, self.deadline = progress, total, deadline
         self.measured = 0
+        self.failed = 0
+        self.first_failure: str | None = None
         self.stopped = False
         self._bar = None
         self._context = None
@@ -223,6 +233,11 @@ class _ProgressCallback:
         class Callback(ms.measure_callback.PyMeasureCallback):
             def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
                 outer.measured += len(runner_results)
+                for built, ran in zip(builder_results, runner_results):
+                    error = built.error_msg or ran.error_msg
+                    if error:
+                        outer.failed += 1
+                        outer.first_failure = outer.first_failure or str(error).strip().splitlines()[-1][:300]
                 if outer._bar is not None:
                     outer._bar.advance(len(runner_results), task=task_id)
                 if outer.deadline is not None and time.perf_counter() > outer.deadline and not outer.stopped:

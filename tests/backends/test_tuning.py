@@ -34,7 +34,7 @@ def test_tuning_is_stored_reused_and_applied(tmp_path):
     assert cut_short.stopped_by_deadline and 0 < cut_short.trials < 4 * cut_short.tasks
 
     first = tuning.tune(mod, TARGET, trials_per_task=4, root=tmp_path)
-    assert not first.stopped_by_deadline and first.trials > 0
+    assert not first.stopped_by_deadline and first.trials > 0 and first.failed == 0, first.first_failure
     folder = tuning.database_dir(TARGET, tmp_path)
     records = (folder / tuning.RECORD_FILE).read_text().splitlines()
     assert len(records) == cut_short.trials + first.trials
