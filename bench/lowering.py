@@ -186,20 +186,20 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     peak = peak_gflops()
     results = {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="adl-bench-lowering-") as tmp:
         workdir = Path(tmp)
         for name in args.models:
             results[name] = run_model(name, args, peak["gflops"], workdir, workdir / "tuning")
-    report = {
-        "goals": goals(results),
-        "machine": {"platform": platform.platform(), "peak": peak, "threads": THREADS,
-                    "torch": torch.__version__, "tvm": __import__("tvm").__version__},
-        "settings": {"trials_per_task": args.trials, "minutes": args.minutes, "repeats": args.repeats,
-                     "batch": 1, "input": [1, 3, 32, 32], "target": TARGET, "quick": args.quick},
-        "models": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+            report = {  # rewritten after every model, so a long run that dies keeps what it measured
+                "goals": goals(results),
+                "machine": {"platform": platform.platform(), "peak": peak, "threads": THREADS,
+                            "torch": torch.__version__, "tvm": __import__("tvm").__version__},
+                "settings": {"trials_per_task": args.trials, "minutes": args.minutes, "repeats": args.repeats,
+                             "batch": 1, "input": [1, 3, 32, 32], "target": TARGET, "quick": args.quick},
+                "models": results,
+            }
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
     for goal, verdict in report["goals"].items():
         print(f"{goal}: {verdict['value']:.3f} (target {verdict['target']}) {'met' if verdict['met'] else 'MISSED'}")
 

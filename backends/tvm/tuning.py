@@ -139,14 +139,18 @@ def tune(mod, target: dict[str, Any], *, trials_per_task: int, minutes: float | 
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             todo, work_dir=str(folder), strategy=strategy, num_threads=cores, seed=seed)
         with callback:
-            ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(folder),
-                max_trials_global=budget, max_trials_per_task=max(remaining[t.task_name] for t in todo),
-                num_trials_per_iter=min(16, trials_per_task), database=database,
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback.tvm_object()],
-                builder=ms.builder.LocalBuilder(max_workers=cores),
-                runner=ms.runner.LocalRunner(),
-            )
+            try:
+                ms.tune.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=str(folder),
+                    max_trials_global=budget, max_trials_per_task=max(remaining[t.task_name] for t in todo),
+                    num_trials_per_iter=min(16, trials_per_task), database=database,
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback.tvm_object()],
+                    builder=ms.builder.LocalBuilder(max_workers=cores),
+                    runner=ms.runner.LocalRunner(),
+                )
+            except Exception:  # TuningDeadline, as TVM re-raises it through its C++ loop
+                if not callback.stopped:
+                    raise
         if callback.measured and callback.failed == callback.measured:
             # MetaSchedule's silent failure mode (e.g. builder workers timing out): say so loudly,
             # and do not mark the tasks as tuned.
@@ -158,6 +162,10 @@ def tune(mod, target: dict[str, Any], *, trials_per_task: int, minutes: float | 
                         tasks_tuned=len(todo), trials=callback.measured, seconds=time.perf_counter() - started,
                         stopped_by_deadline=callback.stopped, failed=callback.failed,
                         first_failure=callback.first_failure, task_names=[t.task_name for t in tasks])
+
+
+class TuningDeadline(Exception):
+    """Raised inside MetaSchedule's loop to end a session whose time budget is spent."""
 
 
 class _Ledger:
@@ -240,10 +248,12 @@ class _ProgressCallback:
                         outer.first_failure = outer.first_failure or str(error).strip().splitlines()[-1][:300]
                 if outer._bar is not None:
                     outer._bar.advance(len(runner_results), task=task_id)
-                if outer.deadline is not None and time.perf_counter() > outer.deadline and not outer.stopped:
+                if outer.deadline is not None and time.perf_counter() > outer.deadline:
+                    # Terminating tasks from here races with the scheduler's own bookkeeping (TVM
+                    # then fails a check), so end the session by raising: the measured records
+                    # are already in the database.
                     outer.stopped = True
-                    for i in range(len(task_scheduler.tasks_)):
-                        task_scheduler.terminate_task(i)
+                    raise TuningDeadline("tuning time budget spent")
 
         return Callback()
 
