@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("passes", help="list the registered passes and their options")
 
+    h = sub.add_parser("hw", help="hardware cost models")
+    hw_sub = h.add_subparsers(dest="hw_command", required=True, metavar="HW_COMMAND")
+    hw_sub.add_parser("list", help="list the registered cost models, their options and the targets they support")
+
     r = sub.add_parser("run", help="run a compiled artifact on inputs")
     r.add_argument("artifact", type=Path, help="artifact directory (or its model.so)")
     r.add_argument("--input", type=Path, required=True,
@@ -87,21 +91,36 @@ def _cmd_check(args, out, err) -> int:
 
 
 def _cmd_passes(args, out, err) -> int:
-    from rich.table import Table
-
     from adl.compiler.passes import default_registry
 
     for pass_cls in default_registry():
-        table = Table(title=f"{pass_cls.name}: {pass_cls.summary}", title_justify="left", show_edge=False)
-        for column in ("option", "kind", "default", "meaning"):
-            table.add_column(column)
-        for opt in pass_cls.options:
-            kind = opt.kind if opt.kind != "name" else "|".join(opt.choices)
-            if opt.kind == "call" and opt.calls:
-                kind = " | ".join(f"{name}({', '.join(o.name for o in sub)})" for name, sub in opt.calls.items())
-            table.add_row(opt.name, kind, opt.describe_default(), opt.doc)
-        out.print(table)
+        out.print(_option_table(f"{pass_cls.name}: {pass_cls.summary}", pass_cls.options))
         out.print(f"  requires: {', '.join(pass_cls.requires) or '-'}   ensures: {', '.join(pass_cls.ensures) or '-'}\n")
+    return EXIT_OK
+
+
+def _option_table(title: str, options) -> "object":
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for column in ("option", "kind", "default", "meaning"):
+        table.add_column(column)
+    for opt in options:
+        kind = opt.kind if opt.kind != "name" else "|".join(opt.choices)
+        if opt.kind == "call" and opt.calls:
+            kind = " | ".join(f"{name}({', '.join(o.name for o in sub)})" for name, sub in opt.calls.items())
+        table.add_row(opt.name, kind, opt.describe_default(), opt.doc)
+    return table
+
+
+def _cmd_hw(args, out, err) -> int:
+    from adl.hwmodels import default_registry
+
+    registry = default_registry()
+    for name, model_cls in registry.items():
+        out.print(_option_table(f"{name}: {model_cls.summary}", model_cls.options))
+        out.print(f"  supports: {model_cls.targets}   spec: target {{ cost = {name}(...) }}   "
+                  f"from: {model_cls.__module__}.{model_cls.__qualname__}\n")
     return EXIT_OK
 
 
@@ -211,8 +230,8 @@ def _cmd_data(args, out, err) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"compile": _cmd_compile, "check": _cmd_check, "passes": _cmd_passes, "run": _cmd_run,
-             "data": _cmd_data}
+_COMMANDS = {"compile": _cmd_compile, "check": _cmd_check, "passes": _cmd_passes, "hw": _cmd_hw,
+             "run": _cmd_run, "data": _cmd_data}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,9 +6,10 @@ reference in docs/ and ``adl check`` read from one place.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from adl.compiler.options import Option, OptionError, coerce_settings, quantity_of
 from adl.compiler.passes import PassRegistry, default_registry
@@ -19,6 +20,40 @@ from adl.compiler.spec import (
 from adl.dsl import ast
 from adl.dsl.errors import AdlError, Diagnostic
 from adl.dsl.parser import parse
+
+if TYPE_CHECKING:
+    from adl.hwmodels.registry import CostModelRegistry
+
+
+class CostModelCalls(Mapping[str, Sequence[Option]]):
+    """The `calls` of the target's `cost` option: each registered cost model's option schema.
+
+    Read from the cost-model registry (adl.hwmodels: built-ins and entry points) on first use,
+    so importing this module stays cheap and plug-ins installed later are seen.
+    """
+
+    def __init__(self, registry: "CostModelRegistry | None" = None) -> None:
+        self._registry = registry
+
+    def registry(self) -> "CostModelRegistry":
+        if self._registry is None:
+            from adl.hwmodels.registry import default_registry
+
+            return default_registry()
+        return self._registry
+
+    def __getitem__(self, name: str) -> Sequence[Option]:
+        model_cls = self.registry().get(name)
+        if model_cls is None:
+            raise KeyError(name)
+        return model_cls.options
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.registry().names())
+
+    def __len__(self) -> int:
+        return len(self.registry())
+
 
 TASKS: dict[str, tuple[Option, ...]] = {
     "classify": (Option("classes", "int", doc="number of classes, e.g. `classes = 10`", low=2),),
@@ -68,15 +103,24 @@ TARGET_OPTIONS: tuple[Option, ...] = (
                                           "tuning database", low=1),
                                    Option("minutes", "float", None, "stop tuning after this many minutes "
                                           "(what was measured by then is used)", low=0.0))}),
+    Option("cost", "call", CallValue("roofline"),
+           "the cost model that prices the target for passes and the manifest, e.g. "
+           "roofline(gflops = 150, bandwidth = 25, overhead = 4 us) or bitserial(preset = edge); "
+           "`adl hw list` shows them all", calls=CostModelCalls(), noun="cost model"),
 )
+DEFAULT_COST_MODEL = "roofline"
 
 REQUIRED_BLOCKS = ("task", "data", "pipeline")
 
 
 class _Checker:
-    def __init__(self, tree: ast.SpecFile, registry: PassRegistry) -> None:
+    def __init__(self, tree: ast.SpecFile, registry: PassRegistry,
+                 cost_models: "CostModelRegistry | None" = None) -> None:
         self.tree = tree
         self.registry = registry
+        self.cost_calls = CostModelCalls(cost_models)
+        self.target_options = tuple(dataclasses.replace(o, calls=self.cost_calls) if o.name == "cost" else o
+                                    for o in TARGET_OPTIONS)
         self.errors: list[Diagnostic] = []
         self.base_dir = Path(tree.filename).resolve().parent if os.path.exists(tree.filename) else Path.cwd()
 
@@ -196,16 +240,47 @@ class _Checker:
 
     def target(self, block: ast.Block | None) -> TargetSpec | None:
         if block is None:
-            return TargetSpec(name="host", cores=TARGET_OPTIONS[1].default)
+            target = TargetSpec(name="host", cores=TARGET_OPTIONS[1].default, cost=self._default_cost())
+            return target if self._cost_model_fits(target, None) else None
         if isinstance(block.head, ast.Call):
             self.error("a target's head is a plain name, e.g. `target host { ... }`", block.head.span)
             return None
         name = block.head.value if block.head else "host"
-        values = self._settings(block.settings, TARGET_OPTIONS, "target", block.keyword_span)
+        values = self._settings(block.settings, self.target_options, "target", block.keyword_span)
         if values is None:
             return None
-        return TargetSpec(name=name, kind=values["kind"], cores=values["cores"], mcpu=values["mcpu"],
-                          triple=values["triple"], tune=values["tune"], span=block.span)
+        cost_setting = next((s for s in block.settings if s.key == "cost"), None)
+        cost = values["cost"] if cost_setting is not None else self._default_cost()
+        target = TargetSpec(name=name, kind=values["kind"], cores=values["cores"], mcpu=values["mcpu"],
+                            triple=values["triple"], tune=values["tune"], cost=cost, span=block.span)
+        where = cost_setting.value.span if cost_setting is not None else block.keyword_span
+        return target if self._cost_model_fits(target, where) else None
+
+    def _default_cost(self) -> CallValue:
+        """`roofline` with its defaults, as if the spec said `cost = roofline`."""
+        schema = self.cost_calls.get(DEFAULT_COST_MODEL, ())
+        return CallValue(DEFAULT_COST_MODEL, tuple((o.name, o.default) for o in schema))
+
+    def _cost_model_fits(self, target: TargetSpec, span: ast.Span | None) -> bool:
+        """The target's cost model can be built from its options and supports the target."""
+        registry = self.cost_calls.registry()
+        try:
+            model = registry.create(target.cost)
+        except (KeyError, TypeError, ValueError) as err:
+            self.error(f"cost model '{target.cost.name}': {err}", span)
+            return False
+        if model.supports(target):
+            return True
+        fitting = []
+        for other in registry:
+            try:
+                if other().supports(target):
+                    fitting.append(registry.name_of(other) or other.name)
+            except Exception:  # a model that needs options, or a broken plug-in: not offered
+                continue
+        self.error(f"cost model '{target.cost.name}' does not support target '{target.name}'", span,
+                   "cost models that do: " + (", ".join(fitting) or "none"))
+        return False
 
     # -- constraints ---------------------------------------------------------------------------
 
@@ -295,24 +370,30 @@ def _keyword_of(item: ast.TopLevel) -> tuple[str, ast.Span]:
     return item.keyword, item.keyword_span
 
 
-def check(tree: ast.SpecFile, registry: PassRegistry | None = None) -> Spec:
-    """Semantic check of a parsed spec; raises `AdlError` with every problem found."""
-    return _Checker(tree, registry or default_registry()).run()
+def check(tree: ast.SpecFile, registry: PassRegistry | None = None,
+          cost_models: "CostModelRegistry | None" = None) -> Spec:
+    """Semantic check of a parsed spec; raises `AdlError` with every problem found.
+
+    `registry` and `cost_models` default to the installed passes and cost models.
+    """
+    return _Checker(tree, registry or default_registry(), cost_models).run()
 
 
-def load_spec(text: str, filename: str = "<spec>", registry: PassRegistry | None = None) -> Spec:
+def load_spec(text: str, filename: str = "<spec>", registry: PassRegistry | None = None,
+              cost_models: "CostModelRegistry | None" = None) -> Spec:
     """Parse and check spec text."""
-    return check(parse(text, filename), registry)
+    return check(parse(text, filename), registry, cost_models)
 
 
-def load_spec_file(path: str | os.PathLike[str], registry: PassRegistry | None = None) -> Spec:
+def load_spec_file(path: str | os.PathLike[str], registry: PassRegistry | None = None,
+                   cost_models: "CostModelRegistry | None" = None) -> Spec:
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise AdlError.at(f"cannot read spec: {err.strerror if isinstance(err, OSError) else err}", None,
                           filename=str(path)) from None
-    return load_spec(text, str(path), registry)
+    return load_spec(text, str(path), registry, cost_models)
 
 
 __all__ = ["check", "load_spec", "load_spec_file", "TASKS", "DATA_SOURCES", "MODEL_FAMILIES",

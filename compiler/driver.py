@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from adl.compiler import budgets as budget_checks
 from adl.compiler.checkpoint import CheckpointStore, root_key
+from adl.compiler.layers import LayerDesc
 from adl.compiler.module import Module, PassRecord
 from adl.compiler.passes import Instrument, Pass, PassContext, PassError, stage_key
 from adl.compiler.pipeline import Pipeline
@@ -141,27 +142,66 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".adl-cache"
     pipeline = pipeline if pipeline is not None else Pipeline.from_stages(spec.pipeline)
 
+    cost_model = make_cost_model(spec)
     dataset = load_data(spec)
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
-                      instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log)
+                      instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log,
+                      cost_model=cost_model)
     module = initial_module(spec, dataset, seed)
     upstream = root_key(spec, dataset.fingerprint(), seed, ADL_VERSION)
     module = run_pipeline(module, pipeline, ctx, CheckpointStore(cache_dir), upstream, on_pass)
 
-    module = module.with_metrics(**_model_metrics(module, dataset))
+    layers = describe_final_model(module, dataset)
+    module = module.with_metrics(**_model_metrics(module, layers))
+    cost = price(cost_model, spec, layers, module.metrics.get("latency_s"))
     verdicts = budget_checks.evaluate(spec.budgets, module.metrics)
-    manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION)
+    manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION, cost=cost)
     artifact_dir = write_artifact(out_dir, library=module.files.get("library"), manifest=manifest,
                                   spec_source=spec.source, report=render_report(manifest))
     return CompileResult(module, artifact_dir, verdicts, manifest)
 
 
-def _model_metrics(module: Module, dataset: Any) -> dict[str, Any]:
+def make_cost_model(spec: Spec):
+    """The spec's `target { cost = ... }` model; a plug-in gone since the check is an `AdlError`."""
+    from adl.hwmodels import UnknownCostModel, default_registry
+
+    try:
+        return default_registry().create(spec.target.cost)
+    except (UnknownCostModel, TypeError, ValueError) as err:
+        raise AdlError.at(f"cost model '{spec.target.cost.name}': {err}", spec.target.span, filename=spec.filename,
+                          source=spec.source) from None
+
+
+def describe_final_model(module: Module, dataset: Any) -> list[LayerDesc]:
     if module.model is None:
-        return {}
+        return []
     from adl.compiler.layers import describe_model
 
-    layers = describe_model(module.model, (1, *dataset.input_shape))
+    return describe_model(module.model, (1, *dataset.input_shape))
+
+
+def price(cost_model: Any, spec: Spec, layers: Sequence[LayerDesc], measured_latency_s: float | None
+          ) -> dict[str, Any]:
+    """The manifest's `cost_model` record: the model's prediction for the final layers and,
+    when the library was measured, the measured latency and measured / predicted."""
+    record: dict[str, Any] = {"name": cost_model.name, "model": str(cost_model), "options": dict(cost_model.config),
+                              "parameters": cost_model.parameters(spec.target)}
+    cost = cost_model.estimate(layers, spec.target) if layers else None
+    if cost is None:  # no model to price (a pipeline without one)
+        return {**record, "predicted_latency_s": None, "predicted_energy_j": None, "predicted_memory_bytes": None,
+                "measured_latency_s": measured_latency_s, "measured_over_predicted": None, "per_layer": []}
+    ratio = (measured_latency_s / cost.latency_s
+             if measured_latency_s is not None and cost.latency_s > 0 else None)
+    return {**record, "predicted_latency_s": cost.latency_s, "predicted_energy_j": cost.energy_j,
+            "predicted_memory_bytes": cost.memory_bytes, "weight_bytes": cost.weight_bytes,
+            "peak_activation_bytes": cost.peak_activation_bytes,
+            "measured_latency_s": measured_latency_s, "measured_over_predicted": ratio,
+            "per_layer": [c.as_dict() for c in cost.layers]}
+
+
+def _model_metrics(module: Module, layers: Sequence[LayerDesc]) -> dict[str, Any]:
+    if module.model is None:
+        return {}
     return {"layers": [layer.as_row() for layer in layers],
             "flops": sum(layer.flops for layer in layers),
             "params": sum(p.numel() for p in module.model.parameters()),

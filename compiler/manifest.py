@@ -13,7 +13,8 @@ SCHEMA_VERSION = 1
 
 
 def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: Sequence[Verdict], *, seed: int,
-                   version: str) -> dict[str, Any]:
+                   version: str, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest; `cost` is the driver's `cost_model` record (see `adl.compiler.driver.price`)."""
     spec = module.spec
     metrics = dict(module.metrics)
     library = metrics.pop("library", None)
@@ -41,6 +42,7 @@ def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: S
         "budgets": [v.as_dict() for v in verdicts],
         "all_budgets_hold": all(v.holds for v in verdicts),
         "layers": layers,
+        "cost_model": cost,
         "passes": [{"name": r.name, "pass": r.pipeline_text, "key": r.key, "seconds": round(r.seconds, 3),
                     "reused": r.reused} for r in module.log],
         "training": {"history": history},
@@ -51,6 +53,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.4g} us"
 
 
 def render_report(manifest: dict[str, Any]) -> str:
@@ -72,6 +78,19 @@ def render_report(manifest: dict[str, Any]) -> str:
     out += _table(["layer", "op", "input", "output", "kernel", "params", "MACs"],
                   [(l["name"], l["op"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["output_shape"])),
                     "x".join(map(str, l["kernel"])), l["params"], l["macs"]) for l in manifest["layers"]])
+    cost = manifest.get("cost_model")
+    if cost and cost.get("predicted_latency_s") is not None:
+        out += ["", "## Cost model", "",
+                f"`{cost['model']}` predicts {_us(cost['predicted_latency_s'])}"
+                + (f", {cost['predicted_energy_j'] * 1e6:.4g} uJ" if cost.get("predicted_energy_j") is not None
+                   else "")
+                + f", {cost['predicted_memory_bytes']} bytes of memory"
+                + (f"; measured {_us(cost['measured_latency_s'])} "
+                   f"(measured / predicted = {cost['measured_over_predicted']:.3g})"
+                   if cost.get("measured_over_predicted") is not None else "")
+                + ".", ""]
+        out += _table(["layer", "predicted", "bound"],
+                      [(c["name"], _us(c["latency_s"]), c["bound"]) for c in cost["per_layer"]])
     out += ["", "## Passes", ""]
     out += _table(["pass", "seconds", "reused"], [(p["pass"], p["seconds"], p["reused"]) for p in manifest["passes"]])
     inp = manifest["input"]

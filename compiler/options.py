@@ -64,6 +64,7 @@ class Option:
     low: float | None = None
     high: float | None = None
     calls: Mapping[str, Sequence["Option"]] | None = field(default=None, compare=False)
+    noun: str = ""  # what a callee is called in messages ("unknown cost model 'x'"); default: the name
 
     @property
     def required(self) -> bool:
@@ -74,6 +75,10 @@ class Option:
             return "(required)"
         if self.default is None:
             return "none"
+        if self.kind == "time" and isinstance(self.default, (int, float)) and self.default > 0:
+            for unit, factor in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+                if self.default >= factor:
+                    return f"{self.default / factor:.4g} {unit}"
         return format_value(self.default)
 
 
@@ -171,7 +176,8 @@ def _coerce_call(value: ast.Value, opt: Option) -> CallValue:
     else:
         raise _fail(f"'{opt.name}' must be one of: {', '.join(opt.calls)}", value.span)
     if name not in opt.calls:
-        raise _fail(f"unknown {opt.name} '{name}'", name_span, note="expected one of: " + ", ".join(opt.calls))
+        raise _fail(f"unknown {opt.noun or opt.name} '{name}'", name_span,
+                    note="expected one of: " + ", ".join(opt.calls))
     return CallValue(name, tuple(coerce_settings(args, opt.calls[name], what=f"{name}(...)",
                                                  span=value.span).items()))
 

@@ -20,7 +20,9 @@ from adl.compiler.progress import Progress, SilentProgress
 from adl.compiler.spec import Spec
 
 if TYPE_CHECKING:
+    from adl.compiler.layers import LayerDesc
     from adl.data import Dataset
+    from adl.hwmodels import Cost, CostModel
 
 ENTRY_POINT_GROUP = "adl.passes"
 
@@ -97,6 +99,7 @@ class PassContext:
     load_dataset: Callable[[], "Dataset"] | None = None
     log: Callable[[str], None] = lambda message: None
     current_key: str = ""  # checkpoint key of the running pass, set by the driver
+    cost_model: "CostModel | None" = None
     _dataset: Any = field(default=None, repr=False)
 
     def dataset(self) -> "Dataset":
@@ -105,6 +108,12 @@ class PassContext:
                 raise PassError("no data source available in this context")
             self._dataset = self.load_dataset()
         return self._dataset
+
+    def cost(self, layers: Sequence["LayerDesc"]) -> "Cost":
+        """What `layers` cost on the spec's target, by the target's cost model."""
+        if self.cost_model is None:
+            raise PassError("no cost model available in this context")
+        return self.cost_model.estimate(layers, self.spec.target)
 
     def state_dir(self) -> Path:
         """A folder for the running pass's resumable state, keyed by its checkpoint key."""

@@ -64,6 +64,9 @@ class TargetSpec:
     mcpu: str | None = None
     triple: str | None = None  # LLVM target triple for cross-compilation, e.g. "aarch64-linux-gnu"
     tune: CallValue = CallValue("none")  # none | metaschedule(trials = N, minutes = M)
+    # the cost model that prices it (a name in adl.hwmodels' registry, its options checked);
+    # the checker fills in the model's defaults
+    cost: CallValue = CallValue("roofline")
     span: Span | None = field(default=None, compare=False)
 
     def tvm_target(self) -> dict[str, Any]:

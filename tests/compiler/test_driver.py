@@ -98,3 +98,42 @@ def test_data_problems_found_at_compile_time_point_at_the_data_block(tmp_path):
     rendered = info.value.render()
     assert rendered.startswith(f"{spec_file}:3:1: error: npz file")
     assert "labels outside [0, 10)" in rendered and "^~~~" in rendered
+
+
+class Measure(Pass):
+    """Prices a candidate through the context, then reports a measured latency."""
+
+    name = "measure"
+    priced: list[float] = []
+
+    def run(self, module, ctx):
+        from adl.compiler.layers import LayerDesc
+
+        Measure.priced.append(ctx.cost([LayerDesc("fc", "linear", (1, 64), (1, 8))]).latency_s)
+        return module.with_metrics(latency_s=4e-3)
+
+
+def test_manifest_records_the_cost_model_its_prediction_and_the_measured_ratio(tmp_path):
+    text = SPEC.replace("model mlp", "target host { cost = roofline(gflops = 1, bandwidth = 1, overhead = 1 ms) }\n"
+                                     "model mlp")
+    Measure.priced.clear()
+    compile_spec(adl.check(text), pipeline=Pipeline([Measure()]), out_dir=tmp_path / "out")
+    # 64 -> 8 without bias: 1024 FLOPs = 1.024 us < (512 + 72) * 4 B / 1 GB/s = 2.336 us
+    assert Measure.priced == [pytest.approx(2.336e-6 + 1e-3)]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    cost = manifest["cost_model"]
+    assert [(l["op"], l["input_shape"], l["output_shape"]) for l in manifest["layers"]] == [
+        ("linear", [1, 64], [1, 8]), ("linear", [1, 8], [1, 10])]
+    # 64 -> 8 + bias: 520 weights + 72 activations, x4 B = 2368 B = 2.368 us (1024 FLOPs: 1.024 us)
+    # 8 -> 10 + bias: 90 weights + 18 activations, x4 B = 432 B = 0.432 us (160 FLOPs)
+    predicted = 2.368e-6 + 0.432e-6 + 2e-3
+    assert cost["name"] == "roofline" and cost["model"] == "roofline(gflops=1.0,bandwidth=1.0,overhead=0.001s)"
+    assert cost["options"] == {"gflops": 1.0, "bandwidth": 1.0, "overhead": 1e-3}
+    assert cost["predicted_latency_s"] == pytest.approx(predicted)
+    assert cost["predicted_energy_j"] is None
+    assert cost["predicted_memory_bytes"] == (520 + 90) * 4 + 72 * 4
+    assert cost["measured_latency_s"] == 4e-3
+    assert cost["measured_over_predicted"] == pytest.approx(4e-3 / predicted)
+    assert [c["bound"] for c in cost["per_layer"]] == ["memory", "memory"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Cost model" in report and "(measured / predicted = 2)" in report

@@ -70,6 +70,10 @@ def test_compile_writes_a_complete_artifact(compiled):
     assert [layer["op"] for layer in manifest["layers"]] == ["conv2d", "pool", "conv2d", "pool", "pool", "linear",
                                                              "linear"]
     assert manifest["metrics"]["flops"] == sum(layer["flops"] for layer in manifest["layers"])
+    cost = manifest["cost_model"]
+    assert cost["name"] == "roofline" and len(cost["per_layer"]) == len(manifest["layers"])
+    assert cost["measured_latency_s"] == manifest["metrics"]["latency_s"]
+    assert cost["measured_over_predicted"] == pytest.approx(cost["measured_latency_s"] / cost["predicted_latency_s"])
     assert "accuracy" in proc.stdout and "holds" in proc.stdout
     assert not list(folder.glob(".out.*")), "no temporary artifact folder may be left behind"
 
@@ -140,6 +144,8 @@ def _comparable(manifest: dict) -> dict:
     for key in ("latency_s", "latency"):
         manifest["metrics"].pop(key)
     manifest["library"].pop("build_seconds")
+    for key in ("measured_latency_s", "measured_over_predicted"):  # the prediction itself must not differ
+        manifest["cost_model"].pop(key)
     for budget in manifest["budgets"]:
         if budget["metric"] == "latency":
             budget.pop("measured"), budget.pop("measured_text"), budget.pop("margin")
