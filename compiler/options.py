@@ -228,6 +228,22 @@ def coerce_settings(settings: Sequence[ast.Setting], schema: Sequence[Option], *
     return ordered
 
 
+def configure(owner: str, schema: Sequence[Option], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of `schema` with its value: `given` ones checked, defaults filled in.
+
+    For objects configured from Python (passes, cost models); unknown or missing options
+    raise TypeError naming `owner`, e.g. "pass 'train'".
+    """
+    names = [o.name for o in schema]
+    unknown = set(given) - set(names)
+    if unknown:
+        raise TypeError(f"{owner} has no option(s) {sorted(unknown)}; known: {sorted(names)}")
+    missing = [o.name for o in schema if o.required and o.name not in given]
+    if missing:
+        raise TypeError(f"{owner} needs option(s) {missing}")
+    return {o.name: given.get(o.name, o.default) for o in schema}
+
+
 def format_value(value: Any) -> str:
     """Print a typed value back in the language's syntax (base units), so that it re-parses equal."""
     if isinstance(value, bool):

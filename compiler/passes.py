@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 from adl.compiler.module import Module
-from adl.compiler.options import Option, format_option
+from adl.compiler.options import Option, configure, format_option
 from adl.compiler.progress import Progress, SilentProgress
 from adl.compiler.spec import Spec
 
@@ -41,15 +41,8 @@ class Pass:
     ensures: ClassVar[tuple[str, ...]] = ()  # facts the output module provides
 
     def __init__(self, **explicit: Any) -> None:
-        schema = {o.name: o for o in self.options}
-        unknown = set(explicit) - set(schema)
-        if unknown:
-            raise TypeError(f"pass '{self.name}' has no option(s) {sorted(unknown)}; known: {sorted(schema)}")
-        missing = [o.name for o in self.options if o.required and o.name not in explicit]
-        if missing:
-            raise TypeError(f"pass '{self.name}' needs option(s) {missing}")
+        self.config: dict[str, Any] = configure(f"pass '{self.name}'", self.options, explicit)
         self.explicit: dict[str, Any] = {o.name: explicit[o.name] for o in self.options if o.name in explicit}
-        self.config: dict[str, Any] = {o.name: explicit.get(o.name, o.default) for o in self.options}
 
     def run(self, module: Module, ctx: "PassContext") -> Module:
         raise NotImplementedError

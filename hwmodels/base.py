@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 from adl.compiler.layers import LayerDesc
-from adl.compiler.options import Option, format_option
+from adl.compiler.options import Option, configure, format_option
 from adl.compiler.spec import CallValue, TargetSpec
 
 
@@ -113,17 +113,10 @@ class CostModel(abc.ABC):
     targets: ClassVar[str] = "any target"  # in words, for `adl hw list`; `supports` decides
 
     def __init__(self, **explicit: Any) -> None:
-        schema = {o.name: o for o in self.options}
-        unknown = set(explicit) - set(schema)
-        if unknown:
-            raise TypeError(f"cost model '{self.name}' has no option(s) {sorted(unknown)}; known: {sorted(schema)}")
-        missing = [o.name for o in self.options if o.required and o.name not in explicit]
-        if missing:
-            raise TypeError(f"cost model '{self.name}' needs option(s) {missing}")
+        self.config: dict[str, Any] = configure(f"cost model '{self.name}'", self.options, explicit)
         # options that differ from their defaults: what `str(model)` prints
         self.explicit: dict[str, Any] = {o.name: explicit[o.name] for o in self.options
                                          if o.name in explicit and explicit[o.name] != o.default}
-        self.config: dict[str, Any] = {o.name: explicit.get(o.name, o.default) for o in self.options}
 
     @classmethod
     def from_call(cls, call: CallValue) -> "CostModel":
