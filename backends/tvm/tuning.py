@@ -1,8 +1,8 @@
 """MetaSchedule tuning with a persistent database, shared by every compile for a target.
 
 One database per (target, TVM version) under the tuning root. A task — one fused TIR
-function, identified structurally (shapes and computation, not weights) — for which the
-database already holds the requested number of measured candidates is never tuned again, so a layer configuration tuned once serves every later
+function, identified structurally (shapes and computation, not weights) — once tuned for the
+requested number of trials (or as far as a time budget allowed) is never tuned again, so a layer configuration tuned once serves every later
 model, every recompile and the measured latency tables. Records are appended to the
 database as they are measured, so a killed tuning session keeps what it finished (a torn
 last line is repaired on the next open).
@@ -156,7 +156,10 @@ def tune(mod, target: dict[str, Any], *, trials_per_task: int, minutes: float | 
             # and do not mark the tasks as tuned.
             warnings.warn(f"adl: every one of {callback.measured} tuning candidates failed "
                           f"(first: {callback.first_failure}); the library uses untuned code", stacklevel=2)
-        elif not callback.stopped:  # tasks whose design space is smaller than the trials count as done too
+        else:
+            # The request is served: tasks whose design space is smaller than the trials, and
+            # tasks a time budget cut short, are not tuned again for the same request (tuning
+            # time is never spent twice); asking for more trials tunes them further.
             ledger.record([t.dispatched[0] for t in todo], trials_per_task)
     return TuningReport(database=str(folder), tasks=len(tasks), tasks_reused=len(tasks) - len(todo),
                         tasks_tuned=len(todo), trials=callback.measured, seconds=time.perf_counter() - started,

@@ -30,10 +30,12 @@ def test_tuning_is_stored_reused_and_applied(tmp_path):
     from adl.backends.tvm import tuning
 
     model, mod = _tiny_module()
-    cut_short = tuning.tune(mod, TARGET, trials_per_task=4, minutes=0.0, root=tmp_path)
-    assert cut_short.stopped_by_deadline and 0 < cut_short.trials < 4 * cut_short.tasks
+    cut_short = tuning.tune(mod, TARGET, trials_per_task=2, minutes=0.0, root=tmp_path)
+    assert cut_short.stopped_by_deadline and 0 < cut_short.trials < 2 * cut_short.tasks
+    # the same request again: its time budget was spent once, it is not spent twice
+    assert tuning.tune(mod, TARGET, trials_per_task=2, minutes=0.0, root=tmp_path).trials == 0
 
-    first = tuning.tune(mod, TARGET, trials_per_task=4, root=tmp_path)
+    first = tuning.tune(mod, TARGET, trials_per_task=4, root=tmp_path)  # more trials: tuned further
     assert not first.stopped_by_deadline and first.trials > 0 and first.failed == 0, first.first_failure
     folder = tuning.database_dir(TARGET, tmp_path)
     records = (folder / tuning.RECORD_FILE).read_text().splitlines()
