@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from adl.compiler.layers import LayerDesc, describe_model
 from adl.models import build_model
