@@ -107,6 +107,9 @@ TARGET_OPTIONS: tuple[Option, ...] = (
            "the cost model that prices the target for passes and the manifest, e.g. "
            "roofline(gflops = 150, bandwidth = 25, overhead = 4 us) or bitserial(preset = edge); "
            "`adl hw list` shows them all", calls=CostModelCalls(), noun="cost model"),
+    Option("rpc", "string", None, 'run and time libraries on a device through TVM RPC: "host:port" of an RPC '
+           "tracker (with `key`) or of an RPC server"),
+    Option("key", "string", None, "the device key to request from the RPC tracker at `rpc`"),
 )
 DEFAULT_COST_MODEL = "roofline"
 
@@ -249,12 +252,30 @@ class _Checker:
         values = self._settings(block.settings, self.target_options, "target", block.keyword_span)
         if values is None:
             return None
+        if not self._rpc_fits(block, values):
+            return None
         cost_setting = next((s for s in block.settings if s.key == "cost"), None)
         cost = values["cost"] if cost_setting is not None else self._default_cost()
         target = TargetSpec(name=name, kind=values["kind"], cores=values["cores"], mcpu=values["mcpu"],
-                            triple=values["triple"], tune=values["tune"], cost=cost, span=block.span)
+                            triple=values["triple"], tune=values["tune"], cost=cost, rpc=values["rpc"], key=values["key"],
+                            span=block.span)
         where = cost_setting.value.span if cost_setting is not None else block.keyword_span
         return target if self._cost_model_fits(target, where) else None
+
+    def _rpc_fits(self, block: ast.Block, values: dict[str, Any]) -> bool:
+        """`rpc` is "host:port"; `key` needs `rpc` (the tracker it is requested from)."""
+        settings = {s.key: s for s in block.settings}
+        rpc = values["rpc"]
+        if rpc is not None:
+            host, _, port = rpc.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                self.error(f'rpc must be "host:port", e.g. "127.0.0.1:9190"; got "{rpc}"', settings["rpc"].value.span)
+                return False
+        elif values["key"] is not None:
+            self.error("`key` names a device at an RPC tracker: set `rpc` to the tracker's \"host:port\"",
+                       settings["key"].value.span)
+            return False
+        return True
 
     def _default_cost(self) -> CallValue:
         """`roofline` with its defaults, as if the spec said `cost = roofline`."""
@@ -385,6 +406,19 @@ def load_spec(text: str, filename: str = "<spec>", registry: PassRegistry | None
     return check(parse(text, filename), registry, cost_models)
 
 
+def load_target(settings: str, filename: str = "<target>",
+                cost_models: "CostModelRegistry | None" = None) -> TargetSpec:
+    """A target from a target block's settings, e.g. ``cores = 2  rpc = "10.0.0.5:9190"  key = "board"``
+    (how `adl hw` commands take one); ``host`` or nothing is this machine with the defaults."""
+    body = "" if settings.strip() in ("", "host") else settings
+    tree = parse(f"target host {{ {body} }}\n", filename)
+    checker = _Checker(tree, default_registry(), cost_models)
+    target = checker.target(next(item for item in tree.items if _keyword_of(item)[0] == "target"))
+    if checker.errors or target is None:
+        raise checker._failure()
+    return target
+
+
 def load_spec_file(path: str | os.PathLike[str], registry: PassRegistry | None = None,
                    cost_models: "CostModelRegistry | None" = None) -> Spec:
     path = Path(path)
@@ -396,5 +430,5 @@ def load_spec_file(path: str | os.PathLike[str], registry: PassRegistry | None =
     return load_spec(text, str(path), registry, cost_models)
 
 
-__all__ = ["check", "load_spec", "load_spec_file", "TASKS", "DATA_SOURCES", "MODEL_FAMILIES",
+__all__ = ["check", "load_spec", "load_spec_file", "load_target", "TASKS", "DATA_SOURCES", "MODEL_FAMILIES",
            "TARGET_OPTIONS"]

@@ -67,7 +67,15 @@ class TargetSpec:
     # the cost model that prices it (a name in adl.hwmodels' registry, its options checked);
     # the checker fills in the model's defaults
     cost: CallValue = CallValue("roofline")
+    # TVM RPC: where libraries built here are run and timed ("host:port" of a tracker when
+    # `key` is given, of an RPC server otherwise); None = on this machine
+    rpc: str | None = None
+    key: str | None = None
     span: Span | None = field(default=None, compare=False)
+
+    @property
+    def remote(self) -> bool:
+        return self.rpc is not None
 
     def tvm_target(self) -> dict[str, Any]:
         """The dict TVM 0.27 builds a ``tvm.target.Target`` from (the string form raises)."""

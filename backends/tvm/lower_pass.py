@@ -1,8 +1,10 @@
 """The `lower` pass: the trained PyTorch model -> a TVM library, verified and measured.
 
 Verification is part of lowering: the library's outputs on the test split must agree
-with the PyTorch model, and its accuracy, batch-1 latency and file size are measured on
-this machine into the module's metrics (and from there into the manifest and the budgets).
+with the PyTorch model, and its accuracy, batch-1 latency and file size are measured into
+the module's metrics (and from there into the manifest and the budgets) -- on this machine,
+or, for ``target { rpc = ... }``, on the device through TVM RPC (built here, uploaded, run
+and timed there).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class LowerPass(Pass):
             except LoweringError as err:
                 raise PassError(str(err)) from err
             bar.advance(1, step="built")
+            if ctx.spec.target.remote:
+                return self._run_remote(module, ctx, path, info, bar)
             if info.cross_compiled:
                 ctx.log(f"lower: cross-compiled for {target['mtriple']}: the library cannot run here, so it is "
                         "neither verified nor measured")
@@ -66,5 +70,37 @@ class LowerPass(Pass):
             latency=asdict(latency),
             size_bytes=info.library_bytes,
             max_abs_diff=difference,
+            library=asdict(info) | {"file": "model.so"},
+        ).establish("library")
+
+    def _run_remote(self, module: Module, ctx: PassContext, path, info, bar) -> Module:
+        """Verify, score and time the library on the RPC device."""
+        import numpy as np
+        import torch
+
+        from adl.backends.tvm.build import _eval_mode
+        from adl.backends.tvm.remote import RemoteError, library_latency, rpc_session
+
+        target, dataset = ctx.spec.target, ctx.dataset()
+        x = np.ascontiguousarray(dataset.x_test, dtype=np.float32)
+        try:
+            with rpc_session(target.rpc, target.key) as session:
+                logits = session.run_library(path, x)
+                latency = library_latency(session, path, info.input_shape, threads=target.cores,
+                                          repeats=self.config["repeats"], warmup=self.config["warmup"])
+                where = session.where
+        except RemoteError as err:
+            raise PassError(f"lower: {err}") from err
+        with _eval_mode(module.model), torch.no_grad():
+            expected = module.model(torch.from_numpy(x.copy())).numpy()
+        difference = float(np.max(np.abs(expected.astype(np.float64) - logits.astype(np.float64))))
+        if not difference <= self.config["tolerance"]:
+            raise PassError(f"the library on {where} disagrees with the PyTorch model: max abs difference "
+                            f"{difference:.3g} exceeds the tolerance {self.config['tolerance']:.3g}")
+        bar.advance(2, step=f"verified and measured on {where}")
+        accuracy = float(np.mean(np.argmax(logits, axis=-1) == dataset.y_test))
+        return module.with_files(library=str(path)).with_metrics(
+            accuracy=accuracy, latency_s=latency.median_s, latency=asdict(latency) | {"where": where},
+            size_bytes=info.library_bytes, max_abs_diff=difference,
             library=asdict(info) | {"file": "model.so"},
         ).establish("library")

@@ -1,0 +1,171 @@
+"""Fixtures shared across the test folders.
+
+`servers`: on loopback, a TVM RPC tracker with one RPC server registered under the key
+"board", and a second RPC server reached directly (no tracker), as subprocesses of their own
+process groups (killed at teardown). The servers run with torch hidden, as on a device that
+has only the TVM runtime (and because importing torch would slow their start by seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+BOOT_TIMEOUT_S = 60.0  # starting a tracker or server: a few seconds normally
+SERVER_THREADS = 2  # TVM_NUM_THREADS of the RPC servers
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class RpcServers:
+    """A tracker with a server under key "board", and a direct server, started at once;
+    :meth:`tracker` and :meth:`direct` wait (bounded) until they are ready."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.procs: dict[str, subprocess.Popen] = {}
+        stub = root / "no_torch"
+        stub.mkdir()
+        (stub / "torch.py").write_text('raise ImportError("torch is hidden in this RPC test server")\n')
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(stub), os.environ.get("PYTHONPATH")]))
+        self.env["TVM_NUM_THREADS"] = str(SERVER_THREADS)
+        self.threads = SERVER_THREADS
+        self.tracker_port = _free_port()
+        self.direct_port = _free_port()
+        self.board_port = _free_port()
+        self._start("tracker", "tvm.exec.rpc_tracker", self.tracker_port)
+        self._start("direct", "tvm.exec.rpc_server", self.direct_port)
+        self._tracker_ready = self._direct_ready = False
+
+    def _start(self, name: str, module: str, port: int, *extra: str) -> None:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        # --port-end: the tracker's default (9199) would be below a free port picked here
+        command = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--port-end", str(port + 1)]
+        self.procs[name] = subprocess.Popen(
+            [*command, *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,  # its own process group: children (sessions, workers) die with it
+        )
+        log.close()
+
+    def _wait(self, what: str, ready: Callable[[], bool], names: list[str]) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while not ready():
+            for name in names:
+                if self.procs[name].poll() is not None:
+                    pytest.fail(f"the RPC {name} exited while waiting for {what}:\n{self.log(name)}")
+            if time.monotonic() > deadline:
+                logs = "\n".join(self.log(name) for name in names)
+                pytest.fail(f"timed out after {BOOT_TIMEOUT_S:g} s waiting for {what}:\n{logs}")
+            time.sleep(0.05)
+
+    def log(self, name: str) -> str:
+        return f"--- {name}.log ---\n" + (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def tracker(self) -> str:
+        """The tracker's address, once a server with key "board" is registered there."""
+        if not self._tracker_ready:
+            pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
+            self._wait("the tracker to listen", lambda: _accepts(self.tracker_port), ["tracker"])
+            # The server retries a refused tracker only every 5 s: start it once the tracker listens.
+            tracker = f"127.0.0.1:{self.tracker_port}"
+            self._start("board", "tvm.exec.rpc_server", self.board_port, "--tracker", tracker, "--key", "board")
+
+            def registered() -> bool:
+                import tvm.rpc
+
+                summary = tvm.rpc.connect_tracker("127.0.0.1", self.tracker_port).summary()
+                return summary["queue_info"].get("board", {}).get("free", 0) >= 1
+
+            self._wait('the server "board" to register', registered, ["tracker", "board"])
+            self._tracker_ready = True
+        return f"127.0.0.1:{self.tracker_port}"
+
+    def direct(self) -> str:
+        if not self._direct_ready:
+            self._wait("the direct server to listen", lambda: _accepts(self.direct_port), ["direct"])
+            self._direct_ready = True
+        return f"127.0.0.1:{self.direct_port}"
+
+    def stop(self) -> None:
+        """SIGTERM each process group (the servers, their forked sessions, the tracker's worker),
+        SIGKILL what is left after 5 s, and check that nothing of them is left."""
+        for proc in self.procs.values():
+            _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while any(_group_alive(p.pid) for p in self.procs.values()) and time.monotonic() < deadline:
+            for proc in self.procs.values():
+                proc.poll()  # reap the leaders
+            time.sleep(0.05)
+        for proc in self.procs.values():
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        deadline = time.monotonic() + 5
+        while any(_group_alive(p.pid) for p in self.procs.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [name for name, p in self.procs.items() if _group_alive(p.pid)]
+        assert not left, f"RPC test processes still running: {left}"
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServers]:
+    started = RpcServers(tmp_path_factory.mktemp("rpc"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServers]:
+    started = RpcServers(tmp_path_factory.mktemp("rpc"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (it was free a moment ago)."""
+    return _free_port()
