@@ -37,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hw", help="hardware cost models")
     hw_sub = h.add_subparsers(dest="hw_command", required=True, metavar="HW_COMMAND")
     hw_sub.add_parser("list", help="list the registered cost models, their options and the targets they support")
+    target_help = ('the target: "host" (this machine), or a target block\'s settings, e.g. '
+                   '\'cores = 4  rpc = "10.0.0.5:9190"  key = "board"\'')
+    lut = hw_sub.add_parser("lut", help="measure the latency table of the `measured` cost model for a spec's layers")
+    lut.add_argument("target", nargs="?", help=target_help + " (default: the spec's target)")
+    lut.add_argument("--space", type=Path, required=True, metavar="SPEC.adl",
+                     help="the spec whose networks the table must price (its model)")
+    lut.add_argument("--cache", type=Path, metavar="DIR", help="table folder (default: $ADL_LUT_DIR or ~/.cache/adl/lut)")
+    lut.add_argument("--no-calibrate", action="store_true",
+                     help="do not compile the spec's model whole to calibrate the per-network overhead")
+    cal = hw_sub.add_parser("calibrate", help="measure the roofline's peak, bandwidth and per-layer overhead on a target")
+    cal.add_argument("target", nargs="?", default="host", help=target_help)
 
     r = sub.add_parser("run", help="run a compiled artifact on inputs")
     r.add_argument("artifact", type=Path, help="artifact directory (or its model.so)")
@@ -114,6 +125,73 @@ def _option_table(title: str, options) -> "object":
 
 
 def _cmd_hw(args, out, err) -> int:
+    return {"list": _cmd_hw_list, "lut": _cmd_hw_lut, "calibrate": _cmd_hw_calibrate}[args.hw_command](args, out, err)
+
+
+def _cmd_hw_lut(args, out, err) -> int:
+    import time
+
+    from adl.compiler.check import load_spec_file, load_target
+    from adl.compiler.driver import initial_module, load_data
+    from adl.compiler.layers import describe_model
+    from adl.compiler.progress import RichProgress
+    from adl.hwmodels.measured import MeasuredModel, calibrate
+
+    spec = load_spec_file(args.space)
+    target = load_target(args.target, filename="TARGET") if args.target else spec.target
+    dataset = load_data(spec)
+    module = initial_module(spec, dataset, seed=0)
+    if module.model is None:
+        err.print(f"{args.space}: no `model` block: nothing to measure")
+        return EXIT_SPEC
+    input_shape = (1, *dataset.input_shape)
+    layers = describe_model(module.model, input_shape)
+    model = MeasuredModel(cache=str(args.cache) if args.cache else None)
+    model.progress = RichProgress(err)
+    start = time.perf_counter()
+    measured = model.measure_networks([layers], target)
+    table = model.table(target)
+    out.print(f"{table.path}: {len(table.entries)} kernels, {measured} measured now in "
+              f"{time.perf_counter() - start:.1f} s (the rest were in the table)")
+    if args.no_calibrate:
+        return EXIT_OK
+    from adl.backends.tvm.layer_timing import network_latency
+
+    latency = network_latency(module.model, input_shape, target.tvm_target(), threads=target.cores,
+                              session_factory=_session_factory(target))
+    overhead = calibrate(model, target, [(layers, latency)])
+    predicted = model.estimate(layers, target).latency_s
+    out.print(f"per-network overhead {overhead.seconds * 1e6:.1f} us, calibrated on the spec's model "
+              f"(measured {latency * 1e3:.3f} ms whole; the table now predicts {predicted * 1e3:.3f} ms)")
+    return EXIT_OK
+
+
+def _session_factory(target):
+    """Where a target's code runs: None (this machine) or a function opening its RPC session."""
+    if not target.remote:
+        return None
+    from adl.backends.tvm.remote import rpc_session
+
+    return lambda: rpc_session(target.rpc, target.key)
+
+
+def _cmd_hw_calibrate(args, out, err) -> int:
+    from adl.backends.tvm.calibrate import measure_roofline
+    from adl.compiler.check import load_target
+    from adl.compiler.progress import RichProgress
+    from adl.hwmodels.calibration import save_calibration
+
+    target = load_target(args.target, filename="TARGET")
+    values = measure_roofline(target.tvm_target(), threads=target.cores, progress=RichProgress(err),
+                              session_factory=_session_factory(target))
+    path = save_calibration(target, values)
+    out.print(f"roofline for {target.tvm_target()}: peak {values['gflops']:.1f} GFLOP/s, bandwidth "
+              f"{values['bandwidth']:.1f} GB/s, overhead {values['overhead'] * 1e6:.1f} us per layer")
+    out.print(f"saved to {path}; `roofline` uses it for the options a spec leaves unset")
+    return EXIT_OK
+
+
+def _cmd_hw_list(args, out, err) -> int:
     from adl.hwmodels import default_registry
 
     registry = default_registry()

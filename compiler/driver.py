@@ -143,6 +143,7 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     pipeline = pipeline if pipeline is not None else Pipeline.from_stages(spec.pipeline)
 
     cost_model = make_cost_model(spec)
+    cost_model.progress = progress or SilentProgress()  # a measured model shows its measuring
     dataset = load_data(spec)
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
                       instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log,

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 OPS = ("conv2d", "dwconv2d", "linear", "pool", "add")
+ACTIVATIONS = ("", "relu", "relu6")  # "" = none; what follows the layer (through a BatchNorm)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class LayerDesc:
     has_bias: bool = False
     weight_bits: int = 32
     act_bits: int = 32
+    activation: str = ""  # one of ACTIVATIONS: the activation applied to the output (compilers fuse it)
 
     @property
     def params(self) -> int:
@@ -64,6 +66,44 @@ class LayerDesc:
         return row
 
 
+@dataclass(frozen=True)
+class KernelGroup:
+    """One table entry: a layer and the residual addition fused into its epilogue, if any."""
+
+    layer: LayerDesc
+    residual: LayerDesc | None = None  # an `add` right after `layer`, with `layer`'s output shape
+
+    @property
+    def key(self) -> str:
+        """The configuration that decides the kernel's speed (names excluded), as a stable string."""
+        layer = self.layer
+        parts = [layer.op, "x".join(map(str, layer.input_shape)), "x".join(map(str, layer.output_shape)),
+                 f"k{layer.kernel[0]}x{layer.kernel[1]}", f"s{layer.stride[0]}x{layer.stride[1]}", f"g{layer.groups}",
+                 f"w{layer.weight_bits}a{layer.act_bits}", layer.activation or "linear"]
+        if self.residual is not None:
+            parts.append(f"+add.{self.residual.activation or 'linear'}")
+        return "/".join(parts)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.layer.name,) if self.residual is None else (self.layer.name, self.residual.name)
+
+
+def group_layers(layers: Sequence[LayerDesc]) -> list[KernelGroup]:
+    """Layers in execution order -> the kernels TVM fuses them into (an `add` joins the conv
+    or linear layer right before it when that layer produced one of its operands' shape)."""
+    groups: list[KernelGroup] = []
+    for layer in layers:
+        previous = groups[-1] if groups else None
+        if (layer.op == "add" and previous is not None and previous.residual is None
+                and previous.layer.op in ("conv2d", "dwconv2d", "linear")
+                and previous.layer.output_shape == layer.output_shape):
+            groups[-1] = KernelGroup(previous.layer, layer)
+        else:
+            groups.append(KernelGroup(layer))
+    return groups
+
+
 def _prod(values: Sequence[int]) -> int:
     out = 1
     for v in values:
@@ -86,6 +126,28 @@ def describe_model(model: Any, input_shape: Sequence[int]) -> list[LayerDesc]:
     from torch import fx, nn
     from torch.fx.passes.shape_prop import ShapeProp
 
+    activation_modules = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+    activation_functions = {torch.relu: "relu", torch.nn.functional.relu: "relu", torch.nn.functional.relu6: "relu6"}
+
+    def activation_after(node: Any) -> str:
+        """The activation applied to `node`'s output, looking through one BatchNorm."""
+        for _ in range(2):
+            users = list(node.users)
+            if len(users) != 1:
+                return ""
+            node = users[0]
+            if node.op == "call_module":
+                mod = modules[node.target]
+                if isinstance(mod, nn.BatchNorm2d):
+                    continue
+                if isinstance(mod, nn.Hardtanh) and (mod.min_val, mod.max_val) == (0.0, 6.0):
+                    return "relu6"
+                return activation_modules.get(type(mod), "")
+            if node.op == "call_function":
+                return activation_functions.get(node.target, "")
+            return ""
+        return ""
+
     graph_module = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
     was_training = graph_module.training
     graph_module.eval()
@@ -105,9 +167,11 @@ def describe_model(model: Any, input_shape: Sequence[int]) -> list[LayerDesc]:
             if isinstance(mod, nn.Conv2d):
                 depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
                 layers.append(LayerDesc(node.target, "dwconv2d" if depthwise else "conv2d", src, out,
-                                        _pair(mod.kernel_size), _pair(mod.stride), mod.groups, mod.bias is not None))
+                                        _pair(mod.kernel_size), _pair(mod.stride), mod.groups, mod.bias is not None,
+                                        activation=activation_after(node)))
             elif isinstance(mod, nn.Linear):
-                layers.append(LayerDesc(node.target, "linear", src, out, has_bias=mod.bias is not None))
+                layers.append(LayerDesc(node.target, "linear", src, out, has_bias=mod.bias is not None,
+                                        activation=activation_after(node)))
             elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
                 layers.append(LayerDesc(node.target, "pool", src, out, _pair(mod.kernel_size),
                                         _pair(mod.stride or mod.kernel_size)))
@@ -117,5 +181,5 @@ def describe_model(model: Any, input_shape: Sequence[int]) -> list[LayerDesc]:
         elif node.op == "call_function" and node.target in (operator.add, torch.add) and "tensor_meta" in node.meta:
             tensor_args = [a for a in node.args if hasattr(a, "meta") and "tensor_meta" in a.meta]
             if len(tensor_args) == 2 and shape(tensor_args[0]) == shape(tensor_args[1]) == shape(node):
-                layers.append(LayerDesc(node.name, "add", shape(node), shape(node)))
+                layers.append(LayerDesc(node.name, "add", shape(node), shape(node), activation=activation_after(node)))
     return layers

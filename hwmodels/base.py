@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Sequence
 
 from adl.compiler.layers import LayerDesc
 from adl.compiler.options import Option, configure, format_option
+from adl.compiler.progress import Progress, SilentProgress
 from adl.compiler.spec import CallValue, TargetSpec
 
 
@@ -111,6 +112,8 @@ class CostModel(abc.ABC):
     summary: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     targets: ClassVar[str] = "any target"  # in words, for `adl hw list`; `supports` decides
+    # where a model that measures shows its progress (the driver sets the compile's)
+    progress: Progress = SilentProgress()
 
     def __init__(self, **explicit: Any) -> None:
         self.config: dict[str, Any] = configure(f"cost model '{self.name}'", self.options, explicit)

@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "adl.hwmodels"
 BUILTINS: Mapping[str, str] = {
     "roofline": "adl.hwmodels.roofline:RooflineModel",
     "bitserial": "adl.hwmodels.bitserial:BitSerialModel",
+    "measured": "adl.hwmodels.measured:MeasuredModel",
 }
 
 
