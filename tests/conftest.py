@@ -1,5 +1,8 @@
 """Fixtures shared across the test folders.
 
+Every test runs with ``ADL_CACHE_DIR`` pointing at a private folder, so the user's roofline
+calibrations and latency tables neither leak into nor get written by the tests.
+
 `servers`: on loopback, a TVM RPC tracker with one RPC server registered under the key
 "board", and a second RPC server reached directly (no tracker), as subprocesses of their own
 process groups (killed at teardown). The servers run with torch hidden, as on a device that
@@ -147,6 +150,18 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_measurement_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's calibrations and latency tables (~/.cache/adl)."""
+    saved = os.environ.get("ADL_CACHE_DIR")
+    os.environ["ADL_CACHE_DIR"] = str(tmp_path_factory.mktemp("adl-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("ADL_CACHE_DIR", None)
+    else:
+        os.environ["ADL_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServers]:
     started = RpcServers(tmp_path_factory.mktemp("rpc"))
@@ -154,6 +169,18 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServers]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_measurement_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's calibrations and latency tables (~/.cache/adl)."""
+    saved = os.environ.get("ADL_CACHE_DIR")
+    os.environ["ADL_CACHE_DIR"] = str(tmp_path_factory.mktemp("adl-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("ADL_CACHE_DIR", None)
+    else:
+        os.environ["ADL_CACHE_DIR"] = saved
 
 
 @pytest.fixture(scope="module")
