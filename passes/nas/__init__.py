@@ -1,0 +1,127 @@
+"""The `nas` pass: hardware-aware architecture search over a MobileNet-style space, in JAX.
+
+    pipeline {
+      nas { space = mobilenet(blocks = 4, kernels = [3, 5, 7], expand = [1, 3, 6])
+            strategy = proxyless  epochs = 30  latency_weight = 0.1 }
+      train { epochs = 20 }
+      lower
+    }
+
+The supernet (`supernet.py`) is trained by the chosen strategy (`search.py`) on 80 % of the
+training split, the architecture parameters on the other 20 %; every candidate op is priced
+by the target's cost model. The derived network becomes a PyTorch module, with the
+supernet's weights, for `train` to fine-tune; its genotype, the architecture weights'
+history and its predicted cost go into the metrics (and so into the manifest).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adl.compiler.module import Module
+from adl.compiler.options import Option
+from adl.compiler.passes import Pass, PassContext, PassError
+from adl.compiler.spec import CallValue
+
+SPACES: dict[str, tuple[Option, ...]] = {
+    "mobilenet": (
+        Option("blocks", "int", 4, "inverted-residual blocks searched", low=1, high=32),
+        Option("kernels", "int_list", (3, 5, 7), "depthwise kernel sizes a block may take"),
+        Option("expand", "int_list", (1, 3, 6), "expansion ratios a block may take"),
+        Option("width", "float", 1.0, "width multiplier of every block (not searched)", low=0.1),
+        Option("skip", "bool", True, "blocks that keep their shape may be identity (depth search)"),
+        Option("stem", "int", 16, "channels of the stem convolution", low=1),
+        Option("head", "int", 64, "channels of the 1x1 head convolution", low=1),
+    ),
+}
+
+
+class NasPass(Pass):
+    name = "nas"
+    summary = "differentiable hardware-aware architecture search (darts, gdas, proxyless, random) in JAX"
+    options = (
+        Option("space", "call", CallValue("mobilenet"), "the search space: mobilenet(blocks, kernels, expand, ...)",
+               calls=SPACES),
+        Option("strategy", "name", "proxyless", "search strategy",
+               choices=("darts", "gdas", "proxyless", "random")),
+        Option("epochs", "int", 30, "passes over the search's training part", low=1),
+        Option("batch_size", "int", 64, "samples per step", low=1),
+        Option("lr", "float", 0.01, "learning rate of the supernet's weights (Adam)", low=0.0),
+        Option("arch_lr", "float", 0.01, "learning rate of the architecture parameters (Adam)", low=0.0),
+        Option("latency_weight", "float", 0.1, "lambda of lambda * log(expected latency)", low=0.0),
+        Option("budget", "bool", True, "also hold the expected latency under the spec's latency budget (a hinge)"),
+        Option("order", "name", "first", "darts: first- or second-order (unrolled) architecture gradient",
+               choices=("first", "second")),
+        Option("estimator", "name", "two_path", "proxyless: architecture gradient estimator",
+               choices=("two_path", "reinforce")),
+        Option("tau_max", "float", 10.0, "gdas: initial Gumbel-softmax temperature", low=1e-3),
+        Option("tau_min", "float", 0.1, "gdas: final temperature", low=1e-3),
+        Option("random_samples", "int", 50, "random: architectures scored with the shared weights", low=1),
+    )
+    requires = ()
+    ensures = ("model", "architecture")
+
+    def run(self, module: Module, ctx: PassContext) -> Module:
+        import numpy as np
+
+        from adl.models.space import MobileNetSpace
+        from adl.models.zoo import Normalize
+        from adl.passes.nas.pricing import price_candidates
+        from adl.passes.nas.search import Search, SearchConfig
+        from adl.passes.nas.supernet import Supernet, to_torch
+
+        dataset = ctx.dataset()
+        if len(dataset.input_shape) != 3:
+            raise PassError(f"nas searches convolutional networks; this data has shape {tuple(dataset.input_shape)}")
+        space_options = self.config["space"].as_dict()
+        space = MobileNetSpace(tuple(dataset.input_shape), ctx.spec.task.classes, blocks=space_options["blocks"],
+                               kernels=tuple(space_options["kernels"]), expand=tuple(space_options["expand"]),
+                               widths=(space_options["width"],), skip=space_options["skip"],
+                               stem=space_options["stem"], head=space_options["head"])
+        supernet = Supernet(space, space_options["width"])
+        latency = price_candidates(supernet, ctx.cost)
+        budget = _latency_budget(ctx) if self.config["budget"] else None
+        if budget is not None and latency.of([int(np.argmin(lat)) for lat in latency.per_op]) > budget:
+            raise PassError(f"the latency budget {budget * 1e3:.3g} ms is below the fastest network of the space "
+                            f"({latency.of([int(np.argmin(lat)) for lat in latency.per_op]) * 1e3:.3g} ms as priced by "
+                            f"{ctx.cost_model}): no architecture can meet it")
+        config = SearchConfig(**{k: self.config[k] for k in (
+            "strategy", "epochs", "batch_size", "lr", "arch_lr", "latency_weight", "order", "estimator", "tau_max",
+            "tau_min", "random_samples")}, budget_s=budget, seed=ctx.seed)
+
+        mean = np.asarray(dataset.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(dataset.std, np.float32).reshape(-1, 1, 1)
+        x = ((np.asarray(dataset.x_train, np.float32) - mean) / std).astype(np.float32)
+        y = np.asarray(dataset.y_train, np.int32)
+        order = np.random.default_rng(ctx.seed).permutation(len(x))
+        cut = int(0.8 * len(x))
+        train, val = order[:cut], order[cut:]
+
+        with ctx.progress.task(f"nas ({config.strategy})", total=config.epochs) as bar:
+            def on_epoch(row: dict[str, Any]) -> None:
+                bar.advance(1, accuracy=f"{row['val_accuracy']:.3f}",
+                            latency=f"{row['expected_latency_s'] * 1e3:.3f} ms")
+
+            result = Search(supernet, latency, config).run(x[train], y[train], x[val], y[val],
+                                                          state_dir=ctx.state_dir(), on_epoch=on_epoch)
+        from torch import nn
+
+        model = nn.Sequential(Normalize(dataset.mean, dataset.std, channel_dims=len(dataset.input_shape) - 1),
+                              to_torch(supernet, result.params, result.indices))
+        architecture = supernet.architecture(result.indices)
+        predicted = latency.of(result.indices)
+        ctx.log(f"nas: {architecture} -- predicted {predicted * 1e3:.3f} ms by {ctx.cost_model}"
+                + (f", budget {budget * 1e3:.3g} ms {'met' if predicted <= budget else 'MISSED'}" if budget else ""))
+        return module.evolve(model=model).with_metrics(nas={
+            "strategy": config.strategy, "genotype": [str(c) for c in architecture.blocks], "width": architecture.width,
+            "predicted_latency_s": predicted, "latency_budget_s": budget,
+            "budget_met": None if budget is None else predicted <= budget,
+            "history": result.history, "probabilities": result.probabilities,
+        }).establish("architecture")
+
+
+def _latency_budget(ctx: PassContext) -> float | None:
+    for budget in ctx.spec.budgets:
+        if budget.metric == "latency" and budget.op in ("<=", "<"):
+            return float(budget.value)
+    return None

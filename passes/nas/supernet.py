@@ -1,0 +1,186 @@
+"""The MobileNet-space supernet in JAX: one set of weights per candidate op of every block.
+
+Layout NHWC. Every conv carries a bias instead of a BatchNorm (a materialised network gets
+identity BatchNorms whose shift is that bias, so PyTorch computes the same function). Block
+`b` holds the candidates of `MobileNetSpace.choices(b, width)`: inverted residuals (1x1
+expand -> kxk depthwise -> 1x1 project, ReLU6 after the first two, a skip connection when
+the shape allows) and, for blocks that keep their shape, identity.
+
+How a block mixes its candidates is the search strategy's business:
+
+* `mixed_block`: the DARTS relaxation, sum_i w_i op_i(x) -- every candidate runs and stays in
+  memory;
+* `single_block`: one candidate, chosen by a traced index (``lax.switch``: only that branch
+  runs), scaled by a gate whose value is 1 and whose gradient reaches the architecture
+  parameters (GDAS's straight-through Gumbel sample, ProxylessNAS's binary gates);
+* `pair_block`: ProxylessNAS's two-path mode: two sampled candidates, gated by a one-hot
+  binary gate vector that the caller differentiates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adl.models.space import Architecture, Choice, MobileNetSpace
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Supernet:
+    """The shapes of a space at one width, and functions of (params, input)."""
+
+    space: MobileNetSpace
+    width: float
+
+    @property
+    def choices(self) -> list[list[Choice]]:
+        return [self.space.choices(b, self.width) for b in range(self.space.blocks)]
+
+    @property
+    def stem(self) -> int:
+        return self.space.block_shapes(self.width)[0][0] if self.space.blocks else self.space.stem
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def init(self, key: jax.Array) -> Params:
+        """He-normal convolutions and dense layer, zero biases."""
+        channels = self.space.input_shape[0]
+        keys = iter(jax.random.split(key, 4 + sum(3 * len(c) for c in self.choices)))
+        params: Params = {"stem": _conv(next(keys), 3, 3, channels, self.stem), "blocks": []}
+        for (cin, cout, _), choices in zip(self.space.block_shapes(self.width), self.choices):
+            ops = []
+            for choice in choices:
+                if choice.skip:
+                    ops.append({})
+                    continue
+                hidden = cin * choice.expand
+                op = {"dw": _conv(next(keys), choice.kernel, choice.kernel, 1, hidden),
+                      "project": _conv(next(keys), 1, 1, hidden, cout)}
+                if choice.expand != 1:
+                    op["expand"] = _conv(next(keys), 1, 1, cin, hidden)
+                ops.append(op)
+            params["blocks"].append(ops)
+        last = self.space.block_shapes(self.width)[-1][1] if self.space.blocks else self.stem
+        params["head"] = _conv(next(keys), 1, 1, last, self.space.head)
+        k = next(keys)
+        params["classifier"] = {"w": jax.random.normal(k, (self.space.head, self.space.classes))
+                                * math.sqrt(1.0 / self.space.head),
+                                "b": jnp.zeros((self.space.classes,))}
+        return params
+
+    # -- the network around the blocks -----------------------------------------------------
+
+    def forward(self, params: Params, x: jax.Array, block_fn: Callable[[int, Params, jax.Array], jax.Array]
+                ) -> jax.Array:
+        """Logits of NCHW inputs `x`; `block_fn(b, block_params, h)` computes block `b`."""
+        h = jnp.transpose(x, (0, 2, 3, 1))
+        h = _relu6(_conv_apply(params["stem"], h, 1))
+        for b in range(self.space.blocks):
+            h = block_fn(b, params["blocks"][b], h)
+        h = _relu6(_conv_apply(params["head"], h, 1))
+        h = jnp.mean(h, axis=(1, 2))
+        return h @ params["classifier"]["w"] + params["classifier"]["b"]
+
+    def op_fn(self, b: int, i: int) -> Callable[[Params, jax.Array], jax.Array]:
+        """Candidate `i` of block `b` as a function of (its params, NHWC input)."""
+        choice = self.choices[b][i]
+        cin, cout, stride = self.space.block_shapes(self.width)[b]
+        if choice.skip:
+            return lambda p, h: h
+        use_skip = stride == 1 and cin == cout
+
+        def op(p: Params, h: jax.Array) -> jax.Array:
+            y = _relu6(_conv_apply(p["expand"], h, 1)) if "expand" in p else h
+            y = _relu6(_conv_apply(p["dw"], y, stride, groups=y.shape[-1]))
+            y = _conv_apply(p["project"], y, 1)
+            return h + y if use_skip else y
+
+        return op
+
+    # -- the three ways of mixing a block's candidates ---------------------------------------
+
+    def mixed_block(self, b: int, ops: Sequence[Params], h: jax.Array, weights: jax.Array) -> jax.Array:
+        return sum(weights[i] * self.op_fn(b, i)(ops[i], h) for i in range(len(ops)))
+
+    def single_block(self, b: int, ops: Sequence[Params], h: jax.Array, index: jax.Array, gate: jax.Array
+                     ) -> jax.Array:
+        branches = [lambda h_, i=i: self.op_fn(b, i)(ops[i], h_) for i in range(len(ops))]
+        return jax.lax.switch(index, branches, h) * gate
+
+    def pair_block(self, b: int, ops: Sequence[Params], h: jax.Array, pair: jax.Array, gates: jax.Array
+                   ) -> jax.Array:
+        """gates[0] * op_pair[0](h) + gates[1] * op_pair[1](h): two paths in memory, not all."""
+        return self.single_block(b, ops, h, pair[0], gates[0]) + self.single_block(b, ops, h, pair[1], gates[1])
+
+    # -- a derived network -------------------------------------------------------------------
+
+    def architecture(self, indices: Sequence[int]) -> Architecture:
+        return Architecture(self.width, tuple(self.choices[b][int(i)] for b, i in enumerate(indices)))
+
+    def derived_forward(self, params: Params, x: jax.Array, indices: Sequence[int]) -> jax.Array:
+        """The network of one op per block, as the supernet computes it (no gates)."""
+        return self.forward(params, x, lambda b, ops, h: self.op_fn(b, int(indices[b]))(ops[int(indices[b])], h))
+
+
+def _conv(key: jax.Array, kh: int, kw: int, cin: int, cout: int) -> Params:
+    fan_in = kh * kw * cin
+    return {"w": jax.random.normal(key, (kh, kw, cin, cout)) * math.sqrt(2.0 / fan_in), "b": jnp.zeros((cout,))}
+
+
+def _conv_apply(p: Params, h: jax.Array, stride: int, groups: int = 1) -> jax.Array:
+    """NHWC x HWIO convolution with 'same'-style padding k//2 (as the PyTorch models pad)."""
+    kh, kw = p["w"].shape[:2]
+    y = jax.lax.conv_general_dilated(h, p["w"], (stride, stride), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    return y + p["b"]
+
+
+def _relu6(x: jax.Array) -> jax.Array:
+    return jnp.clip(x, 0.0, 6.0)
+
+
+def to_torch(supernet: Supernet, params: Params, indices: Sequence[int]) -> Any:
+    """The PyTorch model of the derived architecture (`MobileNetSpace.build`) carrying the
+    supernet's weights: convs get the weights, the BatchNorms after them become identities
+    shifted by the bias (eval mode), so it computes what `derived_forward` computes."""
+    import torch
+    from torch import nn
+
+    arch = supernet.architecture(indices)
+    model = supernet.space.build(arch).eval()
+
+    def load(seq: nn.Sequential, p: Params) -> None:
+        conv, bn = seq[0], seq[1]
+        w = np.array(p["w"])  # HWIO (depthwise: H, W, 1, C)
+        conv.weight.data = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))).float()
+        bn.weight.data.fill_(1.0)
+        bn.bias.data = torch.from_numpy(np.array(p["b"])).float()
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+
+    modules = list(model.children())
+    load(modules[0], params["stem"])
+    position = 1
+    for b, i in enumerate(indices):
+        choice = supernet.choices[b][int(i)]
+        if choice.skip:
+            continue
+        block, p = modules[position], params["blocks"][b][int(i)]
+        parts = list(block.body.children())
+        if choice.expand != 1:
+            load(parts.pop(0), p["expand"])
+        load(parts[0], p["dw"])
+        load(parts[1], p["project"])
+        position += 1
+    load(modules[position], params["head"])
+    classifier = modules[-1]
+    classifier.weight.data = torch.from_numpy(np.array(params["classifier"]["w"]).T.copy()).float()
+    classifier.bias.data = torch.from_numpy(np.array(params["classifier"]["b"])).float()
+    return model

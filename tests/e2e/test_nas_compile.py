@@ -1,0 +1,43 @@
+"""A spec whose pipeline starts with `nas`: searched, materialised, fine-tuned, lowered."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adl.cli import main
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+spec searched
+task classify { classes = 10 }
+data digits { split = 0.8  seed = 0 }
+target host { cores = 2 }
+constraints { latency <= BUDGET }
+pipeline {
+  nas { space = mobilenet(blocks = 2, kernels = [3, 5], expand = [1, 3], width = 0.5, stem = 8, head = 16)
+        strategy = proxyless  epochs = 2 }
+  train { epochs = 2 }
+  lower { repeats = 10 }
+}
+"""
+
+
+def test_nas_finds_an_architecture_that_the_pipeline_trains_and_lowers(tmp_path):
+    spec = tmp_path / "s.adl"
+    spec.write_text(SPEC.replace("BUDGET", "5 ms"))
+    assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    nas = manifest["metrics"]["nas"]
+    assert nas["strategy"] == "proxyless" and len(nas["genotype"]) == 2 and len(nas["history"]) == 2
+    assert nas["budget_met"] is True and nas["predicted_latency_s"] <= 5e-3
+    assert manifest["metrics"]["accuracy"] > 0.1
+
+
+def test_a_latency_budget_below_the_fastest_network_fails_before_searching(tmp_path, capsys):
+    spec = tmp_path / "s.adl"
+    spec.write_text(SPEC.replace("BUDGET", "1 ns"))
+    assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 3
+    assert "below the fastest network of the space" in capsys.readouterr().err

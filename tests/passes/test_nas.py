@@ -1,0 +1,134 @@
+"""The nas pass's mechanisms: relaxed and sampled ops, their gradients, Gumbel sampling, a tiny
+search per strategy, resuming, and the genotype -> PyTorch round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
+
+from adl.models.space import MobileNetSpace  # noqa: E402
+from adl.passes.nas.search import (  # noqa: E402
+    STRATEGIES, LatencyTable, Search, SearchConfig, gumbel_gates, pair_gradient)
+from adl.passes.nas.supernet import Supernet, to_torch  # noqa: E402
+
+SPACE = MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3, 5), expand=(1, 3), widths=(0.5,), stem=8, head=16)
+NET = Supernet(SPACE, 0.5)
+LATENCY = LatencyTable([[1e-5 * (i + 1) for i in range(len(c))] for c in NET.choices], 2e-5)
+
+
+def data(n: int = 96, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, n).astype(np.int32)
+
+
+def test_the_space_offers_identity_only_where_the_shape_is_kept():
+    for b, (cin, cout, stride) in enumerate(SPACE.block_shapes(0.5)):
+        has_skip = any(c.skip for c in NET.choices[b])
+        assert has_skip == (stride == 1 and cin == cout)
+
+
+def test_the_darts_mixture_gradient_matches_finite_differences():
+    params = NET.init(jax.random.PRNGKey(0))
+    x = jnp.asarray(data(4)[0])
+    h = jnp.transpose(x, (0, 2, 3, 1))
+    h = jnp.clip(jax.lax.conv_general_dilated(h, params["stem"]["w"], (1, 1), ((1, 1), (1, 1)),
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["stem"]["b"], 0, 6)
+    alpha = jnp.array([0.3, -0.2, 0.1, 0.5] + [0.0] * (len(NET.choices[0]) - 4))
+
+    def f(a):
+        return jnp.sum(NET.mixed_block(0, params["blocks"][0], h, jax.nn.softmax(a)) ** 2)
+
+    grad = jax.grad(f)(alpha)
+    eps = 1e-3
+    numeric = np.array([(f(alpha.at[i].add(eps)) - f(alpha.at[i].add(-eps))) / (2 * eps)
+                        for i in range(alpha.shape[0])])
+    np.testing.assert_allclose(np.asarray(grad), numeric, rtol=2e-2, atol=1e-2)
+
+
+def test_gumbel_max_samples_follow_the_softmax_and_the_gate_is_one_with_a_gradient():
+    alpha = jnp.array([1.0, 0.0, -1.0, 0.5])
+    keys = jax.random.split(jax.random.PRNGKey(1), 4000)
+    indices = np.asarray(jax.vmap(lambda k: gumbel_gates([alpha], k, 1.0)[0][0])(keys))
+    frequencies = np.bincount(indices, minlength=4) / len(indices)
+    expected = np.asarray(jax.nn.softmax(alpha))
+    # binomial standard error at n = 4000 is <= 0.008: allow 4 of them
+    np.testing.assert_allclose(frequencies, expected, atol=0.032)
+
+    index, gates = gumbel_gates([alpha], jax.random.PRNGKey(2), 0.5)
+    assert float(gates[0]) == pytest.approx(1.0)
+    grad = jax.grad(lambda a: gumbel_gates([a], jax.random.PRNGKey(2), 0.5)[1][0])(alpha)
+    assert np.abs(np.asarray(grad)).sum() > 0  # the straight-through path reaches alpha
+
+
+def test_the_sampled_block_computes_exactly_the_chosen_op():
+    params = NET.init(jax.random.PRNGKey(0))
+    cin = SPACE.block_shapes(0.5)[0][0]
+    h = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, cin)).astype(np.float32))
+    for i in range(len(NET.choices[0])):
+        single = NET.single_block(0, params["blocks"][0], h, jnp.asarray(i), jnp.ones(()))
+        direct = NET.op_fn(0, i)(params["blocks"][0][i], h)
+        np.testing.assert_allclose(np.asarray(single), np.asarray(direct), rtol=1e-6, atol=1e-6)
+
+
+def test_the_binary_gate_gradient_is_the_proxylessnas_formula():
+    alpha_pair = jnp.array([0.4, -0.1])
+    g = jnp.array([2.0, -1.0])
+    p = np.asarray(jax.nn.softmax(alpha_pair))
+    expected = [sum(g[j] * p[j] * ((i == j) - p[i]) for j in range(2)) for i in range(2)]
+    np.testing.assert_allclose(np.asarray(pair_gradient(alpha_pair, g)), expected, rtol=1e-6)
+    # for a loss linear in the gates it is the exact gradient of the expected loss
+    exact = jax.grad(lambda a: jnp.dot(jax.nn.softmax(a), g))(alpha_pair)
+    np.testing.assert_allclose(np.asarray(pair_gradient(alpha_pair, g)), np.asarray(exact), rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy,extra", [("darts", {}), ("darts", {"order": "second"}), ("gdas", {}),
+                                            ("proxyless", {}), ("proxyless", {"estimator": "reinforce"}),
+                                            ("random", {"random_samples": 5})])
+def test_a_tiny_search_runs_for_every_strategy(strategy, extra):
+    x, y = data()
+    result = Search(NET, LATENCY, SearchConfig(strategy=strategy, epochs=1, batch_size=32, **extra)).run(
+        x[:64], y[:64], x[64:], y[64:])
+    assert len(result.indices) == SPACE.blocks
+    assert all(0 <= i < len(c) for i, c in zip(result.indices, NET.choices))
+    (row,) = result.history
+    assert 0.0 <= row["val_accuracy"] <= 1.0 and row["expected_latency_s"] > 0
+    assert all(abs(sum(p) - 1) < 1e-5 for p in row["probabilities"])
+    if strategy != "random":  # the architecture parameters moved
+        assert any(np.abs(a).sum() > 0 for a in result.alphas)
+    assert set(STRATEGIES) == {"darts", "gdas", "proxyless", "random"}
+
+
+def test_the_latency_term_pushes_the_architecture_to_faster_ops():
+    x, y = data()
+    heavy = Search(NET, LATENCY, SearchConfig(strategy="proxyless", epochs=3, batch_size=32, latency_weight=50.0,
+                                             lr=0.0)).run(x[:64], y[:64], x[64:], y[64:])
+    first, last = heavy.history[0]["expected_latency_s"], heavy.history[-1]["expected_latency_s"]
+    uniform = LATENCY.expected([jnp.ones(len(c)) / len(c) for c in NET.choices])
+    assert last < first <= float(uniform) + 1e-12
+
+
+def test_a_killed_search_resumes_from_its_last_epoch(tmp_path):
+    x, y = data()
+    config = SearchConfig(strategy="gdas", epochs=2, batch_size=32)
+    whole = Search(NET, LATENCY, config).run(x[:64], y[:64], x[64:], y[64:])
+    first = Search(NET, LATENCY, SearchConfig(strategy="gdas", epochs=1, batch_size=32)).run(
+        x[:64], y[:64], x[64:], y[64:], state_dir=tmp_path)
+    resumed = Search(NET, LATENCY, config).run(x[:64], y[:64], x[64:], y[64:], state_dir=tmp_path)
+    assert len(first.history) == 1 and len(resumed.history) == 2
+    assert resumed.history == whole.history
+    np.testing.assert_allclose(resumed.alphas[0], whole.alphas[0], rtol=1e-6)
+
+
+def test_the_derived_pytorch_module_computes_what_the_supernet_path_computes():
+    params = NET.init(jax.random.PRNGKey(3))
+    x = data(8)[0]
+    for indices in ([0, 0], [len(NET.choices[0]) - 1, 1], [2, len(NET.choices[1]) - 1]):
+        model = to_torch(NET, params, indices)
+        with torch.no_grad():
+            ours = model(torch.from_numpy(x)).numpy()
+        theirs = np.asarray(NET.derived_forward(params, jnp.asarray(x), indices))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
