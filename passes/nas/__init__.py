@@ -79,7 +79,9 @@ class NasPass(Pass):
                                widths=(space_options["width"],), skip=space_options["skip"],
                                stem=space_options["stem"], head=space_options["head"])
         supernet = Supernet(space, space_options["width"])
-        latency = price_candidates(supernet, ctx.cost)
+        if ctx.cost_model is None:
+            raise PassError("nas needs the target's cost model to price candidate ops")
+        latency = price_candidates(supernet, ctx.cost_model, ctx.spec.target)
         budget = _latency_budget(ctx) if self.config["budget"] else None
         if budget is not None and latency.of([int(np.argmin(lat)) for lat in latency.per_op]) > budget:
             raise PassError(f"the latency budget {budget * 1e3:.3g} ms is below the fastest network of the space "

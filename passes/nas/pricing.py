@@ -9,9 +9,10 @@ first candidate everywhere minus those candidates' prices. Identity costs nothin
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from adl.compiler.layers import LayerDesc, describe_model
+from adl.compiler.spec import TargetSpec
 from adl.models.space import Architecture
 from adl.models.zoo import InvertedResidual
 from adl.passes.nas.search import LatencyTable
@@ -36,13 +37,19 @@ def candidate_layers(supernet: Supernet) -> list[list[list[LayerDesc]]]:
     return out
 
 
-def price_candidates(supernet: Supernet, cost: Callable[[Sequence[LayerDesc]], Any]) -> LatencyTable:
-    """`cost(layers)` is the target's pricing (`PassContext.cost`), returning a `Cost`."""
+def price_candidates(supernet: Supernet, cost_model: Any, target: TargetSpec) -> LatencyTable:
+    """Per-candidate latencies of `supernet` on `target` by `cost_model` (a `CostModel`). A model
+    that measures (`measure_networks`, as `measured`) measures every piece in one round first."""
     space = supernet.space
-    per_op = [[_layers_only(cost(layers)) if layers else 0.0 for layers in block]
-              for block in candidate_layers(supernet)]
+    pieces = candidate_layers(supernet)
     first = Architecture(supernet.width, tuple(choices[0] for choices in supernet.choices))
-    whole = cost(describe_model(space.build(first), (1, *space.input_shape))).latency_s
+    whole_layers = describe_model(space.build(first), (1, *space.input_shape))
+    prefetch = getattr(cost_model, "measure_networks", None)
+    if prefetch is not None:
+        prefetch([layers for block in pieces for layers in block if layers] + [whole_layers], target)
+    per_op = [[_layers_only(cost_model.estimate(layers, target)) if layers else 0.0 for layers in block]
+              for block in pieces]
+    whole = cost_model.estimate(whole_layers, target).latency_s
     return LatencyTable(per_op, max(0.0, whole - sum(block[0] for block in per_op)))
 
 
