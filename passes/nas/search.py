@@ -28,6 +28,7 @@ target's cost model: ``latency_weight x log(E[lat])``; with a `budget` also a hi
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,11 @@ class SearchResult:
         return [np.asarray(jax.nn.softmax(a)).tolist() for a in self.alphas]
 
 
+_STEP_NAMES = ("_single_weight_step", "_darts_weight_step", "_darts_arch_step", "_gdas_step", "_two_path_arch_step",
+               "_reinforce_arch_step", "_accuracy")
+_COMPILED_STEPS: dict[tuple, dict[str, Callable]] = {}
+
+
 def gumbel_gates(alphas: Sequence[jax.Array], key: jax.Array, tau: float) -> tuple[jax.Array, list[jax.Array]]:
     """GDAS's sample per block: the Gumbel-max index of log softmax(alpha) and its gate, whose
     value is 1 and whose gradient is the temperature-`tau` Gumbel-softmax's (straight-through)."""
@@ -122,7 +128,19 @@ class Search:
         self.sizes = [len(c) for c in supernet.choices]
         self.w_opt = optax.adam(config.lr)
         self.a_opt = optax.adam(config.arch_lr, b1=0.5, b2=0.999)
-        self._build_steps()
+        # XLA compiles each jitted step on first use (tens of seconds for the lax.switch steps):
+        # searches that differ only in seed, epochs or sample count share the compiled steps
+        key = (supernet, tuple(map(tuple, latency.per_op)), latency.fixed,
+               dataclasses.replace(config, seed=0, epochs=0, random_samples=0))
+        steps = _COMPILED_STEPS.get(key)
+        if steps is None:
+            self._build_steps()
+            steps = _COMPILED_STEPS[key] = {name: getattr(self, name) for name in _STEP_NAMES}
+            while len(_COMPILED_STEPS) > 8:
+                _COMPILED_STEPS.pop(next(iter(_COMPILED_STEPS)))
+        else:
+            for name, fn in steps.items():
+                setattr(self, name, fn)
 
     # -- losses ----------------------------------------------------------------------------
 
