@@ -93,6 +93,14 @@ class LatencyStats:
     min_s: float
     repeats: int
 
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "LatencyStats":
+        """The statistics of timed runs (seconds each)."""
+        results = np.asarray(list(seconds), dtype=np.float64)
+        return cls(median_s=float(np.median(results)), mean_s=float(np.mean(results)),
+                   p10_s=float(np.percentile(results, 10)), p90_s=float(np.percentile(results, 90)),
+                   min_s=float(np.min(results)), repeats=int(results.size))
+
 
 class CompiledLibrary:
     """A built adl library loaded through the TVM runtime only.
@@ -284,12 +292,4 @@ class CompiledLibrary:
         for _ in range(warmup):
             self._call(tensor)
         timer = self._vm.time_evaluator("main", self._device, number=1, repeat=repeats)
-        results = np.asarray(list(timer(tensor).results), dtype=np.float64)
-        return LatencyStats(
-            median_s=float(np.median(results)),
-            mean_s=float(np.mean(results)),
-            p10_s=float(np.percentile(results, 10)),
-            p90_s=float(np.percentile(results, 90)),
-            min_s=float(np.min(results)),
-            repeats=int(results.size),
-        )
+        return LatencyStats.of(timer(tensor).results)

@@ -171,27 +171,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServers]:
         started.stop()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_measurement_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Tests never read or write the user's calibrations and latency tables (~/.cache/adl)."""
-    saved = os.environ.get("ADL_CACHE_DIR")
-    os.environ["ADL_CACHE_DIR"] = str(tmp_path_factory.mktemp("adl-cache"))
-    yield
-    if saved is None:
-        os.environ.pop("ADL_CACHE_DIR", None)
-    else:
-        os.environ["ADL_CACHE_DIR"] = saved
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServers]:
-    started = RpcServers(tmp_path_factory.mktemp("rpc"))
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nothing listens on (it was free a moment ago)."""

@@ -501,18 +501,11 @@ def library_latency(
         for _ in range(warmup):
             vm.invoke_stateful("main")
         timer = vm.time_evaluator("invoke_stateful", session.device, number=1, repeat=repeats)
-        results = np.asarray(list(timer("main").results), dtype=np.float64)
+        results = list(timer("main").results)
     except Exception as exc:
         name = Path(library_path).name
         raise RuntimeError(f"timing {name} on {session.where} failed: {_first_line(exc)}") from exc
-    return LatencyStats(
-        median_s=float(np.median(results)),
-        mean_s=float(np.mean(results)),
-        p10_s=float(np.percentile(results, 10)),
-        p90_s=float(np.percentile(results, 90)),
-        min_s=float(np.min(results)),
-        repeats=int(results.size),
-    )
+    return LatencyStats.of(results)
 
 
 def kernel_latency(
