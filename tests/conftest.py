@@ -61,11 +61,11 @@ class RpcServers:
         self._start("direct", "tvm.exec.rpc_server", self.direct_port)
         self._tracker_ready = self._direct_ready = False
 
-    def _start(self, name: str, module: str, port: int, *extra: str) -> None:
+    def _start(self, name: str, module: str, port: int, *extra: str, ports: int = 1) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
         # --port-end: the tracker's default (9199) would be below a free port picked here
         command = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
-        command += ["--port-end", str(port + 1)]
+        command += ["--port-end", str(port + ports)]
         self.procs[name] = subprocess.Popen(
             [*command, *extra],
             stdout=log,
@@ -97,7 +97,10 @@ class RpcServers:
             self._wait("the tracker to listen", lambda: _accepts(self.tracker_port), ["tracker"])
             # The server retries a refused tracker only every 5 s: start it once the tracker listens.
             tracker = f"127.0.0.1:{self.tracker_port}"
-            self._start("board", "tvm.exec.rpc_server", self.board_port, "--tracker", tracker, "--key", "board")
+            # started seconds after its port was found free: let it take the next free one of 100
+            # (tests reach it through the tracker, never by its port)
+            self._start("board", "tvm.exec.rpc_server", self.board_port, "--tracker", tracker, "--key", "board",
+                        ports=100)
 
             def registered() -> bool:
                 import tvm.rpc
