@@ -9,6 +9,7 @@ where it runs (this machine's CPU model, or the RPC device), TVM's and adl's ver
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("ADL_CACHE_DIR") or Path.home() / ".cache" / "adl")
 
 
+@functools.cache  # fixed for the process: asked on every pricing
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -33,6 +35,7 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+@functools.cache
 def host_cpu() -> str:
     """The CPU model this machine reports (what is measured here is only valid on that CPU)."""
     with contextlib.suppress(OSError):

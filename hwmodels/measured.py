@@ -136,10 +136,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _backend(name: str) -> Any:
-    return importlib.import_module(name)
-
-
 class MeasuredModel(CostModel):
     name: ClassVar[str] = "measured"
     summary: ClassVar[str] = ("per-kernel latency table measured on the target through TVM (cached on disk) "
@@ -173,7 +169,7 @@ class MeasuredModel(CostModel):
     def _timer(self, target: TargetSpec) -> Any:
         if self.timer_factory is not None:
             return self.timer_factory(target)
-        timing, remote = _backend(TIMER), _backend(REMOTE)
+        timing, remote = importlib.import_module(TIMER), importlib.import_module(REMOTE)
         factory = (lambda: remote.rpc_session(target.rpc, target.key)) if target.remote else None
         return timing.LayerTimer(target.tvm_target(), threads=target.cores, repeats=self.config["repeats"],
                                  jobs=self.config["jobs"], session_factory=factory,
@@ -224,8 +220,7 @@ class MeasuredModel(CostModel):
         overhead = self.overhead(target)
         if layers:
             costs.append(LayerCost("(network overhead)", "overhead", overhead.seconds, None, 0, 0, "measured"))
-        cost = Cost.from_layers(str(self), costs)
-        return cost
+        return Cost.from_layers(str(self), costs)
 
     def estimate_layer(self, layer: LayerDesc, target: TargetSpec) -> LayerCost:
         """One layer alone (no fusion with a neighbour, no network overhead): its table entry."""

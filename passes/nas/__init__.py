@@ -83,10 +83,10 @@ class NasPass(Pass):
             raise PassError("nas needs the target's cost model to price candidate ops")
         latency = price_candidates(supernet, ctx.cost_model, ctx.spec.target)
         budget = _latency_budget(ctx) if self.config["budget"] else None
-        if budget is not None and latency.of([int(np.argmin(lat)) for lat in latency.per_op]) > budget:
+        fastest = latency.of([int(np.argmin(lat)) for lat in latency.per_op])
+        if budget is not None and fastest > budget:
             raise PassError(f"the latency budget {budget * 1e3:.3g} ms is below the fastest network of the space "
-                            f"({latency.of([int(np.argmin(lat)) for lat in latency.per_op]) * 1e3:.3g} ms as priced by "
-                            f"{ctx.cost_model}): no architecture can meet it")
+                            f"({fastest * 1e3:.3g} ms as priced by {ctx.cost_model}): no architecture can meet it")
         config = SearchConfig(**{k: self.config[k] for k in (
             "strategy", "epochs", "batch_size", "lr", "arch_lr", "latency_weight", "order", "estimator", "tau_max",
             "tau_min", "random_samples")}, budget_s=budget, seed=ctx.seed)

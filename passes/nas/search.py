@@ -295,7 +295,6 @@ class Search:
             ) -> SearchResult:
         cfg = self.config
         state = self._load(state_dir) or self._fresh()
-        rng = np.random.default_rng(cfg.seed)
         steps = max(1, len(x_train) // cfg.batch_size)
         for epoch in range(state["epoch"], cfg.epochs):
             rng = np.random.default_rng([cfg.seed, epoch])
