@@ -8,9 +8,9 @@ with the latency of every candidate priced by the `measured` table of this machi
 latency budget; then retrain the found architecture from scratch the same way for all (the
 `train` loop, Adam, fixed epochs) and score it on the test split. Reported: test accuracy and
 predicted latency per strategy (mean, std over seeds), whether each meets the budget; the
-working memory of one architecture step of `proxyless` and `darts` for 3 and 9 candidates
-per block (XLA's temp allocation of the compiled step, which is what grows with the
-candidates held in memory); and a lambda sweep of `proxyless` (accuracy vs latency, plot).
+peak resident memory of `proxyless` and `darts` search steps for 3 and 9 candidates per
+block (measured in fresh processes, see `memory_probe`); and a lambda sweep of `proxyless`
+(accuracy vs latency, plot).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from adl.hwmodels.measured import MeasuredModel  # noqa: E402
 from adl.models.space import MobileNetSpace  # noqa: E402
 from adl.models.zoo import Normalize  # noqa: E402
 from adl.passes.nas.pricing import price_candidates  # noqa: E402
-from adl.passes.nas.search import Search, SearchConfig  # noqa: E402
+from adl.passes.nas.search import LatencyTable, Search, SearchConfig  # noqa: E402
 from adl.passes.nas.supernet import Supernet  # noqa: E402
 from adl.passes.train.loop import train_model  # noqa: E402
 
@@ -57,23 +58,66 @@ def retrain(space: MobileNetSpace, arch, dataset, epochs: int, seed: int) -> flo
     return float(result.test_accuracy)
 
 
-def step_memory(space_kwargs: dict, strategy: str, batch: int = 256) -> int:
-    """Bytes of XLA temporaries of one compiled architecture(+weight) step."""
-    space = MobileNetSpace((1, 8, 8), 10, **space_kwargs)
-    net = Supernet(space, 1.0)
-    from adl.passes.nas.search import LatencyTable
+MEMORY_SPACES = {3: {"kernels": (3, 5, 7), "expand": (6,)}, 9: {"kernels": (3, 5, 7), "expand": (1, 3, 6)}}
 
+
+def memory_probe(strategy: str, candidates: int, batch: int = 64, steps: int = 3) -> dict:
+    """Peak resident memory of search steps on 3x16x16 inputs, in this (fresh) process.
+
+    Compilation happens in two warm-up steps; then freed memory is handed back to the OS
+    (`malloc_trim`), the kernel's high-water mark is reset (`/proc/self/clear_refs` = 5) and
+    `steps` more steps run. Reported: the high-water mark minus the resident size before them
+    -- the memory the steps themselves need on top of weights and optimizer state. Both
+    strategies run their largest path: darts every candidate (its relaxation), proxyless the
+    two-path architecture step (k7 e6 and k5 e6 in every block) and the weight step on k7 e6.
+    """
+    import ctypes
+
+    space = MobileNetSpace((3, 16, 16), 10, blocks=4, widths=(1.0,), skip=False, **MEMORY_SPACES[candidates])
+    net = Supernet(space, 1.0)
     table = LatencyTable([[1e-5] * len(c) for c in net.choices], 1e-5)
-    search = Search(net, table, SearchConfig(strategy=strategy))
+    search = Search(net, table, SearchConfig(strategy=strategy, batch_size=batch))
     state = search._fresh()
-    x = jnp.zeros((batch, 1, 8, 8))
-    y = jnp.zeros((batch,), jnp.int32)
-    key = jax.random.PRNGKey(0)
-    if strategy == "darts":
-        lowered = search._darts_arch_step.lower(state["params"], state["alphas"], state["a_state"], x, y, x, y)
-    else:
-        lowered = search._two_path_arch_step.lower(state["params"], state["alphas"], state["a_state"], key, x, y)
-    return int(lowered.compile().memory_analysis().temp_size_in_bytes)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, 3, 16, 16)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+    heavy = [[i for i, c in enumerate(cs) if (c.kernel, c.expand) == (7, 6)][0] for cs in net.choices]
+    second = [[i for i, c in enumerate(cs) if (c.kernel, c.expand) == (5, 6)][0] for cs in net.choices]
+
+    def step() -> None:
+        if strategy == "darts":
+            search._step(state, jax.random.PRNGKey(0), rng, 1.0, x, y, x, y)
+        else:
+            search.paths.gradients(state["params"], [[h, s] for h, s in zip(heavy, second)], [0] * len(heavy), x, y)
+            path = search.paths.gradients(state["params"], [[h] for h in heavy], [0] * len(heavy), x, y)
+            state["params"], state["w_state"] = search.paths.apply(state["params"], state["w_state"], path.params)
+        jax.block_until_ready(state["params"])
+
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{field} not in /proc/self/status")
+
+    for _ in range(2):
+        step()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    for _ in range(steps):
+        step()
+    peak = status("VmHWM")
+    params_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state["params"]))
+    return {"strategy": strategy, "candidates": candidates, "batch": batch, "rss_before_bytes": before,
+            "peak_bytes": peak, "step_bytes": peak - before, "params_bytes": params_bytes}
+
+
+def measure_memory(strategy: str, candidates: int) -> dict:
+    """`memory_probe` in a fresh interpreter; large buffers mmapped so frees reach the OS."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", strategy, str(candidates)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -81,11 +125,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--memory-probe", nargs=2, metavar=("STRATEGY", "CANDIDATES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe[0], int(args.memory_probe[1]))))
+        return 0
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = 3 if args.quick else 15
     retrain_epochs = 3 if args.quick else 20
     blocks = 2 if args.quick else 4
+
+    # first: the memory probes, each in a fresh process
+    memory = {f"{strategy}_{n}": measure_memory(strategy, n) for strategy in ("proxyless", "darts") for n in (3, 9)}
+    for key, row in memory.items():
+        print(f"memory {key}: step {row['step_bytes'] / 2**20:.1f} MiB (params {row['params_bytes'] / 2**20:.2f} MiB)",
+              flush=True)
+    proxyless_growth = memory["proxyless_9"]["step_bytes"] / memory["proxyless_3"]["step_bytes"]
+    darts_growth = memory["darts_9"]["step_bytes"] / memory["darts_3"]["step_bytes"]
 
     dataset = load_dataset("digits", split=0.8, seed=0, classes=10)
     space = MobileNetSpace((1, 8, 8), 10, blocks=blocks, kernels=(3, 5, 7), expand=(1, 3, 6), widths=(1.0,))
@@ -134,14 +190,6 @@ def main() -> int:
         summary[strategy] = {"accuracy_mean": statistics.mean(accs), "accuracy_std": statistics.pstdev(accs),
                              "latency_mean_s": statistics.mean(lats), "latency_std_s": statistics.pstdev(lats),
                              "all_meet_budget": all(r["meets_budget"] for r in rows)}
-
-    memory = {}
-    for label, kwargs in (("3", {"kernels": (3, 5, 7), "expand": (1,), "skip": False}),
-                          ("9", {"kernels": (3, 5, 7), "expand": (1, 3, 6), "skip": False})):
-        for strategy in ("proxyless", "darts"):
-            memory[f"{strategy}_{label}_candidates_bytes"] = step_memory({"blocks": blocks, **kwargs}, strategy)
-    proxyless_growth = memory["proxyless_9_candidates_bytes"] / memory["proxyless_3_candidates_bytes"]
-    darts_growth = memory["darts_9_candidates_bytes"] / memory["darts_3_candidates_bytes"]
 
     sweep = []
     for weight in ((0.0, 1.0) if args.quick else (0.0, 0.3, 1.0, 3.0)):

@@ -51,8 +51,8 @@ class Option:
     """The schema of one setting.
 
     kind: int | float | fraction | bool | name | string | path | time | bytes | flops | count
-          | int_list | int_range | call
-    For `name`, `choices` lists the legal identifiers; for `call`, `calls` maps each legal
+          | int_list | name_list | int_range | call
+    For `name` and `name_list`, `choices` lists the legal identifiers; for `call`, `calls` maps each legal
     callee to the schema of its arguments (a bare name means the call with defaults).
     """
 
@@ -154,6 +154,16 @@ def coerce(value: ast.Value, opt: Option) -> Any:
         if isinstance(value, ast.ListValue) and not items:
             raise _fail(f"'{opt.name}' must not be empty", value.span)
         return tuple(coerce(item, item_opt) for item in items)
+    if kind == "name_list":
+        items = value.items if isinstance(value, ast.ListValue) else (value,)
+        if isinstance(value, ast.ListValue) and not items:
+            raise _fail(f"'{opt.name}' must not be empty", value.span)
+        item_opt = Option(opt.noun or opt.name, "name", choices=opt.choices)
+        names = tuple(coerce(item, item_opt) for item in items)
+        for i, item in enumerate(items):
+            if names[i] in names[:i]:
+                raise _fail(f"'{names[i]}' is listed twice in '{opt.name}'", item.span)
+        return names
     if kind == "int_range":
         if not isinstance(value, ast.RangeValue):
             raise _fail(f"'{opt.name}' must be a range such as 2..8", value.span)

@@ -22,6 +22,7 @@ from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
 from adl.compiler.spec import CallValue
+from adl.passes.nas.cells import CELL_OPS
 
 SPACES: dict[str, tuple[Option, ...]] = {
     "mobilenet": (
@@ -33,6 +34,13 @@ SPACES: dict[str, tuple[Option, ...]] = {
         Option("stem", "int", 16, "channels of the stem convolution", low=1),
         Option("head", "int", 64, "channels of the 1x1 head convolution", low=1),
     ),
+    "cells": (
+        Option("nodes", "int", 4, "intermediate nodes per cell", low=1, high=8),
+        Option("ops", "name_list", ("sep3", "sep5", "dil3", "max3", "avg3", "skip", "none"),
+               "candidate ops of every edge", choices=CELL_OPS, noun="op"),
+        Option("cells", "int", 3, "cells stacked (those at 1/3 and 2/3 reduce)", low=1, high=20),
+        Option("channels", "int", 8, "channels of the first cell's nodes", low=2),
+    ),
 }
 
 
@@ -40,7 +48,8 @@ class NasPass(Pass):
     name = "nas"
     summary = "differentiable hardware-aware architecture search (darts, gdas, proxyless, random) in JAX"
     options = (
-        Option("space", "call", CallValue("mobilenet"), "the search space: mobilenet(blocks, kernels, expand, ...)",
+        Option("space", "call", CallValue("mobilenet"),
+               "the search space: mobilenet(blocks, kernels, expand, ...) or cells(nodes, ops, cells, channels)",
                calls=SPACES),
         Option("strategy", "name", "proxyless", "search strategy",
                choices=("darts", "gdas", "proxyless", "random")),
@@ -64,21 +73,17 @@ class NasPass(Pass):
     def run(self, module: Module, ctx: PassContext) -> Module:
         import numpy as np
 
-        from adl.models.space import MobileNetSpace
         from adl.models.zoo import Normalize
         from adl.passes.nas.pricing import price_candidates
         from adl.passes.nas.search import Search, SearchConfig
-        from adl.passes.nas.supernet import Supernet, to_torch
 
         dataset = ctx.dataset()
         if len(dataset.input_shape) != 3:
             raise PassError(f"nas searches convolutional networks; this data has shape {tuple(dataset.input_shape)}")
-        space_options = self.config["space"].as_dict()
-        space = MobileNetSpace(tuple(dataset.input_shape), ctx.spec.task.classes, blocks=space_options["blocks"],
-                               kernels=tuple(space_options["kernels"]), expand=tuple(space_options["expand"]),
-                               widths=(space_options["width"],), skip=space_options["skip"],
-                               stem=space_options["stem"], head=space_options["head"])
-        supernet = Supernet(space, space_options["width"])
+        supernet = _supernet(self.config["space"], tuple(dataset.input_shape), ctx.spec.task.classes)
+        if self.config["strategy"] != "darts" and not supernet.chain:
+            raise PassError(f"strategy {self.config['strategy']} runs single paths through a chain of blocks "
+                            f"(space = mobilenet(...)); the cell space is searched by darts")
         if ctx.cost_model is None:
             raise PassError("nas needs the target's cost model to price candidate ops")
         latency = price_candidates(supernet, ctx.cost_model, ctx.spec.target)
@@ -109,13 +114,13 @@ class NasPass(Pass):
         from torch import nn
 
         model = nn.Sequential(Normalize(dataset.mean, dataset.std, channel_dims=len(dataset.input_shape) - 1),
-                              to_torch(supernet, result.params, result.indices))
+                              _to_torch(supernet, result.params, result.indices))
         architecture = supernet.architecture(result.indices)
         predicted = latency.of(result.indices)
         ctx.log(f"nas: {architecture} -- predicted {predicted * 1e3:.3f} ms by {ctx.cost_model}"
                 + (f", budget {budget * 1e3:.3g} ms {'met' if predicted <= budget else 'MISSED'}" if budget else ""))
         return module.evolve(model=model).with_metrics(nas={
-            "strategy": config.strategy, "genotype": [str(c) for c in architecture.blocks], "width": architecture.width,
+            "strategy": config.strategy, "space": str(supernet.space), "genotype": _genotype(architecture),
             "predicted_latency_s": predicted, "latency_budget_s": budget,
             "budget_met": None if budget is None else predicted <= budget,
             "history": result.history, "probabilities": result.probabilities,
@@ -127,3 +132,36 @@ def _latency_budget(ctx: PassContext) -> float | None:
         if budget.metric == "latency" and budget.op in ("<=", "<"):
             return float(budget.value)
     return None
+
+
+def _supernet(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:
+    from adl.models.space import MobileNetSpace
+    from adl.passes.nas.cells import CellSpace, CellSupernet
+    from adl.passes.nas.supernet import Supernet
+
+    options = space.as_dict()
+    if space.name == "cells":
+        if all(op == "none" for op in options["ops"]):
+            raise PassError("cells(ops = ...) needs at least one op other than none")
+        return CellSupernet(CellSpace(input_shape, classes, nodes=options["nodes"], ops=tuple(options["ops"]),
+                                      cells=options["cells"], channels=options["channels"]))
+    mobilenet = MobileNetSpace(input_shape, classes, blocks=options["blocks"], kernels=tuple(options["kernels"]),
+                               expand=tuple(options["expand"]), widths=(options["width"],), skip=options["skip"],
+                               stem=options["stem"], head=options["head"])
+    return Supernet(mobilenet, options["width"])
+
+
+def _to_torch(supernet: Any, params: Any, indices: list[int]) -> Any:
+    if supernet.chain:
+        from adl.passes.nas.supernet import to_torch
+    else:
+        from adl.passes.nas.cells import to_torch
+    return to_torch(supernet, params, indices)
+
+
+def _genotype(architecture: Any) -> Any:
+    """Per block the chosen op (mobilenet), or per cell type the kept (input, op) pairs of every node."""
+    if hasattr(architecture, "blocks"):
+        return {"width": architecture.width, "blocks": [str(c) for c in architecture.blocks]}
+    return {"normal": [[f"{op}(s{j})" for j, op in node] for node in architecture.normal],
+            "reduce": [[f"{op}(s{j})" for j, op in node] for node in architecture.reduce]}

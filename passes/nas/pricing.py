@@ -15,6 +15,7 @@ from adl.compiler.layers import LayerDesc, describe_model
 from adl.compiler.spec import TargetSpec
 from adl.models.space import Architecture
 from adl.models.zoo import InvertedResidual
+from adl.passes.nas.cells import CellSupernet
 from adl.passes.nas.search import LatencyTable
 from adl.passes.nas.supernet import Supernet
 
@@ -37,20 +38,62 @@ def candidate_layers(supernet: Supernet) -> list[list[list[LayerDesc]]]:
     return out
 
 
-def price_candidates(supernet: Supernet, cost_model: Any, target: TargetSpec) -> LatencyTable:
-    """Per-candidate latencies of `supernet` on `target` by `cost_model` (a `CostModel`). A model
-    that measures (`measure_networks`, as `measured`) measures every piece in one round first."""
-    space = supernet.space
-    pieces = candidate_layers(supernet)
-    first = Architecture(supernet.width, tuple(choices[0] for choices in supernet.choices))
-    whole_layers = describe_model(space.build(first), (1, *space.input_shape))
+def price_candidates(supernet: Any, cost_model: Any, target: TargetSpec) -> LatencyTable:
+    """Per-candidate latencies of `supernet` (MobileNet or cell space) on `target` by `cost_model`
+    (a `CostModel`)."""
+    if isinstance(supernet, CellSupernet):
+        pieces, whole_layers, weights = cell_pieces(supernet)
+    else:
+        space = supernet.space
+        pieces = candidate_layers(supernet)
+        first = Architecture(supernet.width, tuple(choices[0] for choices in supernet.choices))
+        whole_layers = describe_model(space.build(first), (1, *space.input_shape))
+        weights = None
+    return _price(pieces, whole_layers, cost_model, target, weights)
+
+
+def cell_pieces(supernet: CellSupernet) -> tuple[list[list[list[list[LayerDesc]]]], list[LayerDesc], list[int]]:
+    """Per decision (edge of the normal, then the reduction cell), per op, the layers of that
+    op in every cell of that type; the layers of the network with every edge at its first op
+    that is not `none`; and that op's index per decision."""
+    from adl.passes.nas.cell_modules import build, describe_op
+
+    space, n_edges = supernet.space, len(supernet.space.edges)
+    described: dict[tuple, list[LayerDesc]] = {}
+    pieces: list[list[list[list[LayerDesc]]]] = [[[] for _ in space.ops] for _ in range(2 * n_edges)]
+    for cell in space.layout():
+        h, w = cell["hw"]
+        for e, (_, j) in enumerate(space.edges):
+            stride = 2 if cell["reduction"] and j < 2 else 1
+            hw = (h, w) if j < 2 or not cell["reduction"] else (-(-h // 2), -(-w // 2))
+            for o, op in enumerate(space.ops):
+                key = (op, cell["c"], hw, stride)
+                if key not in described:
+                    described[key] = describe_op(op, cell["c"], hw, stride)
+                pieces[e + (n_edges if cell["reduction"] else 0)][o].append(described[key])
+    first = next(o for o, op in enumerate(space.ops) if op != "none")
+    whole = describe_model(build(space, None, [first] * (2 * n_edges)), (1, *space.input_shape))
+    return pieces, whole, [first] * (2 * n_edges)
+
+
+def _price(pieces: list, whole_layers: list[LayerDesc], cost_model: Any, target: TargetSpec,
+           reference: list[int] | None) -> LatencyTable:
+    """Price every piece alone and the network made of the `reference` candidates (index 0 by
+    default): what the network costs beyond those candidates is `fixed`. A piece is a list of
+    layers, or (cells) a list of such lists, one per cell that shares the decision. A model
+    that measures (`measure_networks`, as `measured`) measures everything in one round first."""
+    def parts(piece: list) -> list[list[LayerDesc]]:
+        return [p for p in piece if p] if piece and isinstance(piece[0], list) else ([piece] if piece else [])
+
     prefetch = getattr(cost_model, "measure_networks", None)
     if prefetch is not None:
-        prefetch([layers for block in pieces for layers in block if layers] + [whole_layers], target)
-    per_op = [[_layers_only(cost_model.estimate(layers, target)) if layers else 0.0 for layers in block]
+        unique = {tuple(layers): layers for block in pieces for piece in block for layers in parts(piece)}
+        prefetch(list(unique.values()) + [whole_layers], target)
+    per_op = [[sum(_layers_only(cost_model.estimate(layers, target)) for layers in parts(piece)) for piece in block]
               for block in pieces]
     whole = cost_model.estimate(whole_layers, target).latency_s
-    return LatencyTable(per_op, max(0.0, whole - sum(block[0] for block in per_op)))
+    reference = reference or [0] * len(per_op)
+    return LatencyTable(per_op, max(0.0, whole - sum(block[i] for block, i in zip(per_op, reference))))
 
 
 def _layers_only(cost: Any) -> float:

@@ -9,13 +9,14 @@ Strategies (each its paper's mechanism; all see the same number of training step
   differences (DARTS eq. 7-8); ``"first"`` drops it.
 * ``gdas`` (Dong & Yang, 2019): one candidate per block, sampled with Gumbel-max; the
   straight-through one-hot (hard sample minus stop-gradient soft sample plus soft sample)
-  gates it, so only it runs and alpha gets the soft sample's gradient; the temperature
-  anneals linearly from `tau_max` to `tau_min`.
+  gates it, so only it runs and alpha gets the soft sample's gradient (dL/dgate, from the
+  path's backward pass, times dgate/dalpha); the temperature anneals linearly from
+  `tau_max` to `tau_min`.
 * ``proxyless`` (Cai et al., 2019): binarized paths. Weight steps run one sampled path per
   block. Architecture steps use the two-path trick (sample two candidates, activate one,
   d L / d alpha_i = sum_j d L / d g_j p_j (delta_ij - p_i) over the pair, with p renormalised
   over the pair) or REINFORCE (one sampled path per block, (reward - moving baseline) x
-  grad log p). Only the sampled paths are ever in memory.
+  grad log p). Only the sampled paths are ever computed or held in memory.
 * ``random`` (Li & Talwalkar, 2019): the supernet is trained with uniformly sampled paths for
   the same steps, then `random_samples` architectures (within the latency budget, if any) are
   scored on validation data with the shared weights, and the best is kept.
@@ -24,6 +25,9 @@ Latency enters every strategy's architecture loss through the expected latency o
 relaxed network, E[lat] = fixed + sum_b sum_i p_bi lat_bi, priced per candidate by the
 target's cost model: ``latency_weight x log(E[lat])``; with a `budget` also a hinge
 ``10 x relu(E[lat] / budget - 1)`` (a hard budget).
+
+`darts` compiles whole steps (every candidate is in the graph anyway); the single-path
+strategies run their sampled paths through `paths.PathRunner`, block by block.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adl.passes.nas.cells import CellSupernet
+from adl.passes.nas.paths import PathRunner
 from adl.passes.nas.supernet import Params, Supernet
 
 STRATEGIES = ("darts", "gdas", "proxyless", "random")
@@ -72,7 +78,8 @@ class LatencyTable:
         return self.fixed + sum(jnp.dot(p, jnp.asarray(lat)) for p, lat in zip(probs, self.per_op))
 
     def of(self, indices: Sequence[int]) -> float:
-        return self.fixed + sum(lat[int(i)] for lat, i in zip(self.per_op, indices))
+        """Latency of a derived network; a negative index is an edge the derivation dropped."""
+        return self.fixed + sum(lat[int(i)] for lat, i in zip(self.per_op, indices) if int(i) >= 0)
 
 
 @dataclass
@@ -87,9 +94,10 @@ class SearchResult:
         return [np.asarray(jax.nn.softmax(a)).tolist() for a in self.alphas]
 
 
-_STEP_NAMES = ("_single_weight_step", "_darts_weight_step", "_darts_arch_step", "_gdas_step", "_two_path_arch_step",
-               "_reinforce_arch_step", "_accuracy")
+_STEP_NAMES = ("_darts_weight_step", "_darts_arch_step", "_arch_apply", "_gumbel_indices", "_gumbel_alpha_grads",
+               "_mixed_accuracy")
 _COMPILED_STEPS: dict[tuple, dict[str, Callable]] = {}
+_RUNNERS: dict[tuple, PathRunner] = {}
 
 
 def gumbel_gates(alphas: Sequence[jax.Array], key: jax.Array, tau: float) -> tuple[jax.Array, list[jax.Array]]:
@@ -121,15 +129,24 @@ def _cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
 class Search:
     """One search run; `run` trains and derives, resuming from `state_dir` after a kill."""
 
-    def __init__(self, supernet: Supernet, latency: LatencyTable, config: SearchConfig) -> None:
+    def __init__(self, supernet: Supernet | CellSupernet, latency: LatencyTable, config: SearchConfig) -> None:
         if config.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {config.strategy!r}; known: {', '.join(STRATEGIES)}")
+        if config.strategy != "darts" and not supernet.chain:
+            raise ValueError(f"{config.strategy} runs single paths through a chain of blocks (the mobilenet space); "
+                             f"{supernet.space} is searched by darts")
         self.net, self.latency, self.config = supernet, latency, config
         self.sizes = [len(c) for c in supernet.choices]
         self.w_opt = optax.adam(config.lr)
         self.a_opt = optax.adam(config.arch_lr, b1=0.5, b2=0.999)
         # XLA compiles each jitted step on first use (tens of seconds for the lax.switch steps):
         # searches that differ only in seed, epochs or sample count share the compiled steps
+        runner_key = (supernet, config.lr)
+        if supernet.chain and runner_key not in _RUNNERS:
+            _RUNNERS[runner_key] = PathRunner(supernet, self.w_opt)
+            while len(_RUNNERS) > 4:
+                _RUNNERS.pop(next(iter(_RUNNERS)))
+        self.paths = _RUNNERS[runner_key] if supernet.chain else None
         key = (supernet, tuple(map(tuple, latency.per_op)), latency.fixed,
                dataclasses.replace(config, seed=0, epochs=0, random_samples=0))
         steps = _COMPILED_STEPS.get(key)
@@ -152,50 +169,40 @@ class Search:
         return loss
 
     def _mixed_loss(self, params: Params, alphas: Sequence[jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
-        weights = [jax.nn.softmax(a) for a in alphas]
-        logits = self.net.forward(params, x, lambda b, ops, h: self.net.mixed_block(b, ops, h, weights[b]))
-        return _cross_entropy(logits, y)
+        return _cross_entropy(self.net.mixed_forward(params, x, [jax.nn.softmax(a) for a in alphas]), y)
 
-    def _single_loss(self, params: Params, indices: jax.Array, gates: Sequence[jax.Array], x: jax.Array,
-                     y: jax.Array) -> jax.Array:
-        logits = self.net.forward(params, x,
-                                  lambda b, ops, h: self.net.single_block(b, ops, h, indices[b], gates[b]))
-        return _cross_entropy(logits, y)
+    # -- sampling (on the host: the sampled indices pick which compiled ops run) ------------
 
-    def _pair_loss(self, params: Params, pairs: jax.Array, gates: Sequence[jax.Array], x: jax.Array,
-                   y: jax.Array) -> jax.Array:
-        logits = self.net.forward(params, x, lambda b, ops, h: self.net.pair_block(b, ops, h, pairs[b], gates[b]))
-        return _cross_entropy(logits, y)
+    @staticmethod
+    def _probabilities(alphas: Sequence[jax.Array]) -> list[np.ndarray]:
+        out = []
+        for a in alphas:
+            z = np.exp(np.asarray(a, np.float64) - np.max(np.asarray(a, np.float64)))
+            out.append(z / z.sum())
+        return out
 
-    # -- sampling --------------------------------------------------------------------------
+    def _sample(self, sampler: np.random.Generator, alphas: Sequence[jax.Array]) -> list[int]:
+        return [int(sampler.choice(len(p), p=p)) for p in self._probabilities(alphas)]
 
-    def _sample(self, key: jax.Array, alphas: Sequence[jax.Array]) -> jax.Array:
-        keys = jax.random.split(key, len(alphas))
-        return jnp.stack([jax.random.categorical(k, a) for k, a in zip(keys, alphas)])
-
-    def _sample_uniform(self, key: jax.Array) -> jax.Array:
-        keys = jax.random.split(key, len(self.sizes))
-        return jnp.stack([jax.random.randint(k, (), 0, n) for k, n in zip(keys, self.sizes)])
+    def _sample_uniform(self, sampler: np.random.Generator) -> list[int]:
+        return [int(sampler.integers(n)) for n in self.sizes]
 
     # -- steps -----------------------------------------------------------------------------
 
     def _build_steps(self) -> None:
-        cfg, ones = self.config, [jnp.ones(()) for _ in self.sizes]
+        cfg = self.config
 
         def weight_update(params, w_state, grads):
             updates, w_state = self.w_opt.update(grads, w_state, params)
             return optax.apply_updates(params, updates), w_state
 
-        def arch_update(alphas, a_state, grads):
+        def arch_apply(alphas, a_state, grads):
+            """One architecture step on `grads` plus the latency loss's gradient."""
+            grads = jax.tree.map(jnp.add, list(grads), jax.grad(self.latency_loss)(alphas))
             updates, a_state = self.a_opt.update(grads, a_state, alphas)
             return optax.apply_updates(alphas, updates), a_state
 
-        def single_weight_step(params, w_state, indices, x, y):
-            loss, grads = jax.value_and_grad(self._single_loss)(params, indices, ones, x, y)
-            params, w_state = weight_update(params, w_state, grads)
-            return params, w_state, loss
-
-        self._single_weight_step = jax.jit(single_weight_step)
+        self._arch_apply = jax.jit(arch_apply)
 
         def darts_weight_step(params, w_state, alphas, x, y):
             loss, grads = jax.value_and_grad(self._mixed_loss)(params, alphas, x, y)
@@ -219,74 +226,24 @@ class Search:
             return jax.tree.map(lambda g, gp, gm: g - xi * (gp - gm) / (2 * eps), g_alpha, g_plus, g_minus)
 
         def darts_arch_step(params, alphas, a_state, xt, yt, xv, yv):
-            grads = darts_arch_grad(params, alphas, xt, yt, xv, yv)
-            grads = jax.tree.map(jnp.add, grads, jax.grad(self.latency_loss)(alphas))
-            return arch_update(alphas, a_state, grads)
+            return arch_apply(alphas, a_state, darts_arch_grad(params, alphas, xt, yt, xv, yv))
 
         self._darts_weight_step = jax.jit(darts_weight_step)
         self._darts_arch_step = jax.jit(darts_arch_step)
 
-        def gdas_step(params, w_state, alphas, a_state, key, tau, xt, yt, xv, yv):
-            k1, k2 = jax.random.split(key)
+        self._gumbel_indices = jax.jit(lambda alphas, key, tau: gumbel_gates(alphas, key, tau)[0])
 
-            def arch_loss(al):
-                indices, gates = gumbel_gates(al, k1, tau)
-                return self._single_loss(params, indices, gates, xv, yv) + self.latency_loss(al)
+        def gumbel_alpha_grads(alphas, key, tau, gate_grads):
+            """dL/dalpha = dL/dgate x dgate/dalpha through GDAS's straight-through gates."""
+            gates, vjp = jax.vjp(lambda al: gumbel_gates(al, key, tau)[1], alphas)
+            return vjp(list(gate_grads))[0]
 
-            alphas, a_state = arch_update(alphas, a_state, jax.grad(arch_loss)(alphas))
+        self._gumbel_alpha_grads = jax.jit(gumbel_alpha_grads)
 
-            def weight_loss(p):
-                indices, gates = gumbel_gates(alphas, k2, tau)
-                return self._single_loss(p, indices, [jax.lax.stop_gradient(g) for g in gates], xt, yt)
+        def mixed_accuracy(params, weights, x, y):
+            return jnp.mean(jnp.argmax(self.net.mixed_forward(params, x, weights), -1) == y)
 
-            loss, grads = jax.value_and_grad(weight_loss)(params)
-            params, w_state = weight_update(params, w_state, grads)
-            return params, w_state, alphas, a_state, loss
-
-        self._gdas_step = jax.jit(gdas_step)
-
-        def two_path_arch_step(params, alphas, a_state, key, xv, yv):
-            keys = jax.random.split(key, 2 * len(alphas))
-            pairs, actives = [], []
-            for b, a in enumerate(alphas):
-                pair = jax.random.choice(keys[2 * b], a.shape[0], (2,), replace=False, p=jax.nn.softmax(a))
-                p_pair = jax.nn.softmax(a[pair])
-                active = jax.random.categorical(keys[2 * b + 1], jnp.log(p_pair))
-                pairs.append(pair)
-                actives.append(active)
-            pairs_arr = jnp.stack(pairs)
-            gates = [jax.nn.one_hot(act, 2) for act in actives]
-            g_gates = jax.grad(self._pair_loss, argnums=2)(params, pairs_arr, gates, xv, yv)
-            grads = []
-            for a, pair, g in zip(alphas, pairs, g_gates):
-                grads.append(jnp.zeros_like(a).at[pair].add(pair_gradient(a[pair], g)))
-            grads = jax.tree.map(jnp.add, grads, jax.grad(self.latency_loss)(alphas))
-            return arch_update(alphas, a_state, grads)
-
-        self._two_path_arch_step = jax.jit(two_path_arch_step)
-
-        def reinforce_arch_step(params, alphas, a_state, baseline, key, xv, yv):
-            indices = self._sample(key, alphas)
-            loss = self._single_loss(params, indices, ones, xv, yv)
-            reward = -loss
-            advantage = reward - baseline
-
-            def log_prob(al):
-                return sum(jax.nn.log_softmax(a)[i] for a, i in zip(al, indices))
-
-            grads = jax.tree.map(lambda g: -advantage * g, jax.grad(log_prob)(alphas))
-            grads = jax.tree.map(jnp.add, grads, jax.grad(self.latency_loss)(alphas))
-            alphas, a_state = arch_update(alphas, a_state, grads)
-            return alphas, a_state, 0.9 * baseline + 0.1 * reward
-
-        self._reinforce_arch_step = jax.jit(reinforce_arch_step)
-
-        def accuracy(params, indices, x, y):
-            logits = self.net.forward(params, x, lambda b, ops, h: self.net.single_block(b, ops, h, indices[b],
-                                                                                       jnp.ones(())))
-            return jnp.mean(jnp.argmax(logits, -1) == y)
-
-        self._accuracy = jax.jit(accuracy)
+        self._mixed_accuracy = jax.jit(mixed_accuracy)
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -301,13 +258,14 @@ class Search:
             order_t, order_v = rng.permutation(len(x_train)), rng.permutation(len(x_val))
             tau = cfg.tau_max - (cfg.tau_max - cfg.tau_min) * epoch / max(1, cfg.epochs - 1)
             key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), epoch)
+            sampler = np.random.default_rng([cfg.seed, epoch, 1])
             for step in range(steps):
                 bt = order_t[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                bv = order_v[(step * cfg.batch_size) % len(x_val):][:cfg.batch_size]
+                bv = np.take(order_v, np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size), mode="wrap")
                 xt, yt = jnp.asarray(x_train[bt]), jnp.asarray(y_train[bt])
                 xv, yv = jnp.asarray(x_val[bv]), jnp.asarray(y_val[bv])
-                key, k1, k2 = jax.random.split(key, 3)
-                self._step(state, k1, k2, tau, xt, yt, xv, yv)
+                key, step_key = jax.random.split(key)
+                self._step(state, step_key, sampler, tau, xt, yt, xv, yv)
             row = self._epoch_row(state, epoch, x_val, y_val)
             state["history"].append(row)
             state["epoch"] = epoch + 1
@@ -316,47 +274,76 @@ class Search:
         indices = self._derive(state, x_val, y_val)
         return SearchResult(indices, state["params"], [np.asarray(a) for a in state["alphas"]], state["history"])
 
-    def _step(self, state: dict, k1, k2, tau, xt, yt, xv, yv) -> None:
+    def _step(self, state: dict, key: jax.Array, sampler: np.random.Generator, tau: float, xt, yt, xv, yv) -> None:
         s, cfg = state, self.config
         if cfg.strategy == "darts":
             s["alphas"], s["a_state"] = self._darts_arch_step(s["params"], s["alphas"], s["a_state"], xt, yt, xv, yv)
             s["params"], s["w_state"], _ = self._darts_weight_step(s["params"], s["w_state"], s["alphas"], xt, yt)
-        elif cfg.strategy == "gdas":
-            (s["params"], s["w_state"], s["alphas"], s["a_state"], _) = self._gdas_step(
-                s["params"], s["w_state"], s["alphas"], s["a_state"], k1, tau, xt, yt, xv, yv)
+            return
+        if cfg.strategy == "gdas":
+            k1, k2 = jax.random.split(key)
+            indices = np.asarray(self._gumbel_indices(s["alphas"], k1, tau))
+            path = self.paths.gradients(s["params"], [[i] for i in indices], [0] * len(indices), xv, yv)
+            grads = self._gumbel_alpha_grads(s["alphas"], k1, tau, [jnp.asarray(g[0]) for g in path.gates])
+            s["alphas"], s["a_state"] = self._arch_apply(s["alphas"], s["a_state"], grads)
+            indices = [int(i) for i in np.asarray(self._gumbel_indices(s["alphas"], k2, tau))]
         elif cfg.strategy == "proxyless":
             if cfg.estimator == "two_path":
-                s["alphas"], s["a_state"] = self._two_path_arch_step(s["params"], s["alphas"], s["a_state"], k1,
-                                                                     xv, yv)
+                self._two_path_arch_step(s, sampler, xv, yv)
             else:
-                s["alphas"], s["a_state"], s["baseline"] = self._reinforce_arch_step(
-                    s["params"], s["alphas"], s["a_state"], s["baseline"], k1, xv, yv)
-            indices = self._sample(k2, s["alphas"])
-            s["params"], s["w_state"], _ = self._single_weight_step(s["params"], s["w_state"], indices, xt, yt)
+                self._reinforce_arch_step(s, sampler, xv, yv)
+            indices = self._sample(sampler, s["alphas"])
         else:  # random: uniform single paths, no architecture parameters
-            indices = self._sample_uniform(k2)
-            s["params"], s["w_state"], _ = self._single_weight_step(s["params"], s["w_state"], indices, xt, yt)
+            indices = self._sample_uniform(sampler)
+        path = self.paths.gradients(s["params"], [[i] for i in indices], [0] * len(indices), xt, yt)
+        s["params"], s["w_state"] = self.paths.apply(s["params"], s["w_state"], path.params)
+
+    def _two_path_arch_step(self, s: dict, sampler: np.random.Generator, xv, yv) -> None:
+        """Sample two candidates per block by p, activate one of them by p renormalised over the
+        pair, and move alpha by the binary-gate gradient of the pair."""
+        pairs, actives = [], []
+        for p in self._probabilities(s["alphas"]):
+            pair = sampler.choice(len(p), size=min(2, len(p)), replace=False, p=p)
+            pairs.append([int(i) for i in pair])
+            actives.append(int(sampler.choice(len(pair), p=p[pair] / p[pair].sum())))
+        path = self.paths.gradients(s["params"], pairs, actives, xv, yv)
+        grads = [jnp.zeros_like(a).at[jnp.asarray(pair)].add(pair_gradient(a[jnp.asarray(pair)], jnp.asarray(g)))
+                 for a, pair, g in zip(s["alphas"], pairs, path.gates)]
+        s["alphas"], s["a_state"] = self._arch_apply(s["alphas"], s["a_state"], grads)
+
+    def _reinforce_arch_step(self, s: dict, sampler: np.random.Generator, xv, yv) -> None:
+        """REINFORCE with a moving-average baseline: reward = -validation loss of a sampled path."""
+        probs = self._probabilities(s["alphas"])
+        indices = [int(sampler.choice(len(p), p=p)) for p in probs]
+        reward = -self.paths.loss(s["params"], indices, xv, yv)
+        advantage = reward - float(s["baseline"])
+        grads = [jnp.asarray(-advantage * (np.eye(len(p))[i] - p), jnp.float32) for p, i in zip(probs, indices)]
+        s["alphas"], s["a_state"] = self._arch_apply(s["alphas"], s["a_state"], grads)
+        s["baseline"] = 0.9 * float(s["baseline"]) + 0.1 * reward
+
+    def _accuracy(self, params: Params, indices: Sequence[int], x: np.ndarray, y: np.ndarray) -> float:
+        if self.paths is not None:
+            return self.paths.accuracy(params, indices, x, y, self.config.batch_size)
+        return float(self._mixed_accuracy(params, self.net.derived_weights(indices), jnp.asarray(x), jnp.asarray(y)))
 
     def _epoch_row(self, state: dict, epoch: int, x_val, y_val) -> dict[str, Any]:
         probs = [np.asarray(jax.nn.softmax(a)) for a in state["alphas"]]
-        indices = [int(np.argmax(p)) for p in probs]
-        return {"epoch": epoch + 1, "val_accuracy": float(self._accuracy(state["params"], jnp.asarray(indices),
-                                                                          jnp.asarray(x_val), jnp.asarray(y_val))),
-                "expected_latency_s": float(self.latency.expected(probs)), "argmax": indices,
+        indices = self.net.derive(state["alphas"])
+        return {"epoch": epoch + 1, "val_accuracy": self._accuracy(state["params"], indices, x_val, y_val),
+                "expected_latency_s": float(self.latency.expected(probs)), "derived": indices,
                 "probabilities": [p.tolist() for p in probs]}
 
     def _derive(self, state: dict, x_val: np.ndarray, y_val: np.ndarray) -> list[int]:
         cfg = self.config
         if cfg.strategy != "random":
-            return [int(np.argmax(np.asarray(a))) for a in state["alphas"]]
+            return self.net.derive(state["alphas"])
         rng = np.random.default_rng([cfg.seed, 1 << 20])
         best, best_acc, scored = None, -1.0, 0
         for _ in range(cfg.random_samples * 20):  # draws; those over the budget are not scored
             indices = [int(rng.integers(n)) for n in self.sizes]
             if cfg.budget_s and self.latency.of(indices) > cfg.budget_s:
                 continue
-            acc = float(self._accuracy(state["params"], jnp.asarray(indices), jnp.asarray(x_val),
-                                       jnp.asarray(y_val)))
+            acc = self._accuracy(state["params"], indices, x_val, y_val)
             if acc > best_acc:
                 best, best_acc = indices, acc
             scored += 1
@@ -369,10 +356,12 @@ class Search:
     # -- state -----------------------------------------------------------------------------
 
     def _fresh(self) -> dict:
-        params = self.net.init(jax.random.PRNGKey(self.config.seed))
+        params = self.net.init(self.config.seed)
         alphas = [jnp.zeros((n,)) for n in self.sizes]
-        return {"epoch": 0, "params": params, "w_state": self.w_opt.init(params), "alphas": alphas,
-                "a_state": self.a_opt.init(alphas), "baseline": jnp.zeros(()), "history": []}
+        init_state = self.w_opt.init if self.config.strategy == "darts" else self.paths.init_state
+        w_state = jax.jit(init_state)(params)  # eagerly, every parameter shape compiles its own zeros
+        return {"epoch": 0, "params": params, "w_state": w_state, "alphas": alphas,
+                "a_state": self.a_opt.init(alphas), "baseline": 0.0, "history": []}
 
     @staticmethod
     def _save(state_dir: Path | None, state: dict) -> None:

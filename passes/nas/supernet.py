@@ -6,15 +6,10 @@ identity BatchNorms whose shift is that bias, so PyTorch computes the same funct
 expand -> kxk depthwise -> 1x1 project, ReLU6 after the first two, a skip connection when
 the shape allows) and, for blocks that keep their shape, identity.
 
-How a block mixes its candidates is the search strategy's business:
-
-* `mixed_block`: the DARTS relaxation, sum_i w_i op_i(x) -- every candidate runs and stays in
-  memory;
-* `single_block`: one candidate, chosen by a traced index (``lax.switch``: only that branch
-  runs), scaled by a gate whose value is 1 and whose gradient reaches the architecture
-  parameters (GDAS's straight-through Gumbel sample, ProxylessNAS's binary gates);
-* `pair_block`: ProxylessNAS's two-path mode: two sampled candidates, gated by a one-hot
-  binary gate vector that the caller differentiates.
+How a block mixes its candidates is the search strategy's business. `mixed_block` is the
+DARTS relaxation, sum_i w_i op_i(x): every candidate runs and stays in memory. The
+single-path strategies run one (or two) candidates per block, stage by stage from the host
+(`paths.PathRunner`), so the others are neither computed nor held.
 """
 
 from __future__ import annotations
@@ -38,6 +33,7 @@ class Supernet:
 
     space: MobileNetSpace
     width: float
+    chain = True  # a chain of blocks: single paths can run block by block (`paths.PathRunner`)
 
     @property
     def choices(self) -> list[list[Choice]]:
@@ -49,11 +45,12 @@ class Supernet:
 
     # -- parameters ------------------------------------------------------------------------
 
-    def init(self, key: jax.Array) -> Params:
-        """He-normal convolutions and dense layer, zero biases."""
+    def init(self, seed: int) -> Params:
+        """He-normal convolutions and dense layer, zero biases. Drawn with NumPy: JAX would
+        compile an initialiser per parameter shape, which costs more than the search's steps."""
+        rng = np.random.default_rng(seed)
         channels = self.space.input_shape[0]
-        keys = iter(jax.random.split(key, 4 + sum(3 * len(c) for c in self.choices)))
-        params: Params = {"stem": _conv(next(keys), 3, 3, channels, self.stem), "blocks": []}
+        params: Params = {"stem": _conv(rng, 3, 3, channels, self.stem), "blocks": []}
         for (cin, cout, _), choices in zip(self.space.block_shapes(self.width), self.choices):
             ops = []
             for choice in choices:
@@ -61,32 +58,36 @@ class Supernet:
                     ops.append({})
                     continue
                 hidden = cin * choice.expand
-                op = {"dw": _conv(next(keys), choice.kernel, choice.kernel, 1, hidden),
-                      "project": _conv(next(keys), 1, 1, hidden, cout)}
+                op = {"dw": _conv(rng, choice.kernel, choice.kernel, 1, hidden),
+                      "project": _conv(rng, 1, 1, hidden, cout)}
                 if choice.expand != 1:
-                    op["expand"] = _conv(next(keys), 1, 1, cin, hidden)
+                    op["expand"] = _conv(rng, 1, 1, cin, hidden)
                 ops.append(op)
             params["blocks"].append(ops)
         last = self.space.block_shapes(self.width)[-1][1] if self.space.blocks else self.stem
-        params["head"] = _conv(next(keys), 1, 1, last, self.space.head)
-        k = next(keys)
-        params["classifier"] = {"w": jax.random.normal(k, (self.space.head, self.space.classes))
-                                * math.sqrt(1.0 / self.space.head),
-                                "b": jnp.zeros((self.space.classes,))}
+        params["head"] = _conv(rng, 1, 1, last, self.space.head)
+        w = rng.standard_normal((self.space.head, self.space.classes)) * math.sqrt(1.0 / self.space.head)
+        params["classifier"] = {"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros((self.space.classes,))}
         return params
 
     # -- the network around the blocks -----------------------------------------------------
 
+    def stem_apply(self, p: Params, x: jax.Array) -> jax.Array:
+        """NCHW input -> the stem's NHWC activation."""
+        return _relu6(_conv_apply(p, jnp.transpose(x, (0, 2, 3, 1)), 1))
+
+    def head_apply(self, head: Params, classifier: Params, h: jax.Array) -> jax.Array:
+        """The last block's activation -> logits (1x1 conv, global average pool, dense)."""
+        h = jnp.mean(_relu6(_conv_apply(head, h, 1)), axis=(1, 2))
+        return h @ classifier["w"] + classifier["b"]
+
     def forward(self, params: Params, x: jax.Array, block_fn: Callable[[int, Params, jax.Array], jax.Array]
                 ) -> jax.Array:
         """Logits of NCHW inputs `x`; `block_fn(b, block_params, h)` computes block `b`."""
-        h = jnp.transpose(x, (0, 2, 3, 1))
-        h = _relu6(_conv_apply(params["stem"], h, 1))
+        h = self.stem_apply(params["stem"], x)
         for b in range(self.space.blocks):
             h = block_fn(b, params["blocks"][b], h)
-        h = _relu6(_conv_apply(params["head"], h, 1))
-        h = jnp.mean(h, axis=(1, 2))
-        return h @ params["classifier"]["w"] + params["classifier"]["b"]
+        return self.head_apply(params["head"], params["classifier"], h)
 
     def op_fn(self, b: int, i: int) -> Callable[[Params, jax.Array], jax.Array]:
         """Candidate `i` of block `b` as a function of (its params, NHWC input)."""
@@ -104,22 +105,18 @@ class Supernet:
 
         return op
 
-    # -- the three ways of mixing a block's candidates ---------------------------------------
+    def mixed_forward(self, params: Params, x: jax.Array, weights: Sequence[jax.Array]) -> jax.Array:
+        return self.forward(params, x, lambda b, ops, h: self.mixed_block(b, ops, h, weights[b]))
 
     def mixed_block(self, b: int, ops: Sequence[Params], h: jax.Array, weights: jax.Array) -> jax.Array:
+        """The DARTS relaxation of block `b`: sum_i weights[i] * op_i(h)."""
         return sum(weights[i] * self.op_fn(b, i)(ops[i], h) for i in range(len(ops)))
 
-    def single_block(self, b: int, ops: Sequence[Params], h: jax.Array, index: jax.Array, gate: jax.Array
-                     ) -> jax.Array:
-        branches = [lambda h_, i=i: self.op_fn(b, i)(ops[i], h_) for i in range(len(ops))]
-        return jax.lax.switch(index, branches, h) * gate
-
-    def pair_block(self, b: int, ops: Sequence[Params], h: jax.Array, pair: jax.Array, gates: jax.Array
-                   ) -> jax.Array:
-        """gates[0] * op_pair[0](h) + gates[1] * op_pair[1](h): two paths in memory, not all."""
-        return self.single_block(b, ops, h, pair[0], gates[0]) + self.single_block(b, ops, h, pair[1], gates[1])
-
     # -- a derived network -------------------------------------------------------------------
+
+    def derive(self, alphas: Sequence[Any]) -> list[int]:
+        """The strongest candidate of every block."""
+        return [int(np.argmax(np.asarray(a))) for a in alphas]
 
     def architecture(self, indices: Sequence[int]) -> Architecture:
         return Architecture(self.width, tuple(self.choices[b][int(i)] for b, i in enumerate(indices)))
@@ -129,9 +126,9 @@ class Supernet:
         return self.forward(params, x, lambda b, ops, h: self.op_fn(b, int(indices[b]))(ops[int(indices[b])], h))
 
 
-def _conv(key: jax.Array, kh: int, kw: int, cin: int, cout: int) -> Params:
-    fan_in = kh * kw * cin
-    return {"w": jax.random.normal(key, (kh, kw, cin, cout)) * math.sqrt(2.0 / fan_in), "b": jnp.zeros((cout,))}
+def _conv(rng: np.random.Generator, kh: int, kw: int, cin: int, cout: int) -> Params:
+    w = rng.standard_normal((kh, kw, cin, cout)) * math.sqrt(2.0 / (kh * kw * cin))
+    return {"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros((cout,))}
 
 
 def _conv_apply(p: Params, h: jax.Array, stride: int, groups: int = 1) -> jax.Array:

@@ -31,7 +31,7 @@ def test_nas_finds_an_architecture_that_the_pipeline_trains_and_lowers(tmp_path)
     assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     nas = manifest["metrics"]["nas"]
-    assert nas["strategy"] == "proxyless" and len(nas["genotype"]) == 2 and len(nas["history"]) == 2
+    assert nas["strategy"] == "proxyless" and len(nas["genotype"]["blocks"]) == 2 and len(nas["history"]) == 2
     assert nas["budget_met"] is True and nas["predicted_latency_s"] <= 5e-3
     assert manifest["metrics"]["accuracy"] > 0.1
 
@@ -41,3 +41,27 @@ def test_a_latency_budget_below_the_fastest_network_fails_before_searching(tmp_p
     spec.write_text(SPEC.replace("BUDGET", "1 ns"))
     assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 3
     assert "below the fastest network of the space" in capsys.readouterr().err
+
+
+def test_a_darts_cell_search_is_trained_and_lowered_through_tvm(tmp_path):
+    spec = tmp_path / "s.adl"
+    spec.write_text(SPEC.replace("BUDGET", "50 ms").replace(
+        "space = mobilenet(blocks = 2, kernels = [3, 5], expand = [1, 3], width = 0.5, stem = 8, head = 16)\n"
+        "        strategy = proxyless",
+        "space = cells(nodes = 2, ops = [sep3, dil3, max3, avg3, skip, none], cells = 3, channels = 4)\n"
+        "        strategy = darts"))
+    assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    nas = manifest["metrics"]["nas"]
+    assert nas["strategy"] == "darts" and nas["space"].startswith("cells(nodes=2")
+    assert [len(node) for node in nas["genotype"]["normal"]] == [2, 2]
+    assert manifest["metrics"]["accuracy"] > 0.1  # the library agreed with PyTorch (lower verifies it) and learned
+
+
+def test_single_path_strategies_refuse_the_cell_space_before_searching(tmp_path, capsys):
+    spec = tmp_path / "s.adl"
+    spec.write_text(SPEC.replace("BUDGET", "50 ms").replace(
+        "space = mobilenet(blocks = 2, kernels = [3, 5], expand = [1, 3], width = 0.5, stem = 8, head = 16)",
+        "space = cells(nodes = 2)"))
+    assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 3
+    assert "the cell space is searched by darts" in capsys.readouterr().err

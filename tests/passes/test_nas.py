@@ -8,11 +8,13 @@ import pytest
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 import torch  # noqa: E402
 
 from adl.models.space import MobileNetSpace  # noqa: E402
 from adl.passes.nas.search import (  # noqa: E402
     STRATEGIES, LatencyTable, Search, SearchConfig, gumbel_gates, pair_gradient)
+from adl.passes.nas.paths import PathRunner  # noqa: E402
 from adl.passes.nas.supernet import Supernet, to_torch  # noqa: E402
 
 SPACE = MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3, 5), expand=(1, 3), widths=(0.5,), stem=8, head=16)
@@ -32,13 +34,12 @@ def test_the_space_offers_identity_only_where_the_shape_is_kept():
 
 
 def test_the_darts_mixture_gradient_matches_finite_differences():
-    params = NET.init(jax.random.PRNGKey(0))
+    params = NET.init(0)
     x = jnp.asarray(data(4)[0])
-    h = jnp.transpose(x, (0, 2, 3, 1))
-    h = jnp.clip(jax.lax.conv_general_dilated(h, params["stem"]["w"], (1, 1), ((1, 1), (1, 1)),
-                                              dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["stem"]["b"], 0, 6)
+    h = NET.stem_apply(params["stem"], x)
     alpha = jnp.array([0.3, -0.2, 0.1, 0.5] + [0.0] * (len(NET.choices[0]) - 4))
 
+    @jax.jit
     def f(a):
         return jnp.sum(NET.mixed_block(0, params["blocks"][0], h, jax.nn.softmax(a)) ** 2)
 
@@ -64,14 +65,47 @@ def test_gumbel_max_samples_follow_the_softmax_and_the_gate_is_one_with_a_gradie
     assert np.abs(np.asarray(grad)).sum() > 0  # the straight-through path reaches alpha
 
 
-def test_the_sampled_block_computes_exactly_the_chosen_op():
-    params = NET.init(jax.random.PRNGKey(0))
-    cin = SPACE.block_shapes(0.5)[0][0]
-    h = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, cin)).astype(np.float32))
-    for i in range(len(NET.choices[0])):
-        single = NET.single_block(0, params["blocks"][0], h, jnp.asarray(i), jnp.ones(()))
-        direct = NET.op_fn(0, i)(params["blocks"][0][i], h)
-        np.testing.assert_allclose(np.asarray(single), np.asarray(direct), rtol=1e-6, atol=1e-6)
+def _path_loss(params, x, y, block_fn):
+    logits = NET.forward(params, x, block_fn)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def test_the_path_runner_gives_the_gradients_of_the_whole_network_for_the_path_it_runs():
+    params = NET.init(0)
+    x, y = (jnp.asarray(v) for v in data(8))
+    runner = PathRunner(NET, optax.adam(0.01))
+    indices = [len(NET.choices[0]) - 1, 1]
+    reference_loss, reference = jax.value_and_grad(
+        lambda p: _path_loss(p, x, y, lambda b, ops, h: NET.op_fn(b, indices[b])(ops[indices[b]], h)))(params)
+    path = runner.gradients(params, [[i] for i in indices], [0, 0], x, y)
+    assert path.loss == pytest.approx(float(reference_loss), rel=1e-5)
+    for name in ("stem", "head", "classifier"):
+        for ours, theirs in zip(jax.tree.leaves(path.params[name]), jax.tree.leaves(reference[name])):
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-6)
+    for b, i in enumerate(indices):
+        ours = path.params.get((b, i), {})
+        for leaf_ours, leaf_theirs in zip(jax.tree.leaves(ours), jax.tree.leaves(reference["blocks"][b][i])):
+            np.testing.assert_allclose(np.asarray(leaf_ours), np.asarray(leaf_theirs), rtol=1e-4, atol=1e-6)
+    # only the path's ops got gradients, and an update leaves every other op as it was
+    assert {k for k in path.params if isinstance(k, tuple)} == {(b, i) for b, i in enumerate(indices)
+                                                                if not NET.choices[b][i].skip}
+    state = runner.init_state(params)
+    updated, _ = runner.apply(params, state, path.params)
+    assert all(np.array_equal(u, p) for u, p in zip(jax.tree.leaves(updated["blocks"][0][0]),
+                                                     jax.tree.leaves(params["blocks"][0][0])))
+    assert not np.array_equal(updated["blocks"][1][1]["dw"]["w"], params["blocks"][1][1]["dw"]["w"])
+
+
+def test_two_path_gate_gradients_are_those_of_the_one_hot_relaxation():
+    params = NET.init(1)
+    x, y = (jnp.asarray(v) for v in data(8))
+    runner = PathRunner(NET, optax.adam(0.01))
+    pairs, actives = [[0, 2], [1, 0]], [1, 0]
+    gates = [jax.nn.one_hot(pair[a], len(c)) for pair, a, c in zip(pairs, actives, NET.choices)]
+    reference = jax.grad(lambda g: _path_loss(params, x, y, lambda b, ops, h: NET.mixed_block(b, ops, h, g[b])))(gates)
+    path = runner.gradients(params, pairs, actives, x, y)
+    for b, pair in enumerate(pairs):
+        np.testing.assert_allclose(path.gates[b], np.asarray(reference[b])[pair], rtol=1e-4, atol=1e-6)
 
 
 def test_the_binary_gate_gradient_is_the_proxylessnas_formula():
@@ -124,7 +158,7 @@ def test_a_killed_search_resumes_from_its_last_epoch(tmp_path):
 
 
 def test_the_derived_pytorch_module_computes_what_the_supernet_path_computes():
-    params = NET.init(jax.random.PRNGKey(3))
+    params = NET.init(3)
     x = data(8)[0]
     for indices in ([0, 0], [len(NET.choices[0]) - 1, 1], [2, len(NET.choices[1]) - 1]):
         model = to_torch(NET, params, indices)

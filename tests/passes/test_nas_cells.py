@@ -1,0 +1,101 @@
+"""The DARTS cell space: the derivation rule, the PyTorch round trip, pricing, and a tiny search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
+
+from adl.compiler.layers import describe_model  # noqa: E402
+from adl.compiler.spec import TargetSpec  # noqa: E402
+from adl.hwmodels.roofline import RooflineModel  # noqa: E402
+from adl.passes.nas.cell_modules import build  # noqa: E402
+from adl.passes.nas.cells import DROPPED, CellSpace, CellSupernet, to_torch  # noqa: E402
+from adl.passes.nas.pricing import price_candidates  # noqa: E402
+from adl.passes.nas.search import Search, SearchConfig  # noqa: E402
+
+SPACE = CellSpace((1, 8, 8), 10, nodes=3, ops=("sep3", "dil3", "max3", "avg3", "skip", "none"), cells=3, channels=4)
+NET = CellSupernet(SPACE)
+E = len(SPACE.edges)  # 2 + 3 + 4 = 9
+
+
+def test_the_layout_reduces_at_a_third_and_two_thirds_and_doubles_the_channels():
+    layout = SPACE.layout()
+    assert [c["reduction"] for c in layout] == [False, True, True]
+    assert [c["c"] for c in layout] == [4, 8, 16]
+    assert [c["reduced_prev"] for c in layout] == [False, False, True]
+    assert [c["hw"] for c in layout] == [(8, 8), (8, 8), (4, 4)]
+
+
+def test_the_derived_cell_keeps_two_inputs_per_node_with_their_strongest_real_op():
+    rng = np.random.default_rng(0)
+    alphas = [rng.standard_normal(len(SPACE.ops)) for _ in range(2 * E)]
+    alphas[0] = np.array([0, 0, 0, 0, 0, 9.0])  # node 0, input 0: `none` dominates -- still kept, with its best op
+    indices = NET.derive(alphas)
+    for part in (indices[:E], indices[E:]):
+        start = 0
+        for node in range(SPACE.nodes):
+            chosen = part[start:start + node + 2]
+            assert sum(i != DROPPED for i in chosen) == 2
+            assert all(SPACE.ops[i] != "none" for i in chosen if i != DROPPED)
+            start += node + 2
+    # node 2 (edges 5..8) keeps the two edges whose best non-none op weighs most
+    probs = [np.exp(a) / np.exp(a).sum() for a in alphas[5:9]]
+    strength = [max(p[o] for o in range(len(SPACE.ops)) if SPACE.ops[o] != "none") for p in probs]
+    assert {e for e in range(4) if indices[5 + e] != DROPPED} == set(np.argsort(strength)[-2:])
+    assert str(NET.architecture(indices)).startswith("normal[n2=")
+
+
+def test_the_derived_pytorch_network_computes_what_the_supernet_computes():
+    params = NET.init(3)
+    x = np.random.default_rng(1).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        indices = NET.derive([rng.standard_normal(len(SPACE.ops)) for _ in range(2 * E)])
+        model = to_torch(NET, params, indices)
+        with torch.no_grad():
+            ours = model(torch.from_numpy(x)).numpy()
+        theirs = np.asarray(NET.mixed_forward(params, jnp.asarray(x), NET.derived_weights(indices)))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    # every op, including skip's factorized reduce on the reduction edges, once
+    every = [o % len(SPACE.ops) for o in range(2 * E)]
+    every = [i if SPACE.ops[i] != "none" else 0 for i in every]
+    with torch.no_grad():
+        ours = build(SPACE, params, every)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, np.asarray(NET.mixed_forward(params, jnp.asarray(x), NET.derived_weights(every))),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_pricing_gives_every_edge_op_a_latency_and_sums_to_the_derived_network():
+    target = TargetSpec(name="host", cores=2)
+    model = RooflineModel(gflops=50.0, bandwidth=10.0, overhead=0.0)
+    table = price_candidates(NET, model, target)
+    assert len(table.per_op) == 2 * E and all(len(row) == len(SPACE.ops) for row in table.per_op)
+    none = SPACE.ops.index("none")
+    assert all(row[none] == 0.0 for row in table.per_op)
+    sep = SPACE.ops.index("sep3")
+    assert all(row[sep] > row[SPACE.ops.index("max3")] for row in table.per_op)
+    indices = NET.derive([np.zeros(len(SPACE.ops)) for _ in range(2 * E)])
+    whole = model.estimate(describe_model(build(SPACE, None, indices), (1, 1, 8, 8)), target).latency_s
+    assert table.of(indices) == pytest.approx(whole, rel=0.15)
+
+
+def test_a_tiny_darts_search_over_cells_derives_a_genotype_and_single_path_strategies_refuse_cells():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((96, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 96).astype(np.int32)
+    table = price_candidates(NET, RooflineModel(gflops=50.0, bandwidth=10.0, overhead=0.0), TargetSpec(name="host"))
+    result = Search(NET, table, SearchConfig(strategy="darts", epochs=1, batch_size=32)).run(
+        x[:64], y[:64], x[64:], y[64:])
+    assert len(result.indices) == 2 * E and sum(i != DROPPED for i in result.indices) == 2 * 2 * SPACE.nodes
+    assert any(np.abs(a).sum() > 0 for a in result.alphas)
+    assert 0.0 <= result.history[0]["val_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="searched by darts"):
+        Search(NET, table, SearchConfig(strategy="gdas"))
+
+
+def test_unknown_ops_are_refused():
+    with pytest.raises(ValueError, match="conv9"):
+        CellSpace((1, 8, 8), 10, ops=("sep3", "conv9"))
