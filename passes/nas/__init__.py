@@ -22,7 +22,9 @@ from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
 from adl.compiler.spec import CallValue
-from adl.passes.nas.cells import CELL_OPS
+
+# The DARTS cell space's op vocabulary (`cells.py`); here so that checking a spec imports no JAX.
+CELL_OPS = ("sep3", "sep5", "dil3", "dil5", "max3", "avg3", "skip", "none")
 
 SPACES: dict[str, tuple[Option, ...]] = {
     "mobilenet": (

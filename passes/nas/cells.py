@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adl.passes.nas import CELL_OPS
+
 Params = dict[str, Any]
-CELL_OPS = ("sep3", "sep5", "dil3", "dil5", "max3", "avg3", "skip", "none")
 DROPPED = -1
 
 
