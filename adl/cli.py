@@ -141,27 +141,42 @@ def _cmd_hw_lut(args, out, err) -> int:
     target = load_target(args.target, filename="TARGET") if args.target else spec.target
     dataset = load_data(spec)
     module = initial_module(spec, dataset, seed=0)
-    if module.model is None:
-        err.print(f"{args.space}: no `model` block: nothing to measure")
-        return EXIT_SPEC
     input_shape = (1, *dataset.input_shape)
-    layers = describe_model(module.model, input_shape)
     model = MeasuredModel(cache=str(args.cache) if args.cache else None)
     model.progress = RichProgress(err)
     start = time.perf_counter()
-    measured = model.measure_networks([layers], target)
+    before = len(model.table(target).entries)
+    if module.model is not None:
+        network = module.model
+        model.measure_networks([describe_model(network, input_shape)], target)
+        what = "the spec's model"
+    else:  # a searched spec: every candidate op of its nas stage's space
+        from adl.compiler.pipeline import Pipeline
+
+        nas = next((p for p in Pipeline.from_stages(spec.pipeline) if p.name == "nas"), None)
+        if nas is None:
+            err.print(f"{args.space}: no `model` block and no `nas` stage: nothing to measure")
+            return EXIT_SPEC
+        from adl.passes.nas import supernet_for
+        from adl.passes.nas.pricing import price_candidates, reference_model
+
+        supernet = supernet_for(nas.config["space"], tuple(dataset.input_shape), spec.task.classes)
+        price_candidates(supernet, model, target)
+        network = reference_model(supernet)
+        what = f"the first network of {supernet.space}"
+    layers = describe_model(network, input_shape)
     table = model.table(target)
-    out.print(f"{table.path}: {len(table.entries)} kernels, {measured} measured now in "
+    out.print(f"{table.path}: {len(table.entries)} kernels, {len(table.entries) - before} measured now in "
               f"{time.perf_counter() - start:.1f} s (the rest were in the table)")
     if args.no_calibrate:
         return EXIT_OK
     from adl.backends.tvm.layer_timing import network_latency
 
-    latency = network_latency(module.model, input_shape, target.tvm_target(), threads=target.cores,
+    latency = network_latency(network, input_shape, target.tvm_target(), threads=target.cores,
                               session_factory=_session_factory(target))
     overhead = calibrate(model, target, [(layers, latency)])
     predicted = model.estimate(layers, target).latency_s
-    out.print(f"per-network overhead {overhead.seconds * 1e6:.1f} us, calibrated on the spec's model "
+    out.print(f"per-network overhead {overhead.seconds * 1e6:.1f} us, calibrated on {what} "
               f"(measured {latency * 1e3:.3f} ms whole; the table now predicts {predicted * 1e3:.3f} ms)")
     return EXIT_OK
 

@@ -82,7 +82,7 @@ class NasPass(Pass):
         dataset = ctx.dataset()
         if len(dataset.input_shape) != 3:
             raise PassError(f"nas searches convolutional networks; this data has shape {tuple(dataset.input_shape)}")
-        supernet = _supernet(self.config["space"], tuple(dataset.input_shape), ctx.spec.task.classes)
+        supernet = supernet_for(self.config["space"], tuple(dataset.input_shape), ctx.spec.task.classes)
         if self.config["strategy"] != "darts" and not supernet.chain:
             raise PassError(f"strategy {self.config['strategy']} runs single paths through a chain of blocks "
                             f"(space = mobilenet(...)); the cell space is searched by darts")
@@ -136,7 +136,8 @@ def _latency_budget(ctx: PassContext) -> float | None:
     return None
 
 
-def _supernet(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:
+def supernet_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:
+    """The supernet of a `space` option value (mobilenet(...) or cells(...)) for this data."""
     from adl.models.space import MobileNetSpace
     from adl.passes.nas.cells import CellSpace, CellSupernet
     from adl.passes.nas.supernet import Supernet

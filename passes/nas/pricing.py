@@ -41,22 +41,34 @@ def candidate_layers(supernet: Supernet) -> list[list[list[LayerDesc]]]:
 def price_candidates(supernet: Any, cost_model: Any, target: TargetSpec) -> LatencyTable:
     """Per-candidate latencies of `supernet` (MobileNet or cell space) on `target` by `cost_model`
     (a `CostModel`)."""
+    pieces = cell_pieces(supernet) if isinstance(supernet, CellSupernet) else candidate_layers(supernet)
+    whole_layers = describe_model(reference_model(supernet), (1, *supernet.space.input_shape))
+    return _price(pieces, whole_layers, cost_model, target, reference_indices(supernet))
+
+
+def reference_indices(supernet: Any) -> list[int]:
+    """The network priced whole to find what every network pays: the first candidate of every
+    block; in the cell space, every edge kept with its first op that is not `none`."""
     if isinstance(supernet, CellSupernet):
-        pieces, whole_layers, weights = cell_pieces(supernet)
-    else:
-        space = supernet.space
-        pieces = candidate_layers(supernet)
-        first = Architecture(supernet.width, tuple(choices[0] for choices in supernet.choices))
-        whole_layers = describe_model(space.build(first), (1, *space.input_shape))
-        weights = None
-    return _price(pieces, whole_layers, cost_model, target, weights)
+        first = next(o for o, op in enumerate(supernet.space.ops) if op != "none")
+        return [first] * len(supernet.choices)
+    return [0] * len(supernet.choices)
 
 
-def cell_pieces(supernet: CellSupernet) -> tuple[list[list[list[list[LayerDesc]]]], list[LayerDesc], list[int]]:
-    """Per decision (edge of the normal, then the reduction cell), per op, the layers of that
-    op in every cell of that type; the layers of the network with every edge at its first op
-    that is not `none`; and that op's index per decision."""
-    from adl.passes.nas.cell_modules import build, describe_op
+def reference_model(supernet: Any) -> Any:
+    """The PyTorch model of `reference_indices` (untrained weights)."""
+    if isinstance(supernet, CellSupernet):
+        from adl.passes.nas.cell_modules import build
+
+        return build(supernet.space, None, reference_indices(supernet))
+    indices = reference_indices(supernet)
+    return supernet.space.build(Architecture(supernet.width, tuple(c[i] for c, i in zip(supernet.choices, indices))))
+
+
+def cell_pieces(supernet: CellSupernet) -> list[list[list[list[LayerDesc]]]]:
+    """Per decision (edge of the normal, then the reduction cell), per op: the layers of that
+    op in every cell of that type."""
+    from adl.passes.nas.cell_modules import describe_op
 
     space, n_edges = supernet.space, len(supernet.space.edges)
     described: dict[tuple, list[LayerDesc]] = {}
@@ -71,15 +83,13 @@ def cell_pieces(supernet: CellSupernet) -> tuple[list[list[list[list[LayerDesc]]
                 if key not in described:
                     described[key] = describe_op(op, cell["c"], hw, stride)
                 pieces[e + (n_edges if cell["reduction"] else 0)][o].append(described[key])
-    first = next(o for o, op in enumerate(space.ops) if op != "none")
-    whole = describe_model(build(space, None, [first] * (2 * n_edges)), (1, *space.input_shape))
-    return pieces, whole, [first] * (2 * n_edges)
+    return pieces
 
 
 def _price(pieces: list, whole_layers: list[LayerDesc], cost_model: Any, target: TargetSpec,
-           reference: list[int] | None) -> LatencyTable:
-    """Price every piece alone and the network made of the `reference` candidates (index 0 by
-    default): what the network costs beyond those candidates is `fixed`. A piece is a list of
+           reference: list[int]) -> LatencyTable:
+    """Price every piece alone and the network made of the `reference` candidates: what the
+    network costs beyond those candidates is `fixed`. A piece is a list of
     layers, or (cells) a list of such lists, one per cell that shares the decision. A model
     that measures (`measure_networks`, as `measured`) measures everything in one round first."""
     def parts(piece: list) -> list[list[LayerDesc]]:
@@ -92,7 +102,6 @@ def _price(pieces: list, whole_layers: list[LayerDesc], cost_model: Any, target:
     per_op = [[sum(_layers_only(cost_model.estimate(layers, target)) for layers in parts(piece)) for piece in block]
               for block in pieces]
     whole = cost_model.estimate(whole_layers, target).latency_s
-    reference = reference or [0] * len(per_op)
     return LatencyTable(per_op, max(0.0, whole - sum(block[i] for block, i in zip(per_op, reference))))
 
 

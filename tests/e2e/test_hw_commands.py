@@ -76,3 +76,21 @@ def test_a_compile_for_an_rpc_device_measures_there_and_prices_with_its_table(se
     assert cost["name"] == "measured" and cost["predicted_latency_s"] > 0 and cost["measured_over_predicted"] > 0
     (table,) = (tmp_path / "lut").glob("*.json")
     assert json.loads(table.read_text())["identity"]["where"] == f"rpc:{tracker}/board"
+
+
+def test_hw_lut_of_a_searched_spec_measures_every_candidate_of_its_space(tmp_path, capsys):
+    spec = tmp_path / "searched.adl"
+    spec.write_text(SPEC.replace("model cnn(channels = [8, 16], hidden = 32)\n", "").replace(
+        "TARGET", "target host { cores = 2  cost = measured }").replace(
+        "pipeline { train { epochs = 2 } lower { repeats = 10 } }",
+        "pipeline { nas { space = mobilenet(blocks = 1, kernels = [3], expand = [1, 3], stem = 8, head = 16) } "
+        "train lower }"))
+    cache = tmp_path / "lut"
+    assert main(["hw", "lut", "--space", str(spec), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on the first network of" in out
+    (table,) = cache.glob("*.json")
+    assert len(json.loads(table.read_text())["entries"]) >= 4  # stem, head, classifier, the candidates' convs
+    # a compile of that spec now finds every candidate in the table: nothing is measured again
+    assert main(["hw", "lut", "--space", str(spec), "--cache", str(cache), "--no-calibrate"]) == 0
+    assert ", 0 measured now" in capsys.readouterr().out
