@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adl.passes.nas import CELL_OPS
+from adl.passes.nas.supernet import depthwise_conv
 
 Params = dict[str, Any]
 DROPPED = -1
@@ -103,10 +104,11 @@ def _conv_params(rng: np.random.Generator, k: int, cin: int, cout: int) -> Param
 
 def _conv(p: Params, h: jax.Array, stride: int = 1, dilation: int = 1, groups: int = 1) -> jax.Array:
     k = p["w"].shape[0]
+    if groups > 1:  # depthwise: see `depthwise_conv` for why not a grouped convolution
+        return depthwise_conv(h, p["w"], stride, dilation) + p["b"]
     pad = dilation * (k // 2)
     y = jax.lax.conv_general_dilated(h, p["w"], (stride, stride), ((pad, pad), (pad, pad)),
-                                     rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=groups)
+                                     rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + p["b"]
 
 

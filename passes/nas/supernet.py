@@ -134,9 +134,31 @@ def _conv(rng: np.random.Generator, kh: int, kw: int, cin: int, cout: int) -> Pa
 def _conv_apply(p: Params, h: jax.Array, stride: int, groups: int = 1) -> jax.Array:
     """NHWC x HWIO convolution with 'same'-style padding k//2 (as the PyTorch models pad)."""
     kh, kw = p["w"].shape[:2]
+    if groups > 1 and groups == h.shape[-1] == p["w"].shape[-1]:
+        return depthwise_conv(h, p["w"], stride) + p["b"]
     y = jax.lax.conv_general_dilated(h, p["w"], (stride, stride), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
     return y + p["b"]
+
+
+def depthwise_conv(h: jax.Array, w: jax.Array, stride: int = 1, dilation: int = 1) -> jax.Array:
+    """Depthwise NHWC convolution (w: k x k x 1 x C, padding dilation * (k // 2)) as a sum of
+    k*k shifted, per-channel-scaled copies of the input. XLA:CPU runs grouped convolutions,
+    and worse their gradients, through a slow generic path (fwd + bwd of a 64x8x8x144 3x3
+    layer: 340 ms against 26 ms this way); the sum fuses into one elementwise loop."""
+    k = w.shape[0]
+    pad = dilation * (k // 2)
+    padded = jnp.pad(h, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    rows, cols = -(-h.shape[1] // stride), -(-h.shape[2] // stride)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = jax.lax.slice(padded, (0, i * dilation, j * dilation, 0),
+                                (h.shape[0], i * dilation + (rows - 1) * stride + 1,
+                                 j * dilation + (cols - 1) * stride + 1, h.shape[3]), (1, stride, stride, 1))
+            term = tap * w[i, j, 0]
+            out = term if out is None else out + term
+    return out
 
 
 def _relu6(x: jax.Array) -> jax.Array:
