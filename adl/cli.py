@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
                    help=".npy of inputs (N samples or one), or .npz with 'x' (and optional labels 'y')")
     r.add_argument("--output", type=Path, help="save predicted labels (.npy)")
 
+    lo = sub.add_parser("l2o", help="the learned optimizer (docs/l2o.md)")
+    l2o_sub = lo.add_subparsers(dest="l2o_command", required=True, metavar="L2O_COMMAND")
+    from adl.passes.train.l2o.config import add_arguments as l2o_arguments
+
+    l2o_arguments(l2o_sub.add_parser("meta-train", help="meta-train the LSTM optimizer's weights (JAX)"))
+
     d = sub.add_parser("data", help="write the spec's train or test split to an .npz (x, y)")
     d.add_argument("spec", type=Path)
     d.add_argument("-o", "--out", type=Path, required=True)
@@ -323,8 +329,14 @@ def _cmd_data(args, out, err) -> int:
     return EXIT_OK
 
 
+def _cmd_l2o(args, out, err) -> int:
+    from adl.passes.train.l2o.meta_train import run
+
+    return run(args)
+
+
 _COMMANDS = {"compile": _cmd_compile, "check": _cmd_check, "passes": _cmd_passes, "hw": _cmd_hw,
-             "run": _cmd_run, "data": _cmd_data}
+             "run": _cmd_run, "data": _cmd_data, "l2o": _cmd_l2o}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,8 @@ OPTIMIZERS: dict[str, tuple[Option, ...]] = {
             Option("momentum", "float", 0.9, "momentum", low=0.0, high=1.0),
             Option("weight_decay", "float", 0.0005, "L2 penalty", low=0.0),
             Option("nesterov", "bool", True, "Nesterov momentum")),
+    "l2o": (Option("weights", "path", "", "learned optimizer's weights (.npz); default: the shipped ones"),
+            Option("scale", "float", 1.0, "multiplier of the learned update (the schedule anneals it)", low=0.0)),
 }
 
 
@@ -31,7 +33,7 @@ class TrainPass(Pass):
         Option("epochs", "int", 30, "passes over the training split", low=1),
         Option("batch_size", "int", 64, "samples per step", low=1),
         Option("optimizer", "call", CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
-               "adam(...), adamw(...) or sgd(...)",
+               "adam(...), adamw(...), sgd(...) or l2o(...) (a learned optimizer, docs/l2o.md)",
                calls=OPTIMIZERS),
         Option("schedule", "name", "cosine", "learning-rate schedule over the epochs",
                choices=("cosine", "constant")),

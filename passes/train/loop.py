@@ -33,6 +33,10 @@ def make_optimizer(params, spec: CallValue) -> torch.optim.Optimizer:
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=args["lr"], momentum=args["momentum"],
                                weight_decay=args["weight_decay"], nesterov=args["nesterov"])
+    if spec.name == "l2o":
+        from adl.passes.train.l2o.torch_optim import L2O
+
+        return L2O(params, weights=args["weights"] or None, lr=args["scale"])
     raise ValueError(f"unknown optimizer {spec.name!r}")
 
 
