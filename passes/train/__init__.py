@@ -11,6 +11,7 @@ from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext
 from adl.compiler.spec import CallValue
+from adl.passes.train.distributed import STRATEGIES
 
 OPTIMIZERS: dict[str, tuple[Option, ...]] = {
     "adam": (Option("lr", "float", 0.003, "learning rate", low=0.0),
@@ -38,11 +39,17 @@ class TrainPass(Pass):
         Option("schedule", "name", "cosine", "learning-rate schedule over the epochs",
                choices=("cosine", "constant")),
         Option("label_smoothing", "fraction", 0.0, "label smoothing of the cross-entropy loss", high=0.5),
+        Option("distributed", "call", CallValue("none"),
+               "data-parallel workers: terngrad(workers, clip, error_feedback, timeout) or "
+               "ddp(workers, compress = none|fp16|powersgd, rank, timeout); see docs/distributed.md",
+               calls=STRATEGIES),
     )
     requires = ("model",)
     ensures = ("model", "trained")
 
     def run(self, module: Module, ctx: PassContext) -> Module:
+        if self.config["distributed"].name != "none":
+            return self._run_distributed(module, ctx)
         from adl.passes.train.loop import train_model
 
         result = train_model(module.model, ctx.dataset(), self.config, seed=ctx.seed,
@@ -50,4 +57,13 @@ class TrainPass(Pass):
                              log=ctx.log)
         return module.evolve(model=result.model).with_metrics(
             torch_accuracy=result.test_accuracy, train_history=result.history,
+        ).establish("trained")
+
+    def _run_distributed(self, module: Module, ctx: PassContext) -> Module:
+        from adl.passes.train.distributed.launch import train_distributed
+
+        result = train_distributed(module.model, ctx.dataset(), self.config, seed=ctx.seed, state_dir=ctx.state_dir(),
+                                   progress=ctx.progress, log=ctx.log)
+        return module.evolve(model=result.model).with_metrics(
+            torch_accuracy=result.test_accuracy, train_history=result.history, **result.metrics(),
         ).establish("trained")

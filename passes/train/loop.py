@@ -57,6 +57,19 @@ def _save_atomic(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]
+                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule `config` names, stepped once per epoch; None for `constant`."""
+    if config["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config["epochs"])
+    return None
+
+
+def epoch_order(seed: int, epoch: int, samples: int) -> torch.Tensor:
+    """The order in which epoch `epoch` visits the training samples: a function of (seed, epoch) only."""
+    return torch.from_numpy(np.random.default_rng((seed, epoch)).permutation(samples))
+
+
 def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, seed: int, state_dir: Path,
                 progress: Progress, threads: int = 1, log: Callable[[str], None] = print) -> TrainResult:
     """Train `model` in place on `dataset`'s training split; resumes from `state_dir` if a run was cut off.
@@ -67,8 +80,7 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     epochs, batch_size = config["epochs"], config["batch_size"]
     optimizer = make_optimizer(model.parameters(), config["optimizer"])
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-                 if config["schedule"] == "cosine" else None)
+    scheduler = make_scheduler(optimizer, config)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -93,7 +105,7 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
         bar.advance(start_epoch)
         for epoch in range(start_epoch, epochs):
             torch.manual_seed(seed * 100_003 + epoch)
-            order = torch.from_numpy(np.random.default_rng((seed, epoch)).permutation(len(x_train)))
+            order = epoch_order(seed, epoch, len(x_train))
             model.train()
             total_loss, correct = 0.0, 0
             for start in range(0, len(order), batch_size):
