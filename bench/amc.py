@@ -1,0 +1,298 @@
+"""AMC channel pruning on digits against uniform L1 pruning and Torch-Pruning's magnitude pruner.
+
+    python bench/amc.py [--quick] [--out FILE] [--seeds N] [--episodes N]
+
+A MobileNetV2-style network (width 2, head 256; ~3 MFLOPs) is trained once on digits. For
+each FLOPs budget (50 % and 30 %) and seed, three pruners cut it to the budget: (a) the `amc`
+pass's DDPG search (reward: validation accuracy on held-out training images, without
+fine-tuning; least-squares reconstruction), (b) uniform pruning -- one keep ratio for every
+layer, channels by L1 norm -- through the same machinery, (c) Torch-Pruning's
+`MagnitudePruner` (L1, its pruning ratio bisected to the budget). Every pruned network is then
+fine-tuned identically (the `train` loop: Adam, cosine, same epochs, same seed), as is the
+unpruned network (a control for the extra training). Kept channel counts are multiples of 8
+for all three (the SIMD width; other counts fall off the default schedules' fast path).
+Reported: test accuracy (mean, std over seeds), FLOPs kept, and the batch-1 latency of each
+seed-0 network compiled by the `lower` machinery (untuned default schedules), timed in
+interleaved rounds against the unpruned library: speedups are per-round ratios, medianed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from adl.compiler.layers import describe_model  # noqa: E402
+from adl.compiler.progress import SilentProgress  # noqa: E402
+from adl.compiler.spec import CallValue  # noqa: E402
+from adl.data import load_dataset  # noqa: E402
+from adl.models.zoo import build_model  # noqa: E402
+from adl.passes.amc.search import AmcConfig, make_env, run_amc  # noqa: E402
+from adl.passes.train.loop import train_model  # noqa: E402
+
+MODEL = ("mobilenet", {"width": 2.0, "head": 256})
+BUDGETS = (0.5, 0.3)
+METHODS = ("amc", "uniform", "torch_pruning")
+THREADS = 2  # the libraries run on both cores
+TRAIN_THREADS = 1  # training and search: on a shared 2-core machine a second torch thread spins and slows it ~5x
+MULTIPLE = 8
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def train(model: torch.nn.Module, dataset, epochs: int, lr: float, seed: int) -> tuple[torch.nn.Module, float]:
+    config = {"epochs": epochs, "batch_size": 64, "optimizer": CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
+              "schedule": "cosine", "label_smoothing": 0.0}
+    with tempfile.TemporaryDirectory() as state:
+        result = train_model(model, dataset, config, seed=seed, state_dir=Path(state), progress=SilentProgress(),
+                             threads=TRAIN_THREADS, log=lambda message: None)
+    return result.model, float(result.test_accuracy)
+
+
+def flops(model: torch.nn.Module, shape) -> int:
+    return sum(layer.flops for layer in describe_model(model, (1, *shape)))
+
+
+def torch_pruning(model: torch.nn.Module, budget: float, shape) -> tuple[torch.nn.Module | None, dict]:
+    """Torch-Pruning's magnitude (L1) pruner, its uniform pruning ratio bisected so the FLOPs meet the budget."""
+    try:
+        import torch_pruning as tp
+    except ImportError as err:
+        return None, {"error": f"torch-pruning is not installed ({err}); see bench/requirements.txt"}
+    example = torch.zeros(1, *shape)
+    full = flops(model, shape)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+    def prune(ratio: float) -> torch.nn.Module:
+        copy_ = copy.deepcopy(model).eval()
+        pruner = tp.pruner.MagnitudePruner(copy_, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=[last], round_to=MULTIPLE)
+        pruner.step()
+        return copy_
+
+    low, high, best = 0.0, 0.95, None
+    for _ in range(12):
+        middle = (low + high) / 2
+        candidate = prune(middle)
+        if flops(candidate, shape) <= budget * full:
+            high, best = middle, (candidate, middle)
+        else:
+            low = middle
+    if best is None:
+        return None, {"error": f"no pruning ratio below 0.95 meets {budget:.0%} of the FLOPs"}
+    return best[0], {"pruning_ratio": best[1], "version": tp.__version__}
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def measure_latency(models: dict[str, torch.nn.Module], shape, rounds: int, repeats: int, workdir: Path) -> dict:
+    """Build every model with the lowering's default pipeline and time them in interleaved rounds."""
+    from adl.backends.runtime import CompiledLibrary
+    from adl.backends.tvm.build import build_library, max_abs_difference
+
+    libraries, out = {}, {}
+    x = np.zeros((1, *shape), np.float32)
+    dataset = load_dataset("digits")
+    for name, model in models.items():
+        log(f"lowering {name}")
+        path = workdir / f"{name}.so"
+        info = build_library(model, x, {"kind": "llvm", "num-cores": THREADS}, path)
+        libraries[name] = CompiledLibrary(path, info.input_shape, num_threads=THREADS)
+        out[name] = {"build_seconds": info.build_seconds, "library_bytes": info.library_bytes,
+                     "max_abs_diff": max_abs_difference(model, path, dataset.x_test[:64]), "rounds_ms": []}
+    for _ in range(rounds):
+        for name, library in libraries.items():
+            out[name]["rounds_ms"].append(library.latency(repeats=repeats, warmup=10).median_s * 1e3)
+    base = out["unpruned"]["rounds_ms"]
+    for name, row in out.items():
+        row["median_ms"] = statistics.median(row["rounds_ms"])
+        row["speedup"] = statistics.median(b / r for b, r in zip(base, row["rounds_ms"]))
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"amc": "tab:red", "uniform": "tab:blue", "torch_pruning": "tab:green"}
+    unpruned = report["unpruned"]["finetuned_accuracy"]["mean"] * 100
+    left.axhline(unpruned, color="gray", ls="--", label="unpruned (same fine-tuning)")
+    for i, method in enumerate(METHODS):
+        xs, ys, es = [], [], []
+        for budget in BUDGETS:
+            row = report["results"].get(f"{budget:.2f}", {}).get(method)
+            if row and "accuracy" in row:
+                xs.append(statistics.fmean(row["flops_kept"]) * 100 + (i - 1) * 0.6)
+                ys.append(row["accuracy"]["mean"] * 100)
+                es.append(row["accuracy"]["std"] * 100)
+        if xs:
+            left.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, color=colors[method], label=method)
+    left.set_xlabel("FLOPs kept (%)")
+    left.set_ylabel("test accuracy after fine-tuning (%)")
+    model = report["settings"]["model"]
+    left.set_title(f"digits, mobilenet width {model['width']:g} head {model['head']}: "
+                   f"{report['settings']['seeds']} seeds (mean, std)", fontsize=10)
+    left.legend(fontsize=8)
+    latency = report.get("latency", {})
+    names = list(latency)
+    right.bar(range(len(names)), [latency[n]["speedup"] for n in names],
+              color=[colors.get(n.split("@")[0], "gray") for n in names])
+    right.axhline(1.6, color="black", ls=":", label="goal at 50 %: 1.6x")
+    right.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    right.set_ylabel("speedup over unpruned (TVM, batch 1)")
+    right.set_title("measured latency, interleaved rounds (median ratio)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def goals(report: dict) -> dict:
+    out = {}
+    results = report["results"]
+    unpruned = report["unpruned"]["accuracy"]
+    for budget in BUDGETS:
+        row = results.get(f"{budget:.2f}", {})
+        if "accuracy" in row.get("amc", {}) and "accuracy" in row.get("uniform", {}):
+            gap = (row["amc"]["accuracy"]["mean"] - row["uniform"]["accuracy"]["mean"]) * 100
+            out[f"AMC - uniform accuracy at {budget:.0%} FLOPs (points)"] = {"value": gap, "target": 0.0,
+                                                                             "met": gap >= 0.0}
+    half = results.get("0.50", {})
+    if "accuracy" in half.get("amc", {}):
+        drop = (unpruned - half["amc"]["accuracy"]["mean"]) * 100
+        out["AMC accuracy drop from unpruned at 50 % FLOPs (points)"] = {"value": drop, "target": 0.5,
+                                                                        "met": drop <= 0.5}
+    speed = report.get("latency", {}).get("amc@0.50")
+    if speed:
+        out["AMC measured speedup at 50 % FLOPs (TVM, untuned)"] = {"value": speed["speedup"], "target": 1.6,
+                                                                    "met": speed["speedup"] >= 1.6}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, short search and training (a smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/amc.json"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=150, help="AMC search episodes (the paper: 400)")
+    parser.add_argument("--warmup", type=int, default=50, help="random episodes first (the paper: 100)")
+    parser.add_argument("--base-epochs", type=int, default=20)
+    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--width", type=float, default=MODEL[1]["width"], help="width multiplier of the network")
+    parser.add_argument("--head", type=int, default=MODEL[1]["head"], help="channels of the 1x1 head convolution")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
+    parser.add_argument("--repeats", type=int, default=100, help="timed runs per round")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 8, 4, 1, 1
+        args.rounds, args.repeats = 2, 20
+    torch.set_num_threads(TRAIN_THREADS)
+    started = time.perf_counter()
+    dataset = load_dataset("digits")
+    shape = tuple(dataset.input_shape)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(0)
+    family, options = MODEL[0], {"width": args.width, "head": args.head}
+    base = build_model(family, options, input_shape=shape, classes=10, mean=dataset.mean, std=dataset.std)
+    log(f"training the unpruned {family}{options} for {args.base_epochs} epochs")
+    base, base_accuracy = train(base, dataset, args.base_epochs, 0.003, seed=0)
+    base_flops = flops(base, shape)
+    report: dict = {
+        "goals": {},
+        "machine": {"platform": platform.platform(), "threads": THREADS, "torch": torch.__version__},
+        "settings": {"model": {"family": family, **options}, "budgets": BUDGETS, "seeds": args.seeds,
+                     "episodes": args.episodes, "warmup": args.warmup, "base_epochs": args.base_epochs,
+                     "finetune_epochs": args.finetune_epochs, "finetune_optimizer": "adam(lr=0.001), cosine",
+                     "multiple": MULTIPLE, "reward": "acc", "reconstruct": True, "val_samples": 500,
+                     "lowering": "default (untuned) schedules", "quick": args.quick},
+        "unpruned": {"accuracy": base_accuracy, "flops": base_flops,
+                     "params": sum(p.numel() for p in base.parameters())},
+        "results": {},
+    }
+
+    def save() -> None:
+        report["goals"] = goals(report)
+        report["seconds"] = time.perf_counter() - started
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    controls = []
+    for seed in range(args.seeds):
+        log(f"unpruned + the same fine-tuning, seed {seed}")
+        controls.append(train(copy.deepcopy(base), dataset, args.finetune_epochs, 0.001, seed)[1])
+    report["unpruned"]["finetuned_accuracy"] = summarise(controls)
+    save()
+
+    seed0_models: dict[str, torch.nn.Module] = {"unpruned": base}
+    for budget in BUDGETS:
+        rows: dict[str, dict] = {m: {"accuracy_values": [], "flops_kept": [], "val_accuracy_before_finetune": []}
+                                 for m in METHODS}
+        for seed in range(args.seeds):
+            config = AmcConfig(budgets={"flops": budget}, episodes=args.episodes, warmup=args.warmup,
+                               multiple=MULTIPLE, seed=seed)
+            env = make_env(base, dataset, config)
+            for method in METHODS:
+                t0 = time.perf_counter()
+                extra: dict = {}
+                if method == "torch_pruning":
+                    pruned, extra = torch_pruning(base, budget, shape)
+                    if pruned is None:
+                        rows[method]["error"] = extra["error"]
+                        continue
+                    val = env.evaluate(pruned)
+                else:
+                    strategy = "ddpg" if method == "amc" else "uniform"
+                    result = run_amc(base, dataset, dataclasses.replace(config, strategy=strategy), env=env)
+                    pruned, val = result.model, result.info["accuracy"]
+                    extra = {"ratios": result.ratios}
+                    if method == "amc":
+                        extra["best_episode_reward"] = result.info["reward"]
+                        extra["rewards"] = [h["reward"] for h in result.history]
+                search_seconds = time.perf_counter() - t0
+                kept = flops(pruned, shape) / base_flops
+                if seed == 0:
+                    seed0_models[f"{method}@{budget:.2f}"] = copy.deepcopy(pruned).eval()
+                tuned, accuracy = train(pruned, dataset, args.finetune_epochs, 0.001, seed)
+                log(f"{budget:.0%} FLOPs, seed {seed}, {method}: kept {kept:.3f}, val before fine-tuning "
+                    f"{val:.3f}, test after {accuracy:.4f} (search {search_seconds:.0f} s)")
+                row = rows[method]
+                row["accuracy_values"].append(accuracy)
+                row["flops_kept"].append(kept)
+                row["val_accuracy_before_finetune"].append(val)
+                row.setdefault("search_seconds", []).append(search_seconds)
+                row.setdefault("details", []).append(extra)
+                if row["accuracy_values"]:
+                    row["accuracy"] = summarise(row["accuracy_values"])
+                report["results"][f"{budget:.2f}"] = rows
+                save()
+
+    with tempfile.TemporaryDirectory(prefix="adl-bench-amc-") as tmp:
+        report["latency"] = measure_latency(seed0_models, shape, args.rounds, args.repeats, Path(tmp))
+    save()
+    plot(report, args.out.with_suffix(".png"))
+    for goal, verdict in report["goals"].items():
+        print(f"{goal}: {verdict['value']:.3f} (target {verdict['target']}) {'met' if verdict['met'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The `amc` pass: AutoML channel pruning with a DDPG agent (He et al., "AMC", ECCV 2018).
+
+    pipeline {
+      train { epochs = 30 }
+      amc   { flops = 50 %  finetune = 10 }      # or latency = 0.6, params = 40 %
+      lower
+    }
+
+The trained network's channel groups are found on its torch.fx graph (`graph.py`: residual
+additions, depthwise convolutions, concatenations and BatchNorms tie channels together); a
+DDPG agent (`adl.passes.rl.ddpg`) walks the groups and picks each one's keep fraction
+(`env.py`), every action clipped so that the budget stays reachable; each episode's pruned
+network (channels kept by filter norm, the next layer refitted by least squares,
+`reconstruct.py`) is scored on held-out training images without fine-tuning. The best policy
+is applied -- a smaller dense network, no masks -- and fine-tuned with the `train` loop. The
+per-group keep ratios, costs before and after and the search history go into the metrics
+(and so into the manifest). Budgets are fractions of the unpruned network's FLOPs, parameters
+or latency as the target's cost model prices it; several may be given at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from adl.compiler.module import Module
+from adl.compiler.options import Option
+from adl.compiler.passes import Pass, PassContext, PassError
+from adl.compiler.spec import CallValue
+from adl.passes.train import OPTIMIZERS
+
+POLICY_FILE = "amc_policy.json"
+
+
+class AmcPass(Pass):
+    name = "amc"
+    summary = "channel pruning under a FLOPs, parameter or latency budget, the policy found by DDPG (AMC)"
+    options = (
+        Option("flops", "fraction", None, "keep at most this fraction of the FLOPs (default 50 % if no budget)",
+               low=0.0, high=1.0),
+        Option("params", "fraction", None, "keep at most this fraction of the parameters", low=0.0, high=1.0),
+        Option("latency", "fraction", None, "keep at most this fraction of the latency the cost model predicts",
+               low=0.0, high=1.0),
+        Option("search", "name", "ddpg", "ddpg (the AMC agent) or uniform (one keep ratio for every layer)",
+               choices=("ddpg", "uniform")),
+        Option("episodes", "int", 300, "search episodes (each prunes and scores one network)", low=1),
+        Option("warmup", "int", 100, "episodes of random actions before the agent acts", low=0),
+        Option("reward", "name", "acc", "acc: validation accuracy; flops: -error * log(FLOPs)",
+               choices=("acc", "flops")),
+        Option("criterion", "name", "l1", "which channels a group keeps: largest L1 or L2 filter norm",
+               choices=("l1", "l2")),
+        Option("reconstruct", "bool", True, "refit the next layer's weights by least squares (AMC)"),
+        Option("min_keep", "fraction", 0.2, "no group keeps fewer than this fraction of its channels", low=0.01),
+        Option("multiple", "int", 8, "kept channel counts are multiples of this (SIMD lanes: see docs/amc.md)", low=1),
+        Option("val_samples", "int", 500, "training images held out to score policies", low=10),
+        Option("finetune", "int", 10, "epochs of fine-tuning the pruned network (0: none)", low=0),
+        Option("batch_size", "int", 64, "fine-tuning samples per step", low=1),
+        Option("optimizer", "call", CallValue("adam", (("lr", 0.001), ("weight_decay", 0.0))),
+               "fine-tuning optimizer: adam(...), adamw(...), sgd(...) or l2o(...)", calls=OPTIMIZERS),
+    )
+    requires = ("trained",)
+    ensures = ("model", "trained", "pruned")
+
+    def budgets(self) -> dict[str, float]:
+        chosen = {r: self.config[r] for r in ("flops", "params", "latency") if self.config[r] is not None}
+        return chosen or {"flops": 0.5}
+
+    def run(self, module: Module, ctx: PassContext) -> Module:
+        import torch
+
+        from adl.compiler.layers import describe_model
+        from adl.passes.amc.env import BudgetError
+        from adl.passes.amc.graph import PruningError
+        from adl.passes.amc.search import AmcConfig, make_env, run_amc
+
+        dataset = ctx.dataset()
+        budgets = self.budgets()
+        if "latency" in budgets and ctx.cost_model is None:
+            raise PassError("a latency budget needs the target's cost model")
+        latency = (lambda layers: ctx.cost(layers).latency_s) if ctx.cost_model is not None else None
+        config = AmcConfig(budgets=budgets, strategy=self.config["search"], episodes=self.config["episodes"],
+                           warmup=self.config["warmup"], reward=self.config["reward"],
+                           criterion=self.config["criterion"], reconstruct=self.config["reconstruct"],
+                           min_keep=self.config["min_keep"], multiple=self.config["multiple"],
+                           val_samples=min(self.config["val_samples"], len(dataset.x_train)), seed=ctx.seed)
+        torch.set_num_threads(max(1, ctx.spec.target.cores or 1))
+        model = module.model
+        try:
+            env = make_env(model, dataset, config, latency if "latency" in budgets else None)
+        except (PruningError, BudgetError) as err:
+            raise PassError(str(err)) from err
+
+        state = ctx.state_dir()
+        policy_path = state / POLICY_FILE
+        if policy_path.exists():  # a compile cut off during fine-tuning: the search is done
+            saved = json.loads(policy_path.read_text())
+            import numpy as np
+
+            from adl.passes.amc.search import AmcResult
+
+            counts = np.array(saved["counts"], np.float64)
+            result = AmcResult(counts, env.ratios(counts), env.build(counts), saved["info"],
+                               saved["unpruned_accuracy"], saved["history"])
+            ctx.log("amc: reusing the policy found before the interruption")
+        else:
+            result = run_amc(model, dataset, config, progress=ctx.progress, env=env)
+            tmp = policy_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"counts": [int(c) for c in result.counts], "info": result.info,
+                                       "unpruned_accuracy": result.unpruned_accuracy, "history": result.history}))
+            tmp.replace(policy_path)
+
+        pruned = result.model
+        before = self._costs(env, env.resources.table.full_counts, ctx)
+        after = self._costs(env, result.counts, ctx)
+        ctx.log(f"amc: kept {after['flops'] / before['flops']:.1%} of the FLOPs, "
+                f"{after['params'] / before['params']:.1%} of the parameters; validation accuracy {result.unpruned_accuracy:.4f} -> "
+                f"{result.info['accuracy']:.4f} before fine-tuning")
+        metrics: dict[str, Any] = {}
+        if self.config["finetune"] > 0:
+            finetuned = self._finetune(pruned, dataset, ctx)
+            pruned = finetuned.model
+            metrics.update(torch_accuracy=finetuned.test_accuracy)
+            finetune = {"epochs": self.config["finetune"], "test_accuracy": finetuned.test_accuracy,
+                        "history": finetuned.history}
+        else:
+            from adl.passes.train.loop import evaluate
+
+            metrics.update(torch_accuracy=evaluate(pruned, dataset.x_test, dataset.y_test))
+            finetune = {"epochs": 0, "test_accuracy": metrics["torch_accuracy"], "history": []}
+        measured_flops = sum(layer.flops for layer in describe_model(pruned, (1, *dataset.input_shape)))
+        if abs(measured_flops - after["flops"]) > 1e-6 * after["flops"] + 1:  # the cost model of the search lied
+            raise PassError(f"internal error: the pruned network has {measured_flops} FLOPs, the search priced it "
+                            f"at {after['flops']:.0f}")
+        channels = {env.graph.groups[d.group].name: [int(result.counts[d.group]), d.size] for d in env.decisions}
+        return module.evolve(model=pruned).with_metrics(**metrics, amc={
+            "search": config.strategy, "budgets": budgets, "reward": config.reward,
+            "episodes": config.episodes if config.strategy == "ddpg" else 0,
+            "ratios": result.ratios, "channels": channels,
+            "before": before, "after": after,
+            "kept": {r: after[r] / before[r] for r in before if before[r]},
+            "budget_met": all(after[r] <= f * before[r] * (1 + 1e-9) for r, f in budgets.items()),
+            "val_accuracy_unpruned": result.unpruned_accuracy,
+            "val_accuracy_pruned": result.info["accuracy"],
+            "finetune": finetune,
+            "history": result.history,
+        }).establish("pruned", "trained")
+
+    def _costs(self, env: Any, counts: Any, ctx: PassContext) -> dict[str, float]:
+        cost = env.resources.cost(counts, ["flops", "params"])
+        if ctx.cost_model is not None:
+            cost["latency"] = float(ctx.cost(env.resources.table.descs(counts)).latency_s)
+        return cost
+
+    def _finetune(self, model: Any, dataset: Any, ctx: PassContext) -> Any:
+        from adl.passes.train import TrainPass
+        from adl.passes.train.loop import train_model
+
+        config = {o.name: o.default for o in TrainPass.options}
+        config.update(epochs=self.config["finetune"], batch_size=self.config["batch_size"],
+                      optimizer=self.config["optimizer"])
+        state = ctx.state_dir() / "finetune"
+        state.mkdir(exist_ok=True)
+        return train_model(model, dataset, config, seed=ctx.seed, state_dir=state, progress=ctx.progress,
+                           threads=ctx.spec.target.cores or 1, log=ctx.log)

@@ -1,0 +1,103 @@
+"""The AMC search end to end: the channel graph, the environment, the DDPG agent, the chosen policy.
+
+Used by the `amc` pass and by bench/amc.py (which also prunes uniformly with the same
+machinery, the baseline AMC is measured against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from adl.compiler.layers import LayerDesc
+from adl.compiler.progress import Progress, SilentProgress
+from adl.passes.amc.env import AmcEnv, Resources
+from adl.passes.amc.graph import ChannelGraph
+from adl.passes.amc.reconstruct import Reconstructor
+from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, Episode, search
+
+
+@dataclass(frozen=True)
+class AmcConfig:
+    budgets: Mapping[str, float]  # resource -> fraction of the unpruned model's cost
+    strategy: str = "ddpg"  # or "uniform"
+    episodes: int = 300
+    warmup: int = 100
+    reward: str = "acc"
+    criterion: str = "l1"
+    reconstruct: bool = True
+    min_keep: float = 0.2
+    multiple: int = 8
+    val_samples: int = 500
+    seed: int = 0
+
+
+@dataclass
+class AmcResult:
+    counts: np.ndarray
+    ratios: dict[str, float]
+    model: torch.nn.Module  # pruned, not fine-tuned
+    info: dict[str, Any]  # the chosen episode's accuracy, reward and costs
+    unpruned_accuracy: float
+    history: list[dict[str, Any]] = field(default_factory=list)  # per episode
+
+
+def validation_split(dataset: Any, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded subset of the training split scores policies (AMC holds out training images; the
+    test split stays untouched until the end)."""
+    order = np.random.default_rng(seed).permutation(len(dataset.x_train))[:samples]
+    return np.ascontiguousarray(dataset.x_train[order]), np.asarray(dataset.y_train[order])
+
+
+def accuracy_on(x: np.ndarray, y: np.ndarray) -> Callable[[torch.nn.Module], float]:
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def evaluate(model: torch.nn.Module) -> float:
+        model.eval()
+        with torch.inference_mode():
+            return float((model(inputs).argmax(1).numpy() == y).mean())
+    return evaluate
+
+
+def make_env(model: torch.nn.Module, dataset: Any, config: AmcConfig,
+             latency: Callable[[Sequence[LayerDesc]], float] | None = None) -> AmcEnv:
+    graph = ChannelGraph(model, (1, *dataset.input_shape))
+    x_val, y_val = validation_split(dataset, config.val_samples, config.seed)
+    resources = Resources(graph.layer_table(), config.budgets, latency)
+    reconstructor = Reconstructor(graph, x_val, seed=config.seed) if config.reconstruct else None
+    return AmcEnv(graph, resources, accuracy_on(x_val, y_val), reward=config.reward, min_keep=config.min_keep,
+                  multiple=config.multiple, criterion=config.criterion, reconstruct=reconstructor)
+
+
+def run_amc(model: torch.nn.Module, dataset: Any, config: AmcConfig, *,
+            latency: Callable[[Sequence[LayerDesc]], float] | None = None,
+            progress: Progress = SilentProgress(), env: AmcEnv | None = None) -> AmcResult:
+    """Search a policy (DDPG, or the uniform baseline) and prune `model` with it."""
+    env = env or make_env(model, dataset, config, latency)
+    unpruned = env.evaluate(env.graph.module)
+    history: list[dict[str, Any]] = []
+    if config.strategy == "uniform":
+        counts = env.uniform_counts()
+    else:
+        agent = DDPGAgent(env.state_dim, DDPGConfig(warmup=min(config.warmup, config.episodes - 1),
+                                                    low=config.min_keep, high=1.0, seed=config.seed))
+        with progress.task(f"amc search ({', '.join(f'{r} {f:.0%}' for r, f in config.budgets.items())})",
+                           total=config.episodes) as bar:
+            def on_episode(episode: Episode, best: Episode) -> None:
+                cost = episode.info["cost"]
+                history.append({"episode": episode.index, "reward": episode.reward,
+                                "accuracy": episode.info["accuracy"], "sigma": episode.sigma,
+                                "flops_fraction": cost["flops"] / env.total_flops,
+                                **{f"{r}_fraction": cost[r] / env.resources.full[r] for r in env.resources.limits}})
+                bar.advance(1, reward=f"{episode.reward:.4f}", best=f"{best.reward:.4f}")
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                result = search(env, agent, config.episodes, on_episode)
+        counts = np.array(result.best.info["counts"], np.float64)
+    info = env.finish(counts)
+    return AmcResult(counts=counts, ratios=env.ratios(counts), model=env.build(counts), info=info,
+                     unpruned_accuracy=unpruned, history=history)

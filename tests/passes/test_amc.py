@@ -1,0 +1,376 @@
+"""The amc pass's mechanisms: channel groups on torch.fx graphs, pruning to a dense model equal to
+the masked original, refusals naming the layer, exact costs, budget-clipped episodes, least-squares
+reconstruction, and the pass end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adl.compiler.layers import describe_model
+from adl.compiler.module import Module
+from adl.compiler.passes import PassContext, PassError
+from adl.compiler.spec import TargetSpec
+from adl.hwmodels.roofline import RooflineModel
+from adl.models.zoo import BasicBlock, InvertedResidual, _conv_bn, build_model
+from adl.passes.amc import AmcPass
+from adl.passes.amc.env import AmcEnv, BudgetError, Resources, keep_grid
+from adl.passes.amc.graph import ChannelGraph, PruningError
+from adl.passes.amc.reconstruct import Reconstructor
+
+SHAPE = (2, 3, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks: on a shared 2-core machine a second torch thread mostly spins."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so that a BatchNorm sliced wrongly changes the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.randn(mod.num_features, generator=generator) * 0.3)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=generator) + 0.5)
+                mod.weight.copy_(torch.rand(mod.num_features, generator=generator) + 0.5)
+                mod.bias.copy_(torch.randn(mod.num_features, generator=generator) * 0.3)
+    return model.eval()
+
+
+class Chain(nn.Module):
+    """A plain conv chain with pooling, a flatten of a 2x2 map (4 features per channel) and an MLP head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_conv_bn(3, 12, 3, act=nn.ReLU), nn.MaxPool2d(2),
+                                      _conv_bn(12, 16, 3, act=nn.ReLU), nn.MaxPool2d(2), nn.Flatten(),
+                                      nn.Linear(16 * 4, 20), nn.ReLU(), nn.Linear(20, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def separable() -> nn.Module:
+    return nn.Sequential(_conv_bn(3, 16, 3), _conv_bn(16, 16, 3, groups=16), _conv_bn(16, 24, 1),
+                         _conv_bn(24, 24, 3, stride=2, groups=24), _conv_bn(24, 32, 1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(32, 5))
+
+
+def inverted_residual() -> nn.Module:
+    return nn.Sequential(_conv_bn(3, 16, 3), InvertedResidual(16, 16, 3, 6, 1), InvertedResidual(16, 24, 3, 6, 2),
+                         InvertedResidual(24, 24, 3, 6, 1), _conv_bn(24, 32, 1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(32, 5))
+
+
+def basic_blocks() -> nn.Module:
+    return nn.Sequential(_conv_bn(3, 8, 3, act=nn.ReLU), BasicBlock(8, 8, 1), BasicBlock(8, 16, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+
+class Concat(nn.Module):
+    """Two branches concatenated (offsets), then a residual over the concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _conv_bn(3, 6, 3), _conv_bn(3, 10, 1)
+        self.c = _conv_bn(16, 16, 3, groups=16)
+        self.head = nn.Sequential(_conv_bn(16, 12, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        joined = torch.cat([self.a(x), self.b(x)], dim=1)
+        return self.head(joined + self.c(joined))
+
+
+STRUCTURES = {"chain": Chain, "separable": separable, "inverted_residual": inverted_residual,
+              "basic_blocks": basic_blocks, "concat": Concat}
+
+
+def random_keep(graph: ChannelGraph, seed: int) -> dict[int, np.ndarray]:
+    """Random channels of every prunable group (not the norm-ranked ones: any subset must work)."""
+    rng = np.random.default_rng(seed)
+    return {g.index: np.sort(rng.choice(g.size, size=int(rng.integers(1, g.size)), replace=False))
+            for g in graph.prunable}
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_the_pruned_model_computes_the_masked_original(name):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(STRUCTURES[name]())
+    graph = ChannelGraph(model, SHAPE)
+    assert graph.prunable, "every structure here has prunable channels"
+    x = torch.randn(4, *SHAPE[1:])
+    for seed in range(3):
+        keep = random_keep(graph, seed)
+        pruned, masked = graph.prune(keep), graph.masked(keep)
+        with torch.no_grad():
+            np.testing.assert_allclose(pruned(x).numpy(), masked(x).numpy(), atol=1e-5, rtol=1e-4)
+            assert not np.allclose(masked(x).numpy(), model(x).numpy(), atol=1e-4)  # pruning did change something
+        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+        # dense: exportable (checked once, it is slow), no masks, and the re-derived costs are exact
+        if seed == 0:
+            torch.export.export(pruned, (x[:1],))
+        table = graph.layer_table()
+        counts = table.full_counts.copy()
+        for g, kept in keep.items():
+            counts[g] = len(kept)
+        layers = describe_model(pruned, SHAPE)
+        assert table.flops_per_layer(counts).sum() == pytest.approx(sum(l.flops for l in layers))
+        assert table.params_per_layer(counts).sum() == pytest.approx(sum(l.params for l in layers))
+        assert [(l.input_shape, l.output_shape, l.groups) for l in table.descs(counts)] == \
+            [(l.input_shape, l.output_shape, l.groups) for l in layers]
+
+
+def test_groups_tie_what_must_be_pruned_together():
+    # inverted residual with skip: the stem, the first block's depthwise and projection share a group
+    graph = ChannelGraph(inverted_residual(), SHAPE)
+    sizes = [(g.name, g.size) for g in graph.prunable]
+    assert sizes == [("0.0", 16), ("1.body.0.0", 96), ("2.body.0.0", 96), ("2.body.2.0", 24), ("3.body.0.0", 144),
+                     ("4.0", 32)]
+    assert sorted(graph.groups[1].producers) == ["0.0", "1.body.2.0"]
+    # basic blocks: the downsampling shortcut and the second conv of the block are one group
+    graph = ChannelGraph(basic_blocks(), SHAPE)
+    tied = [sorted(g.producers) for g in graph.prunable if len(g.producers) > 1]
+    assert tied == [["0.0", "1.body.1.0"], ["2.body.1.0", "2.shortcut.0"]]
+    # the input and the logits are never pruned
+    assert graph.groups[0].fixed == "the network's input" and "output" in graph.groups[-1].fixed
+
+
+class Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mixer = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mixer(self.stem(x)).mean((2, 3)))
+
+
+class Reshaped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 64, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stem(x).view(x.shape[0], -1))
+
+
+class Softmaxed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.attend = nn.Softmax(dim=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attend(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model, words", [
+    (Grouped, ["'mixer'", "grouped convolution", "groups=2"]),
+    (Reshaped, ["'view'", "not supported", "'stem'"]),
+    (Softmaxed, ["'attend'", "Softmax", "not supported"]),
+])
+def test_unsupported_structures_are_refused_naming_the_layer(model, words):
+    with pytest.raises(PruningError) as info:
+        ChannelGraph(model(), SHAPE)
+    for word in words:
+        assert word in str(info.value)
+
+
+SPEC = """
+spec amc_unit
+task classify { classes = 10 }
+data digits { split = 0.8  seed = 0 }
+target host { kind = llvm  cores = 1 }
+pipeline { amc }
+"""
+
+
+def pass_context(tmp_path) -> PassContext:
+    from adl.compiler.check import load_spec
+    from adl.data import load_dataset
+
+    spec = load_spec(SPEC.replace("pipeline { amc }", "model cnn()\npipeline { train amc }"))
+    return PassContext(spec=spec, work_dir=tmp_path, load_dataset=lambda: load_dataset("digits"),
+                       cost_model=RooflineModel(), current_key="0" * 64)
+
+
+def test_the_pass_refuses_an_unsupported_model_with_a_pass_error(tmp_path):
+    ctx = pass_context(tmp_path)
+    bad = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(),
+                        nn.Linear(8 * 64, 10))
+    with pytest.raises(PassError, match=r"layer '1' is a grouped convolution"):
+        AmcPass(flops=0.5).run(Module(spec=ctx.spec, model=bad, facts=frozenset({"trained"})), ctx)
+
+
+def make_env(model: nn.Module, budgets: dict[str, float], evaluate=lambda m: 0.5, **kwargs) -> AmcEnv:
+    graph = ChannelGraph(model, (1, *SHAPE[1:]))
+    target = TargetSpec("host")
+    roofline = RooflineModel(gflops=1.0, bandwidth=1.0, overhead=0.0)  # a compute-bound target
+    resources = Resources(graph.layer_table(), budgets,
+                          lambda layers: roofline.estimate(layers, target).latency_s)
+    return AmcEnv(graph, resources, evaluate, **kwargs)
+
+
+@pytest.mark.parametrize("budgets", [{"flops": 0.5}, {"flops": 0.3}, {"params": 0.4}, {"latency": 0.6},
+                                     {"flops": 0.6, "params": 0.5}])
+def test_every_episode_ends_within_the_budget_whatever_the_actions(budgets):
+    """Property: random actions (uniform, extreme, constant) never break the budget."""
+    torch.manual_seed(0)
+    env = make_env(inverted_residual().eval(), budgets, multiple=1)
+    rng = np.random.default_rng(0)
+    policies = [lambda t: rng.uniform(), lambda t: 1.0, lambda t: 0.0, lambda t: float(rng.uniform() > 0.5)]
+    landed = []
+    for episode in range(60):
+        policy = policies[episode % len(policies)]
+        env.reset()
+        done = False
+        while not done:
+            step = env.step(policy(env.t))
+            assert 0.0 < step.action <= 1.0
+            done = step.done
+        cost = step.info["cost"]
+        for resource, fraction in budgets.items():
+            assert cost[resource] <= fraction * env.resources.full[resource] * (1 + 1e-9), (episode, resource)
+        landed.append(cost.get("flops", 0) / env.resources.table.flops_full.sum())
+    # keep-everything episodes end at the budget, not far under it (the clip takes the largest feasible count)
+    if list(budgets) == ["flops"]:
+        assert max(landed) > budgets["flops"] * 0.9
+    pruned = env.build(env.counts)
+    layers = describe_model(pruned, (1, *SHAPE[1:]))
+    if "flops" in budgets:
+        assert sum(l.flops for l in layers) <= budgets["flops"] * env.resources.full["flops"] * (1 + 1e-9)
+
+
+def test_an_unreachable_budget_is_refused_and_uniform_pruning_meets_the_budget():
+    with pytest.raises(BudgetError, match="cannot be met"):
+        make_env(inverted_residual().eval(), {"flops": 0.01}, min_keep=0.5)
+    env = make_env(inverted_residual().eval(), {"flops": 0.5}, multiple=1)
+    counts = env.uniform_counts()
+    assert env.resources.within(counts)
+    ratios = [counts[d.group] / d.size for d in env.decisions]
+    assert max(ratios) - min(ratios) < 0.15  # one ratio, up to rounding
+    assert env.resources.cost(counts)["flops"] > 0.4 * env.resources.full["flops"]
+
+
+def test_the_state_embedding_lies_in_the_unit_interval_and_tracks_the_episode():
+    env = make_env(basic_blocks().eval(), {"flops": 0.5})
+    state = env.reset()
+    assert state.shape == (env.state_dim,)
+    states = [state]
+    done = False
+    while not done:
+        step = env.step(0.5)
+        done = step.done
+        if not done:
+            states.append(step.state)
+    states = np.array(states)
+    assert states.min() >= 0.0 and states.max() <= 1.0
+    assert list(states[:, 0]) == sorted(states[:, 0]) and states[-1, 0] == 1.0  # t
+    assert states[0, 9] == 0.0 and np.all(np.diff(states[:, 9]) >= 0) and states[-1, 9] > 0  # FLOPs reduced
+    assert np.all(np.diff(states[:, 10]) <= 0)  # FLOPs after t
+    assert states[0, 11] == 1.0 and states[1, 11] <= 0.75  # previous action
+
+
+def test_keep_grids_hold_multiples_above_the_minimum_and_the_full_size():
+    assert list(keep_grid(16, 0.2, 4)) == [4, 8, 12, 16]
+    assert list(keep_grid(10, 0.5, 4)) == [8, 10]
+    assert list(keep_grid(6, 0.2, 8)) == [2, 6]
+    assert list(keep_grid(24, 0.2, 1))[:2] == [5, 6]
+
+
+def test_least_squares_reconstruction_refits_the_next_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 6, 3, padding=1)).eval()
+    graph = ChannelGraph(model, SHAPE)
+    x = torch.randn(64, *SHAPE[1:]).numpy()
+    keep = {graph.prunable[0].index: np.array([0, 2, 3, 5, 7, 8, 11])}
+    reconstructor = Reconstructor(graph, x, positions=64)
+    inputs = torch.from_numpy(x)
+    with torch.no_grad():
+        target = model(inputs)
+        plain = float((graph.prune(keep)(inputs) - target).pow(2).mean())
+        refit = float((graph.prune(keep, reconstructor)(inputs) - target).pow(2).mean())
+        # the closed form agrees with an explicit least-squares fit on the same patches
+        hidden = model[1](model[0](inputs))
+        patches = nn.functional.unfold(hidden, 3, padding=1).transpose(1, 2).reshape(-1, 12 * 9).double()
+        outputs = patches @ model[2].weight.reshape(6, -1).T.double()
+        kept = (torch.tensor([0, 2, 3, 5, 7, 8, 11])[:, None] * 9 + torch.arange(9)).reshape(-1)
+        expected = torch.linalg.lstsq(patches[:, kept], outputs).solution.T.reshape(6, 7, 3, 3)
+    refitted = reconstructor("2", model[2].weight.detach(), torch.tensor([0, 2, 3, 5, 7, 8, 11]))
+    np.testing.assert_allclose(refitted.numpy(), expected.float().numpy(), atol=2e-3)
+    assert refit < 0.7 * plain
+
+
+def test_the_pass_prunes_fine_tunes_and_records_its_policy(tmp_path):
+    """A trained small CNN through the pass: budget met, ratios and costs in the metrics, a policy file
+    that a resumed run reuses."""
+    from adl.data import load_dataset
+
+    torch.manual_seed(0)
+    dataset = load_dataset("digits")
+    ctx = pass_context(tmp_path)
+    model = build_model("cnn", {"channels": (8, 16), "hidden": 16}, input_shape=dataset.input_shape, classes=10,
+                        mean=dataset.mean, std=dataset.std)
+    module = Module(spec=ctx.spec, model=model, facts=frozenset({"trained"}))
+    amc = AmcPass(flops=0.5, episodes=8, warmup=4, finetune=1, val_samples=100)
+    out = amc.run(module, ctx)
+    metrics = out.metrics["amc"]
+    assert metrics["budget_met"] and metrics["kept"]["flops"] <= 0.5
+    assert set(metrics["ratios"]) == {"1.0.0", "1.2.0", "1.6"} and len(metrics["history"]) == 8
+    assert sum(l.flops for l in describe_model(out.model, (1, 1, 8, 8))) == pytest.approx(metrics["after"]["flops"])
+    assert "pruned" in out.facts and 0.0 <= out.metrics["torch_accuracy"] <= 1.0
+    assert metrics["after"]["latency"] < metrics["before"]["latency"]
+    json.dumps(metrics)  # goes into the manifest as it is
+    policy = json.loads((ctx.state_dir() / "amc_policy.json").read_text())
+    assert len(policy["counts"]) == len(ChannelGraph(model, (1, 1, 8, 8)).groups)
+    policy["history"] = "reused"  # a second run (same checkpoint key) takes the stored policy, no search
+    (ctx.state_dir() / "amc_policy.json").write_text(json.dumps(policy))
+    again = AmcPass(flops=0.5, episodes=8, warmup=4, finetune=1, val_samples=100).run(module, ctx)
+    assert again.metrics["amc"]["ratios"] == metrics["ratios"] and again.metrics["amc"]["history"] == "reused"
+
+
+E2E_SPEC = """
+spec tiny_amc
+task classify { classes = 10 }
+data digits { split = 0.8  seed = 0 }
+model cnn(channels = [8, 16], hidden = 16)
+target host { kind = llvm  cores = 1 }
+pipeline {
+  train { epochs = 3 }
+  amc { flops = 50 %  episodes = 6  warmup = 3  finetune = 1  val_samples = 100  multiple = 4 }
+  lower { repeats = 10 }
+}
+"""
+
+
+@pytest.mark.slow
+def test_adl_compile_with_amc_builds_a_pruned_library(tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "tiny_amc.adl"
+    spec.write_text(E2E_SPEC)
+    proc = subprocess.run([sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [p["name"] for p in manifest["passes"]] == ["train", "amc", "lower"]
+    amc = manifest["metrics"]["amc"]
+    assert amc["budget_met"] and set(amc["ratios"]) == {"1.0.0", "1.2.0", "1.6"}
+    assert manifest["metrics"]["flops"] <= 0.5 * amc["before"]["flops"]
+    assert manifest["metrics"]["flops"] == amc["after"]["flops"]
+    assert manifest["metrics"]["max_abs_diff"] <= 1e-4  # the pruned network lowers and agrees with PyTorch
+    assert "amc" in manifest["pipeline"]

@@ -1,0 +1,107 @@
+"""The DDPG agent (adl.passes.rl.ddpg): it learns a small problem, explores within bounds,
+decays its noise, soft-updates its targets and normalises rewards with a moving baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, Step, run_episode, search, truncated_normal
+
+TARGETS = (0.25, 0.8, 0.5)
+
+
+class Targets:
+    """Three steps; the state is the step's one-hot; reward 1 - squared distance of the actions
+    to `TARGETS` (given at the end). The best policy acts TARGETS[t] at step t."""
+
+    state_dim = 3
+
+    def reset(self) -> np.ndarray:
+        self.t, self.actions = 0, []
+        return np.eye(3, dtype=np.float32)[0]
+
+    def step(self, action: float) -> Step:
+        self.actions.append(action)
+        self.t += 1
+        if self.t < 3:
+            return Step(np.eye(3, dtype=np.float32)[self.t], 0.0, False, action)
+        error = float(np.sum((np.array(self.actions) - TARGETS) ** 2))
+        return Step(np.zeros(3, np.float32), 1.0 - error, True, action, {"error": error})
+
+
+def small_config(**changes) -> DDPGConfig:
+    base = dict(hidden=(64, 64), actor_lr=3e-4, critic_lr=3e-3, warmup=30, noise=0.3, noise_decay=0.98,
+                batch_size=64, seed=0)
+    return DDPGConfig(**(base | changes))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: a second thread only adds synchronisation (and the machine may be busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_agent_learns_a_state_dependent_action():
+    torch.manual_seed(0)
+    agent = DDPGAgent(3, small_config())
+    result = search(Targets(), agent, 200)
+    greedy, _ = run_episode(Targets(), agent, None)
+    np.testing.assert_allclose(greedy.actions, TARGETS, atol=0.2)
+    random_rewards = [e.reward for e in result.history[:30]]  # the warm-up: uniform random actions
+    assert greedy.reward >= 0.9 and greedy.reward > np.mean(random_rewards) + 0.2
+    assert result.best.reward >= greedy.reward - 0.05
+
+
+def test_warmup_actions_are_uniform_and_exploration_stays_in_bounds():
+    agent = DDPGAgent(3, small_config(low=0.2, high=0.9, warmup=10))
+    state = np.eye(3, dtype=np.float32)[0]
+    warm = [agent.act(state, 0) for _ in range(2000)]
+    assert 0.2 <= min(warm) and max(warm) <= 0.9
+    assert np.mean(warm) == pytest.approx(0.55, abs=0.02)  # uniform on [0.2, 0.9]
+    explored = [agent.act(state, 10) for _ in range(500)]
+    assert 0.2 <= min(explored) and max(explored) <= 0.9
+    assert agent.sigma(10) == pytest.approx(0.3) and agent.sigma(20) == pytest.approx(0.3 * 0.98 ** 10)
+    assert agent.act(state, None) == agent.act(state, None)  # exploitation is deterministic
+
+
+def test_truncated_normal_matches_its_moments_and_bounds():
+    rng = np.random.default_rng(0)
+    samples = np.array([truncated_normal(0.5, 0.1, 0.0, 1.0, rng) for _ in range(4000)])
+    assert samples.mean() == pytest.approx(0.5, abs=0.01) and samples.std() == pytest.approx(0.1, abs=0.01)
+    edge = np.array([truncated_normal(1.2, 0.2, 0.0, 1.0, rng) for _ in range(2000)])
+    assert edge.max() <= 1.0 and edge.min() >= 0.0 and edge.mean() > 0.8
+    assert truncated_normal(7.0, 0.01, 0.0, 1.0, rng) == 1.0
+
+
+def test_updates_soft_update_targets_and_track_a_reward_baseline():
+    agent = DDPGAgent(3, small_config(tau=0.1, baseline_alpha=0.5))
+    before = [p.detach().clone() for p in agent.actor_target.parameters()]
+    env = Targets()
+    for _ in range(4):
+        _, transitions = run_episode(env, agent, 0)
+        agent.remember(transitions, 2.0)
+    agent.update()
+    assert agent.baseline == pytest.approx(2.0)  # every stored reward is 2
+    learned = list(agent.actor.parameters())
+    for old, new, target in zip(before, learned, agent.actor_target.parameters()):
+        np.testing.assert_allclose(target.detach().numpy(), (0.9 * old + 0.1 * new.detach()).numpy(), atol=1e-6)
+    for _ in range(4):
+        _, transitions = run_episode(env, agent, 0)
+        agent.remember(transitions, 0.0)
+    agent.update()
+    assert 0.0 < agent.baseline < 2.0
+
+
+def test_the_replay_buffer_keeps_the_newest_transitions():
+    agent = DDPGAgent(3, small_config(buffer_size=5))
+    env = Targets()
+    for reward in range(4):  # 12 transitions into a buffer of 5
+        _, transitions = run_episode(env, agent, 0)
+        agent.remember(transitions, float(reward))
+    assert agent.buffer.size == 5
+    assert sorted(agent.buffer.rewards[:, 0].tolist()) == [2.0, 2.0, 3.0, 3.0, 3.0]
