@@ -25,13 +25,7 @@ from adl.passes.amc.reconstruct import Reconstructor
 SHAPE = (2, 3, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: on a shared 2-core machine a second torch thread mostly spins."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -37,13 +37,7 @@ def small_config(**changes) -> DDPGConfig:
     return DDPGConfig(**(base | changes))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: a second thread only adds synchronisation (and the machine may be busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_agent_learns_a_state_dependent_action():
