@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adl.passes.nas import CELL_OPS
-from adl.passes.nas.supernet import depthwise_conv
+from adl.passes.nas.supernet import depthwise_conv, probabilities
 
 Params = dict[str, Any]
 DROPPED = -1
@@ -215,7 +215,7 @@ class CellSupernet:
         ops, n_edges = self.space.ops, len(self.space.edges)
         indices: list[int] = []
         for cell_alphas in (alphas[:n_edges], alphas[n_edges:]):
-            probs = [np.exp(np.asarray(a) - np.max(a)) / np.exp(np.asarray(a) - np.max(a)).sum() for a in cell_alphas]
+            probs = probabilities(cell_alphas)
             best = [max((o for o in range(len(ops)) if ops[o] != "none"), key=lambda o: p[o], default=DROPPED)
                     for p in probs]
             chosen = [DROPPED] * n_edges

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adl.passes.nas.supernet import Params, Supernet
+from adl.passes.nas.supernet import Params, Supernet, cross_entropy
 
 
 @dataclass
@@ -64,8 +64,7 @@ class PathRunner:
                 self._ops[b, i] = compiled[key]
 
         def loss(head: Params, classifier: Params, h: jax.Array, y: jax.Array) -> jax.Array:
-            logits = net.head_apply(head, classifier, h)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return cross_entropy(net.head_apply(head, classifier, h), y)
 
         def stem_backward(p: Params, x: jax.Array, g: jax.Array) -> Params:
             return jax.vjp(lambda p_: net.stem_apply(p_, x), p)[1](g)[0]

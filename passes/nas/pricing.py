@@ -41,7 +41,10 @@ def candidate_layers(supernet: Supernet) -> list[list[list[LayerDesc]]]:
 def price_candidates(supernet: Any, cost_model: Any, target: TargetSpec) -> LatencyTable:
     """Per-candidate latencies of `supernet` (MobileNet or cell space) on `target` by `cost_model`
     (a `CostModel`)."""
-    pieces = cell_pieces(supernet) if isinstance(supernet, CellSupernet) else candidate_layers(supernet)
+    if isinstance(supernet, CellSupernet):
+        pieces = cell_pieces(supernet)
+    else:  # one block, one network piece per candidate
+        pieces = [[[layers] for layers in block] for block in candidate_layers(supernet)]
     whole_layers = describe_model(reference_model(supernet), (1, *supernet.space.input_shape))
     return _price(pieces, whole_layers, cost_model, target, reference_indices(supernet))
 
@@ -89,17 +92,15 @@ def cell_pieces(supernet: CellSupernet) -> list[list[list[list[LayerDesc]]]]:
 def _price(pieces: list, whole_layers: list[LayerDesc], cost_model: Any, target: TargetSpec,
            reference: list[int]) -> LatencyTable:
     """Price every piece alone and the network made of the `reference` candidates: what the
-    network costs beyond those candidates is `fixed`. A piece is a list of
-    layers, or (cells) a list of such lists, one per cell that shares the decision. A model
-    that measures (`measure_networks`, as `measured`) measures everything in one round first."""
-    def parts(piece: list) -> list[list[LayerDesc]]:
-        return [p for p in piece if p] if piece and isinstance(piece[0], list) else ([piece] if piece else [])
-
+    network costs beyond those candidates is `fixed`. `pieces[decision][candidate]` lists the
+    layers of the candidate in every place that shares the decision (one per block; one per
+    cell of the edge's type), [] where it has none. A model that measures
+    (`measure_networks`, as `measured`) measures everything in one round first."""
     prefetch = getattr(cost_model, "measure_networks", None)
     if prefetch is not None:
-        unique = {tuple(layers): layers for block in pieces for piece in block for layers in parts(piece)}
+        unique = {tuple(layers): layers for block in pieces for piece in block for layers in piece if layers}
         prefetch(list(unique.values()) + [whole_layers], target)
-    per_op = [[sum(_layers_only(cost_model.estimate(layers, target)) for layers in parts(piece)) for piece in block]
+    per_op = [[sum(_layers_only(cost_model.estimate(layers, target)) for layers in piece if layers) for piece in block]
               for block in pieces]
     whole = cost_model.estimate(whole_layers, target).latency_s
     return LatencyTable(per_op, max(0.0, whole - sum(block[i] for block, i in zip(per_op, reference))))

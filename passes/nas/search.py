@@ -45,7 +45,7 @@ import optax
 
 from adl.passes.nas.cells import CellSupernet
 from adl.passes.nas.paths import PathRunner
-from adl.passes.nas.supernet import Params, Supernet
+from adl.passes.nas.supernet import Params, Supernet, cross_entropy, probabilities
 
 STRATEGIES = ("darts", "gdas", "proxyless", "random")
 
@@ -91,7 +91,7 @@ class SearchResult:
 
     @property
     def probabilities(self) -> list[list[float]]:
-        return [np.asarray(jax.nn.softmax(a)).tolist() for a in self.alphas]
+        return [p.tolist() for p in probabilities(self.alphas)]
 
 
 _STEP_NAMES = ("_darts_weight_step", "_darts_arch_step", "_arch_apply", "_gumbel_indices", "_gumbel_alpha_grads",
@@ -122,10 +122,6 @@ def pair_gradient(alpha_pair: jax.Array, gate_grads: jax.Array) -> jax.Array:
     return jnp.array([jnp.sum(gate_grads * p * (jnp.eye(n)[i] - p[i])) for i in range(n)])
 
 
-def _cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
 class Search:
     """One search run; `run` trains and derives, resuming from `state_dir` after a kill."""
 
@@ -139,8 +135,8 @@ class Search:
         self.sizes = [len(c) for c in supernet.choices]
         self.w_opt = optax.adam(config.lr)
         self.a_opt = optax.adam(config.arch_lr, b1=0.5, b2=0.999)
-        # XLA compiles each jitted step on first use (tens of seconds for the lax.switch steps):
-        # searches that differ only in seed, epochs or sample count share the compiled steps
+        # XLA compiles each jitted function on first use (tens of seconds for darts' whole steps):
+        # searches that differ only in seed, epochs or sample count share the compiled functions
         runner_key = (supernet, config.lr)
         if supernet.chain and runner_key not in _RUNNERS:
             _RUNNERS[runner_key] = PathRunner(supernet, self.w_opt)
@@ -169,20 +165,12 @@ class Search:
         return loss
 
     def _mixed_loss(self, params: Params, alphas: Sequence[jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
-        return _cross_entropy(self.net.mixed_forward(params, x, [jax.nn.softmax(a) for a in alphas]), y)
+        return cross_entropy(self.net.mixed_forward(params, x, [jax.nn.softmax(a) for a in alphas]), y)
 
     # -- sampling (on the host: the sampled indices pick which compiled ops run) ------------
 
-    @staticmethod
-    def _probabilities(alphas: Sequence[jax.Array]) -> list[np.ndarray]:
-        out = []
-        for a in alphas:
-            z = np.exp(np.asarray(a, np.float64) - np.max(np.asarray(a, np.float64)))
-            out.append(z / z.sum())
-        return out
-
     def _sample(self, sampler: np.random.Generator, alphas: Sequence[jax.Array]) -> list[int]:
-        return [int(sampler.choice(len(p), p=p)) for p in self._probabilities(alphas)]
+        return [int(sampler.choice(len(p), p=p)) for p in probabilities(alphas)]
 
     def _sample_uniform(self, sampler: np.random.Generator) -> list[int]:
         return [int(sampler.integers(n)) for n in self.sizes]
@@ -235,7 +223,7 @@ class Search:
 
         def gumbel_alpha_grads(alphas, key, tau, gate_grads):
             """dL/dalpha = dL/dgate x dgate/dalpha through GDAS's straight-through gates."""
-            gates, vjp = jax.vjp(lambda al: gumbel_gates(al, key, tau)[1], alphas)
+            _, vjp = jax.vjp(lambda al: gumbel_gates(al, key, tau)[1], alphas)
             return vjp(list(gate_grads))[0]
 
         self._gumbel_alpha_grads = jax.jit(gumbel_alpha_grads)
@@ -302,7 +290,7 @@ class Search:
         """Sample two candidates per block by p, activate one of them by p renormalised over the
         pair, and move alpha by the binary-gate gradient of the pair."""
         pairs, actives = [], []
-        for p in self._probabilities(s["alphas"]):
+        for p in probabilities(s["alphas"]):
             pair = sampler.choice(len(p), size=min(2, len(p)), replace=False, p=p)
             pairs.append([int(i) for i in pair])
             actives.append(int(sampler.choice(len(pair), p=p[pair] / p[pair].sum())))
@@ -313,7 +301,7 @@ class Search:
 
     def _reinforce_arch_step(self, s: dict, sampler: np.random.Generator, xv, yv) -> None:
         """REINFORCE with a moving-average baseline: reward = -validation loss of a sampled path."""
-        probs = self._probabilities(s["alphas"])
+        probs = probabilities(s["alphas"])
         indices = [int(sampler.choice(len(p), p=p)) for p in probs]
         reward = -self.paths.loss(s["params"], indices, xv, yv)
         advantage = reward - float(s["baseline"])
@@ -327,7 +315,7 @@ class Search:
         return float(self._mixed_accuracy(params, self.net.derived_weights(indices), jnp.asarray(x), jnp.asarray(y)))
 
     def _epoch_row(self, state: dict, epoch: int, x_val, y_val) -> dict[str, Any]:
-        probs = [np.asarray(jax.nn.softmax(a)) for a in state["alphas"]]
+        probs = probabilities(state["alphas"])
         indices = self.net.derive(state["alphas"])
         return {"epoch": epoch + 1, "val_accuracy": self._accuracy(state["params"], indices, x_val, y_val),
                 "expected_latency_s": float(self.latency.expected(probs)), "derived": indices,

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from adl.models.space import Architecture, Choice, MobileNetSpace
 
@@ -124,6 +125,21 @@ class Supernet:
     def derived_forward(self, params: Params, x: jax.Array, indices: Sequence[int]) -> jax.Array:
         """The network of one op per block, as the supernet computes it (no gates)."""
         return self.forward(params, x, lambda b, ops, h: self.op_fn(b, int(indices[b]))(ops[int(indices[b])], h))
+
+
+def probabilities(alphas: Sequence[Any]) -> list[np.ndarray]:
+    """softmax of every architecture-parameter vector, on the host in float64 (sampling with
+    NumPy needs probabilities that sum to 1 to its tolerance)."""
+    out = []
+    for a in alphas:
+        z = np.exp(np.asarray(a, np.float64) - np.max(np.asarray(a, np.float64)))
+        out.append(z / z.sum())
+    return out
+
+
+def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean cross-entropy of integer labels: the loss of every search step."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
 def _conv(rng: np.random.Generator, kh: int, kw: int, cin: int, cout: int) -> Params:
