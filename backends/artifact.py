@@ -77,8 +77,9 @@ class Artifact:
                                     "runtime (see docs/lowering.md)")
             if not library.exists():
                 raise ArtifactError(f"{self.path} has no {LIBRARY_FILE}: its pipeline had no `lower` pass")
-            cores = self.manifest.get("target", {}).get("num-cores")
-            self._library = CompiledLibrary(library, self.input_shape, num_threads=cores)
+            threads = (self.manifest.get("metrics", {}).get("runtime_threads")
+                       or self.manifest.get("target", {}).get("num-cores"))
+            self._library = CompiledLibrary(library, self.input_shape, num_threads=threads)
         return self._library
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,8 @@ class LowerPass(Pass):
         Option("warmup", "int", 10, "untimed runs before timing", low=0),
         Option("tolerance", "float", 1e-4, "max abs difference allowed between library and PyTorch outputs",
                low=0.0),
+        Option("threads", "int", 0, "threads the library runs with; 0: time 1..cores and keep the fastest "
+               "(small networks often run faster on one)", low=0),
     )
     requires = ("model",)
     ensures = ("library",)
@@ -31,7 +33,7 @@ class LowerPass(Pass):
     def run(self, module: Module, ctx: PassContext) -> Module:
         import numpy as np
 
-        from adl.backends.runtime import CompiledLibrary
+        from adl.backends.runtime import CompiledLibrary, fastest_thread_count
         from adl.backends.tvm.build import LoweringError, TuneRequest, build_library, max_abs_difference
 
         dataset = ctx.dataset()
@@ -60,7 +62,11 @@ class LowerPass(Pass):
                 raise PassError(f"the library disagrees with the PyTorch model: max abs difference {difference:.3g} "
                                 f"exceeds the tolerance {self.config['tolerance']:.3g}")
             bar.advance(1, step="verified")
-            library = CompiledLibrary(path, info.input_shape, num_threads=ctx.spec.target.cores)
+            threads, thread_timings = self.config["threads"] or ctx.spec.target.cores, None
+            if not self.config["threads"] and ctx.spec.target.cores > 1:
+                choice = fastest_thread_count(path, info.input_shape, ctx.spec.target.cores)
+                threads, thread_timings = choice.threads, {str(n): s for n, s in choice.median_s.items()}
+            library = CompiledLibrary(path, info.input_shape, num_threads=threads)
             accuracy = float(np.mean(library.predict(dataset.x_test) == dataset.y_test))
             latency = library.latency(repeats=self.config["repeats"], warmup=self.config["warmup"])
             bar.advance(1, step="measured")
@@ -70,6 +76,8 @@ class LowerPass(Pass):
             latency=asdict(latency),
             size_bytes=info.library_bytes,
             max_abs_diff=difference,
+            runtime_threads=threads,
+            **({"threads_median_s": thread_timings} if thread_timings else {}),
             library=asdict(info) | {"file": "model.so"},
         ).establish("library")
 

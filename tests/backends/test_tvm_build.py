@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adl.backends.runtime import CompiledLibrary, LatencyStats
+from adl.backends.runtime import CompiledLibrary, LatencyStats, fastest_thread_count
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("tvm")
@@ -186,6 +186,16 @@ def test_num_threads(built: tuple[SmallCNN, Path, BuildInfo], monkeypatch: pytes
     threads, got = _in_fresh_thread(lambda: use(1))
     assert threads == 1
     assert np.max(np.abs(got - expected)) <= 1e-4
+
+
+@pytest.mark.slow
+def test_fastest_thread_count_times_every_count(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
+    _, out_path, info = built
+    choice = _in_fresh_thread(lambda: fastest_thread_count(out_path, info.input_shape, 2, rounds=2, repeats=5))
+    assert sorted(choice.median_s) == [1, 2] and all(s > 0 for s in choice.median_s.values())
+    assert choice.median_s[choice.threads] == min(choice.median_s.values())
+    with pytest.raises(ValueError, match="max_threads"):
+        fastest_thread_count(out_path, info.input_shape, 0)
 
 
 @pytest.mark.slow

@@ -64,6 +64,9 @@ def test_compile_writes_a_complete_artifact(compiled):
     assert manifest["metrics"]["accuracy"] >= 0.70
     assert manifest["metrics"]["max_abs_diff"] <= 1e-4
     assert manifest["metrics"]["latency"]["repeats"] == 20
+    timings = manifest["metrics"]["threads_median_s"]  # `lower` timed 1..cores threads and kept the fastest
+    assert sorted(timings) == ["1", "2"]
+    assert timings[str(manifest["metrics"]["runtime_threads"])] == min(timings.values())
     assert manifest["metrics"]["size_bytes"] == (out / "model.so").stat().st_size
     assert [p["name"] for p in manifest["passes"]] == ["train", "lower"]
     assert {b["metric"]: b["holds"] for b in manifest["budgets"]} == {"latency": True, "size": True, "accuracy": True}
@@ -141,7 +144,7 @@ def test_a_missed_budget_exits_1_and_still_writes_the_artifact(compiled):
 def _comparable(manifest: dict) -> dict:
     """The manifest without what legitimately differs between runs: timings and checkpoint reuse."""
     manifest = json.loads(json.dumps(manifest))
-    for key in ("latency_s", "latency"):
+    for key in ("latency_s", "latency", "runtime_threads", "threads_median_s"):  # threads: the faster count measured
         manifest["metrics"].pop(key)
     manifest["library"].pop("build_seconds")
     for key in ("measured_latency_s", "measured_over_predicted"):  # the prediction itself must not differ
