@@ -157,9 +157,20 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     cost = price(cost_model, spec, layers, module.metrics.get("latency_s"))
     verdicts = budget_checks.evaluate(spec.budgets, module.metrics)
     manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION, cost=cost)
+    report = render_report(manifest, report_sections(pipeline, module))
     artifact_dir = write_artifact(out_dir, library=module.files.get("library"), manifest=manifest,
-                                  spec_source=spec.source, report=render_report(manifest))
+                                  spec_source=spec.source, report=report)
     return CompileResult(module, artifact_dir, verdicts, manifest)
+
+
+def report_sections(pipeline: Pipeline, module: Module) -> list[tuple[str, list[str]]]:
+    """Each pass's own section of report.md (see `Pass.report`), titled with the pass's name."""
+    sections = []
+    for p in pipeline:
+        lines = p.report(module.metrics)
+        if lines:
+            sections.append((f"`{p.name}`", list(lines)))
+    return sections
 
 
 def make_cost_model(spec: Spec):

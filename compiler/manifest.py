@@ -50,7 +50,7 @@ def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: S
     }
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
@@ -60,7 +60,9 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.4g} us"
 
 
-def render_report(manifest: dict[str, Any]) -> str:
+def render_report(manifest: dict[str, Any], sections: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
+    """report.md: budgets, measurements, layers, cost model, then one section per (title, Markdown
+    lines) in `sections` (what the passes report, see `Pass.report`), passes and deployment."""
     m = manifest["metrics"]
     verdict = "every budget holds" if manifest["all_budgets_hold"] else "a budget does NOT hold"
     out = [f"# {manifest['spec']['name']}: {verdict}", "",
@@ -68,15 +70,15 @@ def render_report(manifest: dict[str, Any]) -> str:
            f"({manifest['target']['kind']}, {manifest['target']['num-cores']} cores), seed {manifest['seed']}.", ""]
     if manifest["budgets"]:
         out += ["## Budgets", ""]
-        out += _table(["metric", "budget", "measured", "verdict"],
+        out += table(["metric", "budget", "measured", "verdict"],
                       [(b["metric"], f"{b['op']} {b['bound_text']}", b["measured_text"],
                         ("holds, " if b["holds"] else "FAILS, ") + b["margin"]) for b in manifest["budgets"]])
         out.append("")
     out += ["## Measurements", ""]
     rows = [(k, v) for k, v in m.items() if not isinstance(v, (dict, list))]
-    out += _table(["metric", "value"], rows)
+    out += table(["metric", "value"], rows)
     out += ["", "## Layers", ""]
-    out += _table(["layer", "op", "input", "output", "kernel", "params", "MACs"],
+    out += table(["layer", "op", "input", "output", "kernel", "params", "MACs"],
                   [(l["name"], l["op"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["output_shape"])),
                     "x".join(map(str, l["kernel"])), l["params"], l["macs"]) for l in manifest["layers"]])
     cost = manifest.get("cost_model")
@@ -90,10 +92,12 @@ def render_report(manifest: dict[str, Any]) -> str:
                    f"(measured / predicted = {cost['measured_over_predicted']:.3g})"
                    if cost.get("measured_over_predicted") is not None else "")
                 + ".", ""]
-        out += _table(["layer", "predicted", "bound"],
+        out += table(["layer", "predicted", "bound"],
                       [(c["name"], _us(c["latency_s"]), c["bound"]) for c in cost["per_layer"]])
+    for title, lines in sections:
+        out += ["", f"## {title}", "", *lines]
     out += ["", "## Passes", ""]
-    out += _table(["pass", "seconds", "reused"], [(p["pass"], p["seconds"], p["reused"]) for p in manifest["passes"]])
+    out += table(["pass", "seconds", "reused"], [(p["pass"], p["seconds"], p["reused"]) for p in manifest["passes"]])
     inp = manifest["input"]
     out += ["", "## Deploying", "",
             f"Input `{inp['name']}`: {inp['dtype']} {inp['shape']} ({inp['layout']}), raw values in "

@@ -47,6 +47,11 @@ class Pass:
     def run(self, module: Module, ctx: "PassContext") -> Module:
         raise NotImplementedError
 
+    def report(self, metrics: Mapping[str, Any]) -> list[str]:
+        """Markdown lines for this pass's section of the artifact's report.md, from the final
+        module's metrics (what the pass recorded with `Module.with_metrics`); none by default."""
+        return []
+
     def __str__(self) -> str:
         """The pass in pipeline-string form: explicit options only, in declaration order."""
         if not self.explicit:

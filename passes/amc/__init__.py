@@ -145,6 +145,23 @@ class AmcPass(Pass):
             "history": result.history,
         }).establish("pruned", "trained")
 
+    def report(self, metrics: Any) -> list[str]:
+        from adl.compiler.manifest import table
+
+        amc = metrics.get("amc")
+        if not amc:
+            return []
+        budgets = ", ".join(f"{resource} <= {fraction:.0%}" for resource, fraction in amc["budgets"].items())
+        kept = ", ".join(f"{resource} {fraction:.1%}" for resource, fraction in amc["kept"].items())
+        lines = [f"Search `{amc['search']}` ({amc['episodes']} episodes, reward `{amc['reward']}`) under {budgets}: "
+                 f"kept {kept} ({'budget met' if amc['budget_met'] else 'budget NOT met'}); validation accuracy "
+                 f"{amc['val_accuracy_unpruned']:.4f} -> {amc['val_accuracy_pruned']:.4f} before fine-tuning, test "
+                 f"accuracy {amc['finetune']['test_accuracy']:.4f} after {amc['finetune']['epochs']} epochs.", ""]
+        lines += table(["channel group", "kept", "of", "ratio"],
+                       [(group, kept_, size, f"{amc['ratios'].get(group, kept_ / size):.3f}")
+                        for group, (kept_, size) in amc["channels"].items()])
+        return lines
+
     def _costs(self, env: Any, counts: Any, ctx: PassContext) -> dict[str, float]:
         cost = env.resources.cost(counts, ["flops", "params"])
         if ctx.cost_model is not None:

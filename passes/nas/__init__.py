@@ -72,6 +72,9 @@ class NasPass(Pass):
     requires = ()
     ensures = ("model", "architecture")
 
+    def report(self, metrics: Any) -> list[str]:
+        return _report(metrics["nas"]) if "nas" in metrics else []
+
     def run(self, module: Module, ctx: PassContext) -> Module:
         import numpy as np
 
@@ -127,6 +130,29 @@ class NasPass(Pass):
             "budget_met": None if budget is None else predicted <= budget,
             "history": result.history, "probabilities": result.probabilities,
         }).establish("architecture")
+
+
+def _report(nas: dict[str, Any]) -> list[str]:
+    from adl.compiler.manifest import table
+
+    budget = nas.get("latency_budget_s")
+    lines = [f"Strategy `{nas['strategy']}` over `{nas['space']}`; the found architecture's predicted latency: "
+             f"{nas['predicted_latency_s'] * 1e6:.4g} us"
+             + (f" (budget {budget * 1e6:.4g} us: {'met' if nas['budget_met'] else 'NOT met'})." if budget else "."),
+             ""]
+    genotype = nas["genotype"]
+    if "blocks" in genotype:
+        lines += table(["block", "op"], list(enumerate(genotype["blocks"])))
+    else:
+        for cell in ("normal", "reduce"):
+            lines += [f"{cell} cell:", ""]
+            lines += table(["node", "inputs (op(state))"], [(i, ", ".join(node)) for i, node in
+                                                           enumerate(genotype[cell])]) + [""]
+    if nas.get("history"):
+        last = nas["history"][-1]
+        lines += ["", f"Last search epoch ({last['epoch']}): validation accuracy {last['val_accuracy']:.4f}, "
+                      f"expected latency {last['expected_latency_s'] * 1e6:.4g} us."]
+    return lines
 
 
 def _latency_budget(ctx: PassContext) -> float | None:

@@ -137,3 +137,23 @@ def test_manifest_records_the_cost_model_its_prediction_and_the_measured_ratio(t
     assert [c["bound"] for c in cost["per_layer"]] == ["memory", "memory"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Cost model" in report and "(measured / predicted = 2)" in report
+
+
+class Reporting(Pass):
+    """Records a metric and turns it into its own report section."""
+
+    name = "reporting"
+
+    def run(self, module, ctx):
+        return module.with_metrics(reporting={"chosen": 7})
+
+    def report(self, metrics):
+        return [f"chose {metrics['reporting']['chosen']}"]
+
+
+def test_each_pass_adds_its_own_report_section_after_the_measurements(tmp_path):
+    compile_spec(adl.check(SPEC), pipeline=Pipeline([Reporting(), Measure()]), out_dir=tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## `reporting`\n\nchose 7\n" in report
+    assert "## `measure`" not in report  # a pass without a report adds no empty section
+    assert report.index("## Measurements") < report.index("## `reporting`") < report.index("## Passes")

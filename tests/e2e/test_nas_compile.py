@@ -35,6 +35,10 @@ def test_nas_finds_an_architecture_that_the_pipeline_trains_and_lowers(tmp_path)
     assert nas["strategy"] == "proxyless" and len(nas["genotype"]["blocks"]) == 2 and len(nas["history"]) == 2
     assert nas["budget_met"] is True and nas["predicted_latency_s"] <= 50e-3 and nas["latency_budget_s"] == 50e-3
     assert manifest["metrics"]["accuracy"] > 0.1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## `nas`" in report and "Strategy `proxyless`" in report
+    for block, op in enumerate(nas["genotype"]["blocks"]):
+        assert f"| {block} | {op} |" in report
 
 
 def test_a_latency_budget_below_the_fastest_network_fails_before_searching(tmp_path, capsys):
@@ -56,6 +60,8 @@ def test_a_darts_cell_search_is_trained_and_lowered_through_tvm(tmp_path):
     nas = manifest["metrics"]["nas"]
     assert nas["strategy"] == "darts" and nas["space"].startswith("cells(nodes=2")
     assert [len(node) for node in nas["genotype"]["normal"]] == [2, 2]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "normal cell:" in report and ", ".join(nas["genotype"]["reduce"][1]) in report
     assert manifest["metrics"]["accuracy"] > 0.1  # the library agreed with PyTorch (lower verifies it) and learned
 
 

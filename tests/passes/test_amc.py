@@ -368,3 +368,7 @@ def test_adl_compile_with_amc_builds_a_pruned_library(tmp_path):
     assert manifest["metrics"]["flops"] == amc["after"]["flops"]
     assert manifest["metrics"]["max_abs_diff"] <= 1e-4  # the pruned network lowers and agrees with PyTorch
     assert "amc" in manifest["pipeline"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## `amc`" in report and "flops <= 50%" in report
+    for group, (kept, size) in amc["channels"].items():
+        assert f"| {group} | {kept} | {size} | {amc['ratios'][group]:.3f} |" in report
