@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seed for initialisation and training (default 0)")
     c.add_argument("--cache", type=Path, metavar="DIR", help="checkpoint folder (default: <out>/../.adl-cache)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--depfile", type=Path, metavar="FILE",
+                   help="write a Make/Ninja depfile: <out>/manifest.json and the files it depends on")
 
     k = sub.add_parser("check", help="parse and check a spec (fast: no training, no TVM)")
     k.add_argument("spec", type=Path)
@@ -240,7 +242,7 @@ def _cmd_compile(args, out, err) -> int:
 
     result = compile_spec(spec, out_dir=args.out, pipeline=pipeline, seed=args.seed, dump_ir=args.dump_ir,
                           cache_dir=args.cache, progress=progress, log=lambda m: err.print(f"  {m}"),
-                          on_pass=on_pass)
+                          on_pass=on_pass, depfile=args.depfile)
     _print_summary(result, out)
     return EXIT_OK if result.ok else EXIT_BUDGET
 

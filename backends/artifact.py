@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -30,9 +31,13 @@ def write_artifact(out_dir: Path, *, library: str | None, manifest: dict[str, An
     """Write the artifact to a temporary sibling folder, then swap it into place.
 
     A compile killed at any point leaves either the previous artifact or the new one, never
-    a half-written folder under the artifact's name.
+    a half-written folder under the artifact's name. An artifact whose content would not
+    change (same library, spec and manifest up to pass timings) is left untouched, so its
+    timestamps tell a build system that nothing downstream needs rebuilding (Ninja's restat).
     """
     out_dir = Path(out_dir)
+    if _unchanged(out_dir, library, manifest, spec_source):
+        return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -48,6 +53,28 @@ def write_artifact(out_dir: Path, *, library: str | None, manifest: dict[str, An
     os.rename(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def _stable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest without what a rerun that reuses every pass legitimately changes."""
+    manifest = json.loads(json.dumps(manifest, default=str))
+    manifest["passes"] = [{k: v for k, v in p.items() if k not in ("seconds", "reused")}
+                          for p in manifest.get("passes", [])]
+    return manifest
+
+
+def _unchanged(out_dir: Path, library: str | None, manifest: dict[str, Any], spec_source: str) -> bool:
+    try:
+        old = json.loads((out_dir / MANIFEST_FILE).read_text())
+        same_spec = (out_dir / SPEC_FILE).read_text() == spec_source
+    except (OSError, ValueError):
+        return False
+    old_library = out_dir / LIBRARY_FILE
+    if library is None:
+        same_library = not old_library.exists()
+    else:
+        same_library = old_library.is_file() and filecmp.cmp(library, old_library, shallow=False)
+    return same_spec and same_library and _stable(old) == _stable(manifest)
 
 
 class Artifact:

@@ -133,8 +133,10 @@ def _run_one(p: Pass, module: Module, ctx: PassContext, done: Sequence[str]) -> 
 def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline | None = None, seed: int = 0,
                  dump_ir: Path | None = None, cache_dir: Path | None = None, progress: Progress | None = None,
                  log: Callable[[str], None] = lambda message: None,
-                 on_pass: Callable[[PassRecord], None] = lambda record: None) -> CompileResult:
-    """Compile a checked spec into an artifact directory and check its budgets."""
+                 on_pass: Callable[[PassRecord], None] = lambda record: None,
+                 depfile: Path | None = None) -> CompileResult:
+    """Compile a checked spec into an artifact directory and check its budgets; with `depfile`,
+    also write a Make/Ninja depfile naming what the artifact depends on (see `depfile.py`)."""
     from adl.backends.artifact import write_artifact
     from adl.compiler.manifest import build_manifest, render_report
 
@@ -160,6 +162,10 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     report = render_report(manifest, report_sections(pipeline, module))
     artifact_dir = write_artifact(out_dir, library=module.files.get("library"), manifest=manifest,
                                   spec_source=spec.source, report=report)
+    if depfile is not None:
+        from adl.compiler.depfile import dependencies, write_depfile
+
+        write_depfile(depfile, artifact_dir / "manifest.json", dependencies(spec, pipeline, cost_model))
     return CompileResult(module, artifact_dir, verdicts, manifest)
 
 
