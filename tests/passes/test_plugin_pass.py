@@ -1,0 +1,71 @@
+"""examples/plugin_pass: pip-installed into this venv, the `temperature` pass is found through
+the `adl.passes` entry point, listed, checked with carets, run in a compile (its report
+section included) and named in the depfile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "plugin_pass"
+PIP = [sys.executable, "-m", "pip"]
+ADL = [sys.executable, "-m", "adl"]
+
+SPEC = """spec calibrated
+task classify { classes = 10 }
+data digits
+model mlp(hidden = [32])
+target host { kind = llvm  cores = 1 }
+pipeline {
+  train { epochs = 3 }
+  temperature { bins = 10 }
+  lower { repeats = 10 }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def installed_pass(tmp_path_factory):
+    source = tmp_path_factory.mktemp("plugin") / "plugin_pass"
+    shutil.copytree(EXAMPLE, source)  # build in a copy: no build/ or egg-info left in the repo
+    subprocess.run([*PIP, "install", "--no-deps", "--no-build-isolation", "-q", str(source)], check=True,
+                   capture_output=True, text=True)
+    try:
+        yield source
+    finally:
+        subprocess.run([*PIP, "uninstall", "-y", "-q", "adl-plugin-temperature"], check=False, capture_output=True)
+
+
+def test_the_plugin_pass_is_listed_and_its_options_are_checked_with_a_caret(installed_pass, tmp_path):
+    listed = subprocess.run([*ADL, "passes"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "temperature" in listed.stdout and "bins" in listed.stdout
+    bad = tmp_path / "bad.adl"
+    bad.write_text(SPEC.replace("bins = 10", "bins = 1"))
+    proc = subprocess.run([*ADL, "check", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{bad}:8:24: error:" in proc.stderr and "bins" in proc.stderr and "^" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_compile_runs_the_plugin_pass_between_train_and_lower(installed_pass, tmp_path):
+    spec = tmp_path / "calibrated.adl"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    proc = subprocess.run([*ADL, "compile", "-q", str(spec), "-o", str(out), "--depfile", str(tmp_path / "out.d")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [p["name"] for p in manifest["passes"]] == ["train", "temperature", "lower"]
+    t = manifest["metrics"]["temperature"]
+    assert t["t"] > 0 and t["fitted_on"] + t["judged_on"] == manifest["data"]["test_samples"]
+    assert manifest["metrics"]["max_abs_diff"] <= 1e-4  # the folded temperature is in the library
+    assert abs(manifest["metrics"]["accuracy"] - manifest["metrics"]["torch_accuracy"]) < 1e-9
+    assert "## `temperature`" in (out / "report.md").read_text()
+    assert t["after"]["nll"] <= t["before"]["nll"] + 1e-3  # one parameter fitted on 180 samples generalises
+    assert "adl_temperature.py" in (tmp_path / "out.d").read_text()  # a plug-in's source is a dependency
