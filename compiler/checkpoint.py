@@ -71,3 +71,16 @@ def spec_fingerprint(spec: Spec) -> str:
 def root_key(spec: Spec, data_fingerprint: str, seed: int, version: str) -> str:
     text = f"{spec_fingerprint(spec)}\n{data_fingerprint}\n{seed}\n{version}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_fingerprint(model: Any) -> str:
+    """Hash of a user-supplied torch module: its class and every parameter and buffer (name, dtype,
+    shape, bytes), so checkpoints of a pipeline run on one network are never reused for another."""
+    import numpy as np
+
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for name, tensor in model.state_dict().items():
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        h.update(memoryview(array).cast("B"))
+    return h.hexdigest()

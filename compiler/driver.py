@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from adl.compiler import budgets as budget_checks
-from adl.compiler.checkpoint import CheckpointStore, root_key
+from adl.compiler.checkpoint import CheckpointStore, model_fingerprint, root_key
 from adl.compiler.layers import LayerDesc
 from adl.compiler.module import Module, PassRecord
 from adl.compiler.passes import Instrument, Pass, PassContext, PassError, stage_key
@@ -134,9 +134,16 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
                  dump_ir: Path | None = None, cache_dir: Path | None = None, progress: Progress | None = None,
                  log: Callable[[str], None] = lambda message: None,
                  on_pass: Callable[[PassRecord], None] = lambda record: None,
-                 depfile: Path | None = None) -> CompileResult:
+                 depfile: Path | None = None, dataset: Any = None, model: Any = None,
+                 trained: bool = False) -> CompileResult:
     """Compile a checked spec into an artifact directory and check its budgets; with `depfile`,
-    also write a Make/Ninja depfile naming what the artifact depends on (see `depfile.py`)."""
+    also write a Make/Ninja depfile naming what the artifact depends on (see `depfile.py`).
+
+    `dataset` (an `adl.data.Dataset`) replaces the spec's data source and `model` (a torch
+    module taking raw inputs) the network of its `model` block (`trained`: it is already
+    trained, so passes that need a trained network may come first): how `Pipeline.run`
+    compiles a user's own network and data without an .adl file.
+    """
     from adl.backends.artifact import write_artifact
     from adl.compiler.manifest import build_manifest, render_report
 
@@ -146,12 +153,15 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
 
     cost_model = make_cost_model(spec)
     cost_model.progress = progress or SilentProgress()  # a measured model shows its measuring
-    dataset = load_data(spec)
+    dataset = dataset if dataset is not None else load_data(spec)
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
                       instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log,
                       cost_model=cost_model)
-    module = initial_module(spec, dataset, seed)
-    upstream = root_key(spec, dataset.fingerprint(), seed, ADL_VERSION)
+    module = Module(spec=spec, model=model) if model is not None else initial_module(spec, dataset, seed)
+    if trained:
+        module = module.establish("trained")
+    inputs = dataset.fingerprint() + (f"\nmodel {model_fingerprint(model)}" if model is not None else "")
+    upstream = root_key(spec, inputs, seed, ADL_VERSION)
     module = run_pipeline(module, pipeline, ctx, CheckpointStore(cache_dir), upstream, on_pass)
 
     layers = describe_final_model(module, dataset)

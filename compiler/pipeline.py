@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import os
+from typing import Any, Callable, Iterator, Sequence
 
 from adl.compiler.options import OptionError, coerce_settings
 from adl.compiler.passes import Pass, PassRegistry, default_registry
@@ -41,6 +42,35 @@ class Pipeline:
                 raise KeyError(f"unknown pass '{stage.pass_name}'; registered: {', '.join(registry.names())}")
             passes.append(pass_cls(**stage.as_dict()))
         return cls(passes)
+
+    def run(self, model: Any, data: Any, *, classes: int | None = None, trained: bool = False,
+            target: str = "kind = llvm  cores = 2", constraints: str = "", name: str = "pipeline",
+            out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
+            cache_dir: str | os.PathLike[str] | None = None, progress: Any = None,
+            log: Callable[[str], None] = lambda message: None) -> Any:
+        """Run the passes on a network and data from Python (no .adl file) and write the artifact.
+
+        `model` is a torch module taking raw inputs (its own normalisation included);
+        `trained` says it is already trained. `data` is an `adl.data.Dataset`,
+        ``(x_train, y_train, x_test, y_test)`` arrays, or ``(train_loader, test_loader)``
+        yielding ``(inputs, labels)`` batches. `target` and `constraints` are the bodies of
+        the spec blocks of those names (``"kind = llvm  cores = 2"``, ``"latency <= 1 ms"``),
+        checked as in a file. Returns the driver's `CompileResult` (`.ok`, `.manifest`,
+        `.artifact_dir`); raises `AdlError` for a bad target or constraint and ValueError for
+        a pass whose `requires` nothing provides.
+        """
+        from pathlib import Path
+
+        from adl.compiler.driver import compile_spec
+        from adl.compiler.embed import as_dataset, check_requires, spec_for
+
+        dataset = as_dataset(data, classes)
+        check_requires(self.passes, {"model", "trained"} if trained else {"model"})
+        total = len(dataset.y_train) + len(dataset.y_test)
+        spec = spec_for(name, dataset.classes, target, constraints, len(dataset.y_train) / total)
+        return compile_spec(spec, out_dir=Path(out_dir) if out_dir else None, pipeline=self, seed=seed,
+                            cache_dir=Path(cache_dir) if cache_dir else None, progress=progress, log=log,
+                            dataset=dataset, model=model, trained=trained)
 
     def __str__(self) -> str:
         return ",".join(str(p) for p in self.passes)
