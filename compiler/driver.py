@@ -14,7 +14,7 @@ from adl.compiler import budgets as budget_checks
 from adl.compiler.checkpoint import CheckpointStore, model_fingerprint, root_key
 from adl.compiler.layers import LayerDesc
 from adl.compiler.module import Module, PassRecord
-from adl.compiler.passes import Instrument, Pass, PassContext, PassError, stage_key
+from adl.compiler.passes import BudgetInfeasible, Instrument, Pass, PassContext, PassError, stage_key
 from adl.compiler.pipeline import Pipeline
 from adl.compiler.progress import Progress, SilentProgress
 from adl.compiler.spec import Spec
@@ -157,6 +157,7 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
                       instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log,
                       cost_model=cost_model)
+    check_feasible(spec, pipeline, dataset, cost_model)
     module = Module(spec=spec, model=model) if model is not None else initial_module(spec, dataset, seed)
     if trained:
         module = module.establish("trained")
@@ -177,6 +178,17 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
 
         write_depfile(depfile, artifact_dir / "manifest.json", dependencies(spec, pipeline, cost_model))
     return CompileResult(module, artifact_dir, verdicts, manifest)
+
+
+def check_feasible(spec: Spec, pipeline: Pipeline, dataset: Any, cost_model: Any) -> None:
+    """Every pass's `check_feasible`, before any pass runs; an impossible budget becomes a spec
+    error at that budget."""
+    for p in pipeline:
+        try:
+            p.check_feasible(spec, dataset, cost_model)
+        except BudgetInfeasible as err:
+            raise AdlError.at(str(err), getattr(err.budget, "span", None), filename=spec.filename,
+                              source=spec.source, note=err.note) from None
 
 
 def report_sections(pipeline: Pipeline, module: Module) -> list[tuple[str, list[str]]]:

@@ -31,6 +31,16 @@ class PassError(Exception):
     """A pass failed for a reason the user can act on; the message is shown without a traceback."""
 
 
+class BudgetInfeasible(PassError):
+    """No outcome of a pass can meet `budget`: raised by `Pass.check_feasible`, shown by the
+    driver as a spec error with a caret at the budget, before any pass runs."""
+
+    def __init__(self, message: str, budget: Any, note: str | None = None) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.note = note
+
+
 class Pass:
     """Base class of every pass. Subclasses set the class attributes and implement `run`."""
 
@@ -46,6 +56,11 @@ class Pass:
 
     def run(self, module: Module, ctx: "PassContext") -> Module:
         raise NotImplementedError
+
+    def check_feasible(self, spec: Spec, dataset: Any, cost_model: Any) -> None:
+        """Raise `BudgetInfeasible` if the spec's budgets cannot hold whatever this pass does
+        (e.g. a latency budget below the fastest network of a search space). The driver calls
+        it for every pass before running any, so an impossible spec costs no search time."""
 
     def report(self, metrics: Mapping[str, Any]) -> list[str]:
         """Markdown lines for this pass's section of the artifact's report.md, from the final

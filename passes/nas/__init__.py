@@ -75,6 +75,29 @@ class NasPass(Pass):
     def report(self, metrics: Any) -> list[str]:
         return _report(metrics["nas"]) if "nas" in metrics else []
 
+    def check_feasible(self, spec: Any, dataset: Any, cost_model: Any) -> None:
+        """A latency budget below the fastest network of the space is refused before any search."""
+        if not self.config["budget"] or _latency_budget_of(spec) is None or cost_model is None:
+            return
+        if len(dataset.input_shape) != 3:
+            return  # run() says why nas cannot search this data
+        from adl.passes.nas.pricing import price_candidates
+
+        supernet = supernet_for(self.config["space"], tuple(dataset.input_shape), spec.task.classes)
+        latency = price_candidates(supernet, cost_model, spec.target)
+        self._check_fastest(latency, _latency_budget(spec), spec, cost_model)
+
+    @staticmethod
+    def _check_fastest(latency: Any, budget: float | None, spec: Any, cost_model: Any) -> None:
+        from adl.compiler.passes import BudgetInfeasible
+
+        fastest = latency.of([min(range(len(lat)), key=lat.__getitem__) for lat in latency.per_op])
+        if budget is not None and fastest > budget:
+            raise BudgetInfeasible(f"latency budget {budget * 1e3:.3g} ms is below the fastest network of the nas "
+                                   f"space ({fastest * 1e3:.3g} ms as priced by {cost_model})",
+                                   _latency_budget_of(spec), note="no architecture of the space can meet it: "
+                                   "loosen the budget or shrink the space (fewer blocks, smaller kernels)")
+
     def run(self, module: Module, ctx: PassContext) -> Module:
         import numpy as np
 
@@ -92,11 +115,8 @@ class NasPass(Pass):
         if ctx.cost_model is None:
             raise PassError("nas needs the target's cost model to price candidate ops")
         latency = price_candidates(supernet, ctx.cost_model, ctx.spec.target)
-        budget = _latency_budget(ctx) if self.config["budget"] else None
-        fastest = latency.of([int(np.argmin(lat)) for lat in latency.per_op])
-        if budget is not None and fastest > budget:
-            raise PassError(f"the latency budget {budget * 1e3:.3g} ms is below the fastest network of the space "
-                            f"({fastest * 1e3:.3g} ms as priced by {ctx.cost_model}): no architecture can meet it")
+        budget = _latency_budget(ctx.spec) if self.config["budget"] else None
+        self._check_fastest(latency, budget, ctx.spec, ctx.cost_model)
         config = SearchConfig(**{k: self.config[k] for k in (
             "strategy", "epochs", "batch_size", "lr", "arch_lr", "latency_weight", "order", "estimator", "tau_max",
             "tau_min", "random_samples")}, budget_s=budget, seed=ctx.seed)
@@ -155,11 +175,13 @@ def _report(nas: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _latency_budget(ctx: PassContext) -> float | None:
-    for budget in ctx.spec.budgets:
-        if budget.metric == "latency" and budget.op in ("<=", "<"):
-            return float(budget.value)
-    return None
+def _latency_budget(spec: Any) -> float | None:
+    budget = _latency_budget_of(spec)
+    return None if budget is None else float(budget.value)
+
+
+def _latency_budget_of(spec: Any) -> Any:
+    return next((b for b in spec.budgets if b.metric == "latency" and b.op in ("<=", "<")), None)
 
 
 def supernet_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:

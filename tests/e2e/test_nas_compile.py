@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -41,11 +42,15 @@ def test_nas_finds_an_architecture_that_the_pipeline_trains_and_lowers(tmp_path)
         assert f"| {block} | {op} |" in report
 
 
-def test_a_latency_budget_below_the_fastest_network_fails_before_searching(tmp_path, capsys):
+def test_a_latency_budget_below_the_fastest_network_is_a_spec_error_before_any_pass(tmp_path, capsys):
     spec = tmp_path / "s.adl"
     spec.write_text(SPEC.replace("BUDGET", "1 ns"))
-    assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 3
-    assert "below the fastest network of the space" in capsys.readouterr().err
+    assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"{re.escape(str(spec))}:6:\d+: error: latency budget 1e-06 ms is below the fastest network "
+                     r"of the nas space \(.* ms as priced by roofline", err), err
+    assert "constraints { latency <= 1 ns }" in err and "^" in err and "shrink the space" in err
+    assert not (tmp_path / ".adl-cache").exists() and not (tmp_path / "out").exists()  # no pass ran
 
 
 def test_a_darts_cell_search_is_trained_and_lowered_through_tvm(tmp_path):
