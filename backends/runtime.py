@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CompiledLibrary", "LatencyStats", "ThreadChoice", "fastest_thread_count"]
+__all__ = ["CompiledLibrary", "LatencyStats", "ThreadChoice", "fastest_thread_count", "fastest_thread_counts"]
 
 # threading::ThreadGroup::AffinityMode::kBig in TVM's threading_backend (all cores are "big" on
 # a homogeneous CPU).
@@ -313,12 +313,24 @@ def fastest_thread_count(path: str | Path, input_shape: Sequence[int], max_threa
     while other processes ran). Rounds alternate the counts so a slow spell hits them alike;
     the choice is the lowest median of the per-round medians.
     """
+    return fastest_thread_counts({"library": path}, input_shape, max_threads, rounds=rounds, repeats=repeats,
+                                 warmup=warmup)["library"]
+
+
+def fastest_thread_counts(paths: dict[str, str | Path], input_shape: Sequence[int], max_threads: int, *,
+                          rounds: int = 5, repeats: int = 20, warmup: int = 5) -> dict[str, ThreadChoice]:
+    """`fastest_thread_count` for several libraries at once, every (library, threads) pair in
+    the same interleaved rounds, so the libraries can be compared with each other too."""
     if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
         raise ValueError(f"max_threads must be a positive int, got {max_threads!r}")
-    libraries = {n: CompiledLibrary(path, input_shape, num_threads=n) for n in range(1, max_threads + 1)}
-    per_round: dict[int, list[float]] = {n: [] for n in libraries}
+    libraries = {(name, n): CompiledLibrary(path, input_shape, num_threads=n)
+                 for name, path in paths.items() for n in range(1, max_threads + 1)}
+    per_round: dict[tuple[str, int], list[float]] = {key: [] for key in libraries}
     for _ in range(rounds):
-        for n, library in libraries.items():
-            per_round[n].append(library.latency(repeats=repeats, warmup=warmup).median_s)
-    medians = {n: float(np.median(times)) for n, times in per_round.items()}
-    return ThreadChoice(threads=min(medians, key=lambda n: (medians[n], n)), median_s=medians)
+        for key, library in libraries.items():
+            per_round[key].append(library.latency(repeats=repeats, warmup=warmup).median_s)
+    out = {}
+    for name in paths:
+        medians = {n: float(np.median(per_round[(name, n)])) for n in range(1, max_threads + 1)}
+        out[name] = ThreadChoice(threads=min(medians, key=lambda n: (medians[n], n)), median_s=medians)
+    return out

@@ -250,20 +250,26 @@ def _compile_default(mod, target: dict):
 
 def _faster(default, tuned, input_shape, threads: int | None, cross: bool, folder: Path) -> tuple[Any, dict]:
     """Of the default-scheduled and the MetaSchedule-tuned executables, the faster one measured
-    here (the tuned one when it cannot run here). Tuning never makes a library slower."""
+    here (the tuned one when it cannot run here). Tuning never makes a library slower.
+
+    Each variant is timed as it will run: at its fastest thread count from 1..`threads` (what
+    `lower` picks), in interleaved rounds, so a slow spell of the machine hits both alike."""
     if cross:
         return tuned, {"chosen": "metaschedule", "why": "cross-compiled: variants cannot be timed here"}
-    from adl.backends.runtime import CompiledLibrary
+    from adl.backends.runtime import fastest_thread_counts
 
-    times = {}
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        paths = {}
         for name, executable in (("default", default), ("metaschedule", tuned)):
-            path = Path(tmp) / f"{name}.so"
-            executable.export_library(str(path))
-            times[name] = CompiledLibrary(path, input_shape, num_threads=threads).latency(repeats=30, warmup=5).median_s
+            paths[name] = Path(tmp) / f"{name}.so"
+            executable.export_library(str(paths[name]))
+        choices = fastest_thread_counts(paths, input_shape, threads or 1, rounds=3)
+    times = {name: c.median_s[c.threads] for name, c in choices.items()}
+    chosen_threads = {name: c.threads for name, c in choices.items()}
     chosen = min(times, key=times.get)
     return (default if chosen == "default" else tuned), {
-        "chosen": chosen, "variant_median_ms": {k: v * 1e3 for k, v in times.items()}}
+        "chosen": chosen, "variant_median_ms": {k: v * 1e3 for k, v in times.items()},
+        "variant_threads": chosen_threads}
 
 
 def cross_compiler_for(target: dict) -> Any:

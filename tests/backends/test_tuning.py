@@ -91,5 +91,8 @@ def test_a_spec_with_tuning_records_it_in_the_manifest(tmp_path):
     report = manifest["tuning"]["report"]
     assert report["tasks"] >= 2 and report["tasks_tuned"] == report["tasks"] and report["trials"] > 0
     assert report["failed"] == 0 and report["chosen"] in ("default", "metaschedule")
+    # both variants timed at their fastest thread count; the faster one kept
+    assert set(report["variant_threads"].values()) <= {1, 2}
+    assert report["variant_median_ms"][report["chosen"]] == min(report["variant_median_ms"].values())
     assert report["database"].startswith(str(tmp_path / "db"))
     assert manifest["metrics"]["max_abs_diff"] <= 1e-4
