@@ -178,3 +178,30 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServers]:
 def closed_port() -> int:
     """A loopback port nothing listens on (it was free a moment ago)."""
     return _free_port()
+
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def install_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, str], Path]]:
+    """`install_example(folder, distribution)` pip-installs `examples/<folder>` into this venv
+    (built in a copy, so no build/ or egg-info is left in the repo) and returns the copy; every
+    distribution installed is uninstalled when the test module ends."""
+    import shutil
+
+    pip = [sys.executable, "-m", "pip"]
+    installed: list[str] = []
+
+    def install(folder: str, distribution: str) -> Path:
+        source = tmp_path_factory.mktemp("plugin") / folder
+        shutil.copytree(EXAMPLES / folder, source)
+        subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-q", str(source)], check=True,
+                       capture_output=True, text=True)
+        installed.append(distribution)
+        return source
+
+    yield install
+    for distribution in installed:
+        subprocess.run([*pip, "uninstall", "-y", "-q", distribution], check=False, capture_output=True)

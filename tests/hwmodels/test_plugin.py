@@ -3,29 +3,17 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "plugin_costmodel"
-PIP = [sys.executable, "-m", "pip"]
 
 
 @pytest.fixture(scope="module")
-def installed_plugin(tmp_path_factory):
-    source = tmp_path_factory.mktemp("plugin") / "plugin_costmodel"
-    shutil.copytree(EXAMPLE, source)  # build in a copy: no build/ or egg-info left in the repo
-    subprocess.run([*PIP, "install", "--no-deps", "--no-build-isolation", "-q", str(source)], check=True,
-                   capture_output=True, text=True)
-    try:
-        yield source
-    finally:
-        subprocess.run([*PIP, "uninstall", "-y", "-q", "adl-plugin-costmodel"], check=False, capture_output=True)
+def installed_plugin(install_example):
+    return install_example("plugin_costmodel", "adl-plugin-costmodel")
 
 
 SCRIPT = textwrap.dedent("""

@@ -5,16 +5,11 @@ section included) and named in the depfile."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "plugin_pass"
-PIP = [sys.executable, "-m", "pip"]
 ADL = [sys.executable, "-m", "adl"]
 
 SPEC = """spec calibrated
@@ -31,15 +26,8 @@ pipeline {
 
 
 @pytest.fixture(scope="module")
-def installed_pass(tmp_path_factory):
-    source = tmp_path_factory.mktemp("plugin") / "plugin_pass"
-    shutil.copytree(EXAMPLE, source)  # build in a copy: no build/ or egg-info left in the repo
-    subprocess.run([*PIP, "install", "--no-deps", "--no-build-isolation", "-q", str(source)], check=True,
-                   capture_output=True, text=True)
-    try:
-        yield source
-    finally:
-        subprocess.run([*PIP, "uninstall", "-y", "-q", "adl-plugin-temperature"], check=False, capture_output=True)
+def installed_pass(install_example):
+    return install_example("plugin_pass", "adl-plugin-temperature")
 
 
 def test_the_plugin_pass_is_listed_and_its_options_are_checked_with_a_caret(installed_pass, tmp_path):
