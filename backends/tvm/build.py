@@ -149,7 +149,7 @@ def build_library(
     import tvm
     from tvm.relax.frontend.torch import from_exported_program
 
-    from adl.backends.tvm.prepare import fold_batchnorm
+    from adl.compiler.folding import fold_batchnorm
 
     out_path = Path(out_path)
     target = native_target(target)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adl.backends.tvm.prepare import fold_batchnorm
+from adl.compiler.folding import fold_batchnorm
 from adl.models import build_model
 from adl.models.zoo import RESNET18_CIFAR
 

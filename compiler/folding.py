@@ -1,9 +1,11 @@
-"""Graph-level preparation before lowering: BatchNorm folded into the preceding convolution.
+"""BatchNorm folded into the preceding convolution: before lowering, and before quantizing.
 
 After training, an eval-mode BatchNorm is an affine map per channel; folding it into the
 convolution's weights and bias removes a whole elementwise pass over every feature map
 (and, after TVM's DecomposeOpsForInference, four elementwise ops per BN) from the library.
 Activations need no work here: TVM's FuseOps fuses them into the producing convolution.
+Quantization (`haq`) folds first too: an integer library computes with the folded weights,
+so those are the ones to quantize.
 """
 
 from __future__ import annotations

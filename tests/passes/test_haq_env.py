@@ -1,0 +1,111 @@
+"""HAQ's fake-quantized network and its DDPG environment, on a small trained digits CNN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from adl.compiler.folding import fold_batchnorm  # noqa: E402
+from adl.compiler.layers import describe_model  # noqa: E402
+from adl.compiler.spec import TargetSpec  # noqa: E402
+from adl.data import load_dataset  # noqa: E402
+from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
+from adl.models import build_model  # noqa: E402
+from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function  # noqa: E402
+from adl.passes.haq.env import FEATURES, HaqEnv, bits_of  # noqa: E402
+from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
+from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.set_num_threads(1)
+    dataset = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("cnn", {"channels": [8, 16], "hidden": 32}, input_shape=dataset.input_shape, classes=10,
+                        mean=dataset.mean, std=dataset.std)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
+    model.train()
+    for _ in range(8):
+        for start in range(0, len(x), 64):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[start:start + 64]), y[start:start + 64]).backward()
+            optimizer.step()
+    return model.eval(), dataset
+
+
+def _accuracy(model, dataset) -> float:
+    with torch.no_grad():
+        return float((model(torch.from_numpy(dataset.x_test)).argmax(1).numpy() == dataset.y_test).mean())
+
+
+def test_bits_cover_the_range_evenly():
+    actions = np.linspace(0, 1, 7001)
+    counts = np.bincount([bits_of(a, 2, 8) for a in actions])[2:]
+    assert len(counts) == 7 and counts.min() > 0.9 * counts.max()
+    assert bits_of(0.0, 2, 8) == 2 and bits_of(1.0, 2, 8) == 8
+
+
+def test_eight_bits_agree_with_the_float_network_and_two_bits_hurt(trained):
+    model, dataset = trained
+    samples = torch.from_numpy(dataset.x_train[:256])
+    layers = [l for l in describe_model(fold_batchnorm(model), (1, *dataset.input_shape))
+              if l.op in ("conv2d", "dwconv2d", "linear")]
+    eight = quantize_model(model, BitPolicy.uniform(len(layers), 8), samples, method="minmax")
+    assert sum(isinstance(m, FakeQuantLayer) for m in eight.modules()) == len(layers)
+    with torch.no_grad():
+        x = torch.from_numpy(dataset.x_test)
+        agree = float((eight(x).argmax(1) == model(x).argmax(1)).float().mean())
+    assert agree >= 0.99
+    two = quantize_model(model, BitPolicy.uniform(len(layers), 2), samples)
+    assert _accuracy(two, dataset) < _accuracy(eight, dataset)
+    kmeans = quantize_model(model, BitPolicy.uniform(len(layers), 4), samples, mode="kmeans")
+    assert _accuracy(kmeans, dataset) > 0.5
+    with pytest.raises(ValueError, match="quantized ones"):
+        quantize_model(model, BitPolicy.uniform(len(layers) + 1, 8), samples)
+
+
+def test_a_short_search_ends_every_episode_within_budget(trained):
+    model, dataset = trained
+    folded = fold_batchnorm(model)
+    layers = describe_model(folded, (1, *dataset.input_shape))
+    cost = cost_function(layers, lambda ls: BitSerialModel(preset="edge").estimate(ls, TargetSpec(name="fpga")),
+                         "latency")
+    n = sum(l.op in ("conv2d", "dwconv2d", "linear") for l in layers)
+    budget = (cost(BitPolicy.uniform(n, 8)) + cost(BitPolicy.uniform(n, 2))) / 2
+    samples = torch.from_numpy(dataset.x_train[:256])
+    x_val, y_val = dataset.x_train[-300:], dataset.y_train[-300:]
+
+    def evaluate(policy):
+        with torch.no_grad():
+            quantized = quantize_model(model, policy, samples)
+            return float((quantized(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean())
+
+    full = float((model(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean())
+    env = HaqEnv(layers, evaluate, cost, budget, low=2, high=8, full_precision_accuracy=full)
+    assert env.state_dim == len(FEATURES) and env.steps == 2 * n
+    states = []
+    state = env.reset()
+    while True:
+        states.append(state)
+        step = env.step(0.99)
+        state = step.state
+        if step.done:
+            break
+    assert np.all(np.stack(states) >= 0) and np.all(np.stack(states) <= 1)
+    assert step.info["proposed"] == BitPolicy.uniform(n, 8) and step.info["cost"] <= budget
+
+    agent = DDPGAgent(env.state_dim, DDPGConfig(warmup=3, batch_size=8, hidden=(32, 32), seed=0))
+    result = search(env, agent, episodes=6)
+    for episode in result.history:
+        assert episode.info["cost"] <= budget
+        policy = episode.info["policy"]
+        assert min(policy.weight_bits + policy.act_bits) >= 2 and max(policy.weight_bits + policy.act_bits) <= 8
+        assert episode.reward == pytest.approx(episode.info["accuracy"] - full)
+    impossible = HaqEnv(layers, evaluate, cost, 0.99 * cost(BitPolicy.uniform(n, 2)), full_precision_accuracy=full)
+    with pytest.raises(BudgetUnreachable):
+        for _ in range(impossible.steps):
+            impossible.step(0.5)
