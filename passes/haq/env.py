@@ -83,3 +83,13 @@ class HaqEnv:
         info: dict[str, Any] = {"proposed": proposed, "policy": policy, "accuracy": accuracy,
                                 "cost": self.cost(policy)}
         return Step(self._state(), reward, True, float(action), info)
+
+
+def best_episode(history: Sequence[Any]) -> Any:
+    """The episode to keep: the highest reward, and among equal rewards the cheapest policy.
+
+    On a small, easy validation set many policies lose no accuracy at all (reward 0); the
+    paper's reward cannot tell them apart, and keeping the first would keep whatever the
+    random warm-up found. The cost (already within budget) breaks the tie.
+    """
+    return max(history, key=lambda episode: (episode.reward, -episode.info["cost"]))

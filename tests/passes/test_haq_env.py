@@ -14,7 +14,7 @@ from adl.data import load_dataset  # noqa: E402
 from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
 from adl.models import build_model  # noqa: E402
 from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function  # noqa: E402
-from adl.passes.haq.env import FEATURES, HaqEnv, bits_of  # noqa: E402
+from adl.passes.haq.env import FEATURES, HaqEnv, best_episode, bits_of  # noqa: E402
 from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search  # noqa: E402
 
@@ -105,6 +105,9 @@ def test_a_short_search_ends_every_episode_within_budget(trained):
         policy = episode.info["policy"]
         assert min(policy.weight_bits + policy.act_bits) >= 2 and max(policy.weight_bits + policy.act_bits) <= 8
         assert episode.reward == pytest.approx(episode.info["accuracy"] - full)
+    best = best_episode(result.history)
+    assert best.reward == max(e.reward for e in result.history)
+    assert best.info["cost"] == min(e.info["cost"] for e in result.history if e.reward == best.reward)
     impossible = HaqEnv(layers, evaluate, cost, 0.99 * cost(BitPolicy.uniform(n, 2)), full_precision_accuracy=full)
     with pytest.raises(BudgetUnreachable):
         for _ in range(impossible.steps):

@@ -1,0 +1,197 @@
+"""HAQ's mixed precision against fixed 8-, 6- and 4-bit quantization on the bit-serial cost model.
+
+    python bench/haq.py [--quick] [--out FILE] [--seeds N] [--episodes N]
+
+A MobileNetV2-style digits network (the one bench/amc.py prunes) is trained once. For the
+`bitserial` edge and cloud presets: the latency budget is the fixed-8-bit network's latency
+divided by 1.4 (the issue's goal); the DDPG agent (`adl.passes.haq.env`, reward = validation
+accuracy of the fake-quantized network without fine-tuning minus fp32's, widths lowered
+until the budget holds) searches per-layer weight and activation widths in 2..8. The found
+policy and fixed 8/6/4-bit are then fine-tuned identically with quantization-aware training
+(straight-through estimators, the `train` loop, same epochs and seed) and scored on the test
+split. Reported: test accuracy (mean, std over seeds), predicted latency and energy of each
+policy on each preset, the policies (bits per layer; plot), and the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adl.compiler.folding import fold_batchnorm
+from adl.compiler.layers import describe_model
+from adl.compiler.progress import SilentProgress
+from adl.compiler.spec import CallValue, TargetSpec
+from adl.data import load_dataset
+from adl.hwmodels.bitserial import BitSerialModel
+from adl.models.zoo import build_model
+from adl.passes.haq.budget import BitPolicy, cost_function, quantized_layers
+from adl.passes.haq.env import HaqEnv, best_episode
+from adl.passes.haq.model import quantize_model
+from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search
+from adl.passes.train.loop import train_model
+
+MODEL = ("mobilenet", {"width": 2.0, "head": 256})
+PRESETS = ("edge", "cloud")
+FIXED = (8, 6, 4)
+SPEEDUP = 1.4  # the latency budget: fixed 8-bit's / SPEEDUP
+LOW, HIGH = 2, 8
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def train(model: torch.nn.Module, dataset, epochs: int, lr: float, seed: int) -> tuple[torch.nn.Module, float]:
+    config = {"epochs": epochs, "batch_size": 64, "optimizer": CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
+              "schedule": "cosine", "label_smoothing": 0.0}
+    with tempfile.TemporaryDirectory() as state:
+        result = train_model(model, dataset, config, seed=seed, state_dir=Path(state), progress=SilentProgress(),
+                             threads=1, log=lambda message: None)
+    return result.model, float(result.test_accuracy)
+
+
+def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        return float((model.eval()(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, few episodes and epochs (a smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/haq.json"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=300, help="search episodes per preset (the paper: 600)")
+    parser.add_argument("--warmup", type=int, default=60, help="random episodes first")
+    parser.add_argument("--base-epochs", type=int, default=20)
+    parser.add_argument("--finetune-epochs", type=int, default=4, help="quantization-aware fine-tuning")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 6, 3, 2, 1
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    dataset = load_dataset("digits")
+    shape = tuple(dataset.input_shape)
+
+    torch.manual_seed(0)
+    base = build_model(MODEL[0], MODEL[1], input_shape=shape, classes=10, mean=dataset.mean, std=dataset.std)
+    log(f"training the fp32 {MODEL[0]}{MODEL[1]} for {args.base_epochs} epochs")
+    base, base_accuracy = train(base, dataset, args.base_epochs, 3e-3, seed=0)
+    base.eval()
+    layers = describe_model(fold_batchnorm(base), (1, *shape))
+    n = len(quantized_layers(layers))
+    order = np.random.default_rng(0).permutation(len(dataset.y_train))
+    x_val, y_val = dataset.x_train[order[:500]], dataset.y_train[order[:500]]
+    samples = torch.from_numpy(dataset.x_train[order[500:756]])
+    full = accuracy(base, x_val, y_val)
+    report: dict = {"settings": {"model": {"family": MODEL[0], **MODEL[1]}, "quantized_layers": n,
+                                 "bits": [LOW, HIGH], "episodes": args.episodes, "warmup": args.warmup,
+                                 "seeds": args.seeds, "base_epochs": args.base_epochs,
+                                 "finetune_epochs": args.finetune_epochs, "finetune": "adam(lr=5e-4), cosine, QAT",
+                                 "calibration": "percentile 99.99 on 256 training images", "budget": f"fixed 8-bit "
+                                 f"latency / {SPEEDUP}", "reward": "val accuracy (500 held-out training images) - fp32's",
+                                 "quick": args.quick},
+                    "fp32": {"test_accuracy": base_accuracy, "val_accuracy": full}, "presets": {}}
+
+    def evaluate(policy: BitPolicy) -> float:
+        return accuracy(quantize_model(base, policy, samples), x_val, y_val)
+
+    for preset in PRESETS:
+        model = BitSerialModel(preset=preset)
+        target = TargetSpec(name=preset)
+        latency = cost_function(layers, lambda ls: model.estimate(ls, target), "latency")
+        energy = cost_function(layers, lambda ls: model.estimate(ls, target), "energy")
+        budget = latency(BitPolicy.uniform(n, 8)) / SPEEDUP
+        env = HaqEnv(layers, evaluate, latency, budget, low=LOW, high=HIGH, full_precision_accuracy=full)
+        agent = DDPGAgent(env.state_dim, DDPGConfig(warmup=args.warmup, seed=0))
+        t = time.perf_counter()
+        result = search(env, agent, args.episodes)
+        search_seconds = time.perf_counter() - t
+        chosen = best_episode(result.history)
+        best = chosen.info["policy"]
+        log(f"{preset}: search {search_seconds:.0f} s, best reward {chosen.reward:+.4f} (episode {chosen.index}), "
+            f"policy w{best.weight_bits} a{best.act_bits}")
+        policies = {"haq": best, **{f"fixed{b}": BitPolicy.uniform(n, b) for b in FIXED}}
+        rows = {}
+        for name, policy in policies.items():
+            accs = []
+            for seed in range(args.seeds):
+                torch.manual_seed(seed)
+                quantized = quantize_model(base, policy, samples)
+                _, acc = train(quantized, dataset, args.finetune_epochs, 5e-4, seed)
+                accs.append(acc)
+            rows[name] = {"weight_bits": list(policy.weight_bits), "act_bits": list(policy.act_bits),
+                          "latency_s": latency(policy), "energy_j": energy(policy), "within_budget": latency(policy)
+                          <= budget, "accuracy_values": accs, "accuracy_mean": statistics.fmean(accs),
+                          "accuracy_std": statistics.pstdev(accs)}
+            log(f"{preset} {name}: latency {rows[name]['latency_s'] * 1e6:.1f} us, test accuracy "
+                f"{rows[name]['accuracy_mean']:.4f} ± {rows[name]['accuracy_std']:.4f}")
+        report["presets"][preset] = {"budget_s": budget, "search_seconds": search_seconds, "policies": rows,
+                                     "chosen_episode": chosen.index,
+                                     "rewards": [e.reward for e in result.history]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    goals = {}
+    for preset, row in report["presets"].items():
+        haq, eight = row["policies"]["haq"], row["policies"]["fixed8"]
+        gap = (eight["accuracy_mean"] - haq["accuracy_mean"]) * 100
+        speedup = eight["latency_s"] / haq["latency_s"]
+        goals[f"{preset}: HAQ accuracy within 0.5 points of fixed 8-bit"] = {"value": gap, "target": 0.5,
+                                                                             "met": gap <= 0.5}
+        goals[f"{preset}: HAQ latency speedup over fixed 8-bit"] = {"value": speedup, "target": SPEEDUP,
+                                                                    "met": speedup >= SPEEDUP}
+    edge, cloud = (report["presets"][p]["policies"]["haq"] for p in PRESETS)
+    differing = sum(a != b for a, b in zip(edge["weight_bits"] + edge["act_bits"], cloud["weight_bits"]
+                                           + cloud["act_bits"]))
+    goals["edge and cloud policies differ (widths that differ)"] = {"value": differing, "target": "> 0",
+                                                                     "met": differing > 0}
+    report["goals"] = goals
+    report["seconds"] = time.perf_counter() - started
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, args.out.with_suffix(".png"))
+    for goal, verdict in goals.items():
+        print(f"{goal}: {verdict['value']:.3f} (target {verdict['target']}) {'met' if verdict['met'] else 'MISSED'}")
+    return 0
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, preset in zip(axes[:2], PRESETS):
+        haq = report["presets"][preset]["policies"]["haq"]
+        index = np.arange(len(haq["weight_bits"]))
+        ax.bar(index - 0.2, haq["weight_bits"], 0.4, label="weights")
+        ax.bar(index + 0.2, haq["act_bits"], 0.4, label="activations")
+        ax.set_xlabel("quantized layer")
+        ax.set_ylabel("bits")
+        ax.set_title(f"HAQ policy, bitserial {preset}")
+        ax.legend(fontsize=8)
+    for preset, marker in zip(PRESETS, "os"):
+        rows = report["presets"][preset]["policies"]
+        first = rows["fixed8"]["latency_s"]
+        for name, row in rows.items():
+            axes[2].errorbar(row["latency_s"] / first, row["accuracy_mean"] * 100, yerr=row["accuracy_std"] * 100,
+                             fmt=marker, capsize=3, label=f"{preset} {name}")
+    axes[2].set_xlabel("latency / fixed 8-bit latency (bitserial)")
+    axes[2].set_ylabel("test accuracy after QAT (%)")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
