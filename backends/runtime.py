@@ -297,10 +297,19 @@ class CompiledLibrary:
 
 @dataclass(frozen=True)
 class ThreadChoice:
-    """The thread count a library runs fastest with, and the median latency (s) of every count tried."""
+    """A library's latency (s) per thread count tried, one median per round, and the fastest count."""
 
-    threads: int
-    median_s: dict[int, float]
+    rounds_s: dict[int, list[float]]
+
+    @property
+    def median_s(self) -> dict[int, float]:
+        return {n: float(np.median(times)) for n, times in self.rounds_s.items()}
+
+    @property
+    def threads(self) -> int:
+        """The count with the lowest median (the fewest threads on a tie)."""
+        medians = self.median_s
+        return min(medians, key=lambda n: (medians[n], n))
 
 
 def fastest_thread_count(path: str | Path, input_shape: Sequence[int], max_threads: int, *, rounds: int = 5,
@@ -329,8 +338,4 @@ def fastest_thread_counts(paths: dict[str, str | Path], input_shape: Sequence[in
     for _ in range(rounds):
         for key, library in libraries.items():
             per_round[key].append(library.latency(repeats=repeats, warmup=warmup).median_s)
-    out = {}
-    for name in paths:
-        medians = {n: float(np.median(per_round[(name, n)])) for n in range(1, max_threads + 1)}
-        out[name] = ThreadChoice(threads=min(medians, key=lambda n: (medians[n], n)), median_s=medians)
-    return out
+    return {name: ThreadChoice({n: per_round[(name, n)] for n in range(1, max_threads + 1)}) for name in paths}
