@@ -38,33 +38,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from adl.compiler.layers import describe_model  # noqa: E402
-from adl.compiler.progress import SilentProgress  # noqa: E402
-from adl.compiler.spec import CallValue  # noqa: E402
 from adl.data import load_dataset  # noqa: E402
 from adl.models.zoo import build_model  # noqa: E402
 from adl.backends.tvm.build import TuneRequest  # noqa: E402
 from adl.passes.amc.search import AmcConfig, make_env, run_amc  # noqa: E402
-from adl.passes.train.loop import train_model  # noqa: E402
+from common import TRAIN_THREADS, log, train  # noqa: E402
 
 MODEL = ("mobilenet", {"width": 2.0, "head": 256})
 BUDGETS = (0.5, 0.3)
 METHODS = ("amc", "uniform", "torch_pruning")
 THREADS = 2  # the libraries run on both cores
-TRAIN_THREADS = 1  # training and search: on a shared 2-core machine a second torch thread spins and slows it ~5x
 MULTIPLE = 8
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def train(model: torch.nn.Module, dataset, epochs: int, lr: float, seed: int) -> tuple[torch.nn.Module, float]:
-    config = {"epochs": epochs, "batch_size": 64, "optimizer": CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
-              "schedule": "cosine", "label_smoothing": 0.0}
-    with tempfile.TemporaryDirectory() as state:
-        result = train_model(model, dataset, config, seed=seed, state_dir=Path(state), progress=SilentProgress(),
-                             threads=TRAIN_THREADS, log=lambda message: None)
-    return result.model, float(result.test_accuracy)
 
 
 def flops(model: torch.nn.Module, shape) -> int:
@@ -112,7 +96,7 @@ def measure_latency(models: dict[str, torch.nn.Module], shape, rounds: int, repe
     which keeps the faster of tuned and default), then time every library with 1..THREADS
     threads in interleaved rounds. A library ships with its fastest thread count (what `lower`
     picks), so speedups compare each library at its best count, per round, medianed."""
-    from adl.backends.runtime import CompiledLibrary
+    from adl.backends.runtime import fastest_thread_counts
     from adl.backends.tvm.build import build_library, max_abs_difference
 
     x = np.zeros((1, *shape), np.float32)
@@ -126,17 +110,14 @@ def measure_latency(models: dict[str, torch.nn.Module], shape, rounds: int, repe
             info = build_library(model, x, {"kind": "llvm", "num-cores": THREADS}, path,
                                  tune=tune if variant == "tuned" else None)
             out[key] = {"path": path, "build_seconds": info.build_seconds, "library_bytes": info.library_bytes,
-                        "tuning": info.tuning, "max_abs_diff": max_abs_difference(model, path, dataset.x_test[:64]),
-                        "rounds_ms": {n: [] for n in range(1, THREADS + 1)}}
+                        "tuning": info.tuning, "max_abs_diff": max_abs_difference(model, path, dataset.x_test[:64])}
     paths = {key: row.pop("path") for key, row in out.items()}
-    libraries = {(key, n): CompiledLibrary(paths[key], (1, *shape), num_threads=n)
-                 for key in out for n in range(1, THREADS + 1)}
-    for _ in range(rounds):
-        for (key, n), library in libraries.items():
-            out[key]["rounds_ms"][n].append(library.latency(repeats=repeats, warmup=10).median_s * 1e3)
-    for row in out.values():
-        row["median_ms"] = {n: statistics.median(times) for n, times in row["rounds_ms"].items()}
-        row["threads"] = min(row["median_ms"], key=row["median_ms"].get)
+    choices = fastest_thread_counts(paths, (1, *shape), THREADS, rounds=rounds, repeats=repeats, warmup=10)
+    for key, row in out.items():
+        choice = choices[key]
+        row["rounds_ms"] = {n: [t * 1e3 for t in times] for n, times in choice.rounds_s.items()}
+        row["median_ms"] = {n: m * 1e3 for n, m in choice.median_s.items()}
+        row["threads"] = choice.threads
         row["shipped_ms"] = row["rounds_ms"][row["threads"]]
     for key, row in out.items():
         base = out["unpruned+tuned" if key.endswith("+tuned") else "unpruned"]
