@@ -16,11 +16,9 @@ policy on each preset, the policies (bits per layer; plot), and the goals.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +27,7 @@ import torch
 
 from adl.compiler.folding import fold_batchnorm
 from adl.compiler.layers import describe_model
-from adl.compiler.progress import SilentProgress
-from adl.compiler.spec import CallValue, TargetSpec
+from adl.compiler.spec import TargetSpec
 from adl.data import load_dataset
 from adl.hwmodels.bitserial import BitSerialModel
 from adl.models.zoo import build_model
@@ -38,31 +35,15 @@ from adl.passes.haq.budget import BitPolicy, cost_function, quantized_layers
 from adl.passes.haq.env import HaqEnv, best_episode
 from adl.passes.haq.model import quantize_model
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search
-from adl.passes.train.loop import train_model
+from adl.passes.train.loop import evaluate
+
+from common import log, train
 
 MODEL = ("mobilenet", {"width": 2.0, "head": 256})
 PRESETS = ("edge", "cloud")
 FIXED = (8, 6, 4)
 SPEEDUP = 1.4  # the latency budget: fixed 8-bit's / SPEEDUP
 LOW, HIGH = 2, 8
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def train(model: torch.nn.Module, dataset, epochs: int, lr: float, seed: int) -> tuple[torch.nn.Module, float]:
-    config = {"epochs": epochs, "batch_size": 64, "optimizer": CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
-              "schedule": "cosine", "label_smoothing": 0.0}
-    with tempfile.TemporaryDirectory() as state:
-        result = train_model(model, dataset, config, seed=seed, state_dir=Path(state), progress=SilentProgress(),
-                             threads=1, log=lambda message: None)
-    return result.model, float(result.test_accuracy)
-
-
-def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    with torch.no_grad():
-        return float((model.eval()(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
 def main() -> int:
@@ -94,7 +75,7 @@ def main() -> int:
     order = np.random.default_rng(0).permutation(len(dataset.y_train))
     x_val, y_val = dataset.x_train[order[:500]], dataset.y_train[order[:500]]
     samples = torch.from_numpy(dataset.x_train[order[500:756]])
-    full = accuracy(base, x_val, y_val)
+    full = evaluate(base, x_val, y_val)
     budget_text = (f"fixed {args.budget_bits}-bit latency" if args.budget_bits
                    else f"fixed 8-bit latency / {SPEEDUP}")
     report: dict = {"settings": {"model": {"family": MODEL[0], **MODEL[1]}, "quantized_layers": n,
@@ -106,8 +87,8 @@ def main() -> int:
                                  "quick": args.quick},
                     "fp32": {"test_accuracy": base_accuracy, "val_accuracy": full}, "presets": {}}
 
-    def evaluate(policy: BitPolicy) -> float:
-        return accuracy(quantize_model(base, policy, samples), x_val, y_val)
+    def validation_accuracy(policy: BitPolicy) -> float:
+        return evaluate(quantize_model(base, policy, samples), x_val, y_val)
 
     for preset in PRESETS:
         model = BitSerialModel(preset=preset)
@@ -116,7 +97,7 @@ def main() -> int:
         energy = cost_function(layers, lambda ls: model.estimate(ls, target), "energy")
         budget = (latency(BitPolicy.uniform(n, args.budget_bits)) if args.budget_bits
                   else latency(BitPolicy.uniform(n, 8)) / SPEEDUP)
-        env = HaqEnv(layers, evaluate, latency, budget, low=LOW, high=HIGH, full_precision_accuracy=full)
+        env = HaqEnv(layers, validation_accuracy, latency, budget, low=LOW, high=HIGH, full_precision_accuracy=full)
         agent = DDPGAgent(env.state_dim, DDPGConfig(warmup=args.warmup, seed=0))
         t = time.perf_counter()
         result = search(env, agent, args.episodes)

@@ -17,6 +17,7 @@ from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function  #
 from adl.passes.haq.env import FEATURES, HaqEnv, best_episode, bits_of  # noqa: E402
 from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search  # noqa: E402
+from adl.passes.train.loop import evaluate as top1  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +36,6 @@ def trained():
             torch.nn.functional.cross_entropy(model(x[start:start + 64]), y[start:start + 64]).backward()
             optimizer.step()
     return model.eval(), dataset
-
-
-def _accuracy(model, dataset) -> float:
-    with torch.no_grad():
-        return float((model(torch.from_numpy(dataset.x_test)).argmax(1).numpy() == dataset.y_test).mean())
 
 
 def test_bits_cover_the_range_evenly():
@@ -61,9 +57,9 @@ def test_eight_bits_agree_with_the_float_network_and_two_bits_hurt(trained):
         agree = float((eight(x).argmax(1) == model(x).argmax(1)).float().mean())
     assert agree >= 0.99
     two = quantize_model(model, BitPolicy.uniform(len(layers), 2), samples)
-    assert _accuracy(two, dataset) < _accuracy(eight, dataset)
+    assert top1(two, dataset.x_test, dataset.y_test) < top1(eight, dataset.x_test, dataset.y_test)
     kmeans = quantize_model(model, BitPolicy.uniform(len(layers), 4), samples, mode="kmeans")
-    assert _accuracy(kmeans, dataset) > 0.5
+    assert top1(kmeans, dataset.x_test, dataset.y_test) > 0.5
     with pytest.raises(ValueError, match="quantized ones"):
         quantize_model(model, BitPolicy.uniform(len(layers) + 1, 8), samples)
 
@@ -80,11 +76,9 @@ def test_a_short_search_ends_every_episode_within_budget(trained):
     x_val, y_val = dataset.x_train[-300:], dataset.y_train[-300:]
 
     def evaluate(policy):
-        with torch.no_grad():
-            quantized = quantize_model(model, policy, samples)
-            return float((quantized(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean())
+        return top1(quantize_model(model, policy, samples), x_val, y_val)
 
-    full = float((model(torch.from_numpy(x_val)).argmax(1).numpy() == y_val).mean())
+    full = top1(model, x_val, y_val)
     env = HaqEnv(layers, evaluate, cost, budget, low=2, high=8, full_precision_accuracy=full)
     assert env.state_dim == len(FEATURES) and env.steps == 2 * n
     states = []
