@@ -148,7 +148,11 @@ def describe_model(model: Any, input_shape: Sequence[int]) -> list[LayerDesc]:
             return ""
         return ""
 
-    graph_module = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:  # quantized layers are layers
+            return hasattr(m, "quantized_template") or super().is_leaf_module(m, qualname)
+
+    graph_module = model if isinstance(model, fx.GraphModule) else fx.GraphModule(model, Tracer().trace(model))
     was_training = graph_module.training
     graph_module.eval()
     with torch.no_grad():
@@ -164,14 +168,18 @@ def describe_model(model: Any, input_shape: Sequence[int]) -> list[LayerDesc]:
         if node.op == "call_module":
             mod = modules[node.target]
             src, out = shape(node.args[0]), shape(node)
+            bits = {}
+            if hasattr(mod, "quantized_template"):  # see adl.models.integer: described as the layer it computes
+                bits = {"weight_bits": mod.weight_bits, "act_bits": mod.act_bits}
+                mod = mod.quantized_template
             if isinstance(mod, nn.Conv2d):
                 depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
                 layers.append(LayerDesc(node.target, "dwconv2d" if depthwise else "conv2d", src, out,
                                         _pair(mod.kernel_size), _pair(mod.stride), mod.groups, mod.bias is not None,
-                                        activation=activation_after(node)))
+                                        activation=activation_after(node), **bits))
             elif isinstance(mod, nn.Linear):
                 layers.append(LayerDesc(node.target, "linear", src, out, has_bias=mod.bias is not None,
-                                        activation=activation_after(node)))
+                                        activation=activation_after(node), **bits))
             elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
                 layers.append(LayerDesc(node.target, "pool", src, out, _pair(mod.kernel_size),
                                         _pair(mod.stride or mod.kernel_size)))

@@ -147,9 +147,9 @@ def build_library(
     import torch  # before tvm: tvm_ffi then enables its torch integration
 
     import tvm
-    from tvm.relax.frontend.torch import from_exported_program
 
     from adl.compiler.folding import fold_batchnorm
+    from adl.backends.tvm.integer_ops import import_exported
 
     out_path = Path(out_path)
     target = native_target(target)
@@ -168,7 +168,7 @@ def build_library(
         with _step(STEP_IMPORT), warnings.catch_warnings():
             # torch's pytree emits a FutureWarning about LeafSpec while TVM decomposes the program.
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
-            mod = from_exported_program(exported, keep_params_as_input=False)
+            mod = import_exported(exported, keep_params_as_input=False)
             main = mod["main"]
             params = list(main.params)
             if len(params) != 1:

@@ -75,6 +75,8 @@ def layer_model(group: KernelGroup) -> Any:
         op = nn.Identity()
     else:
         raise ValueError(f"cannot time layer {layer.name!r}: unknown op {layer.op!r}")
+    if layer.op in ("conv2d", "dwconv2d", "linear") and layer.weight_bits <= 8 and layer.act_bits <= 8:
+        op = _integer_layer(op, layer.weight_bits, layer.act_bits)
 
     class OneLayer(nn.Module):
         def __init__(self) -> None:
@@ -91,6 +93,19 @@ def layer_model(group: KernelGroup) -> Any:
             return y
 
     return OneLayer().eval()
+
+
+def _integer_layer(op: Any, weight_bits: int, act_bits: int) -> Any:
+    """`op` as the `haq` pass deploys it at <= 8 bits: int8 x int8 -> int32 (random codes)."""
+    import torch
+
+    from adl.models.integer import IntegerConv2d, IntegerLinear
+
+    limit = 2 ** (weight_bits - 1) - 1
+    codes = torch.randint(-limit, limit + 1, op.weight.shape, dtype=torch.int32)
+    scales = torch.full((op.weight.shape[0],), 0.01)
+    cls = IntegerConv2d if isinstance(op, torch.nn.Conv2d) else IntegerLinear
+    return cls(op, codes, scales, 0.05, 2 ** (act_bits - 1), act_bits, weight_bits)
 
 
 @dataclass(frozen=True)
@@ -118,9 +133,9 @@ def compile_group(group: KernelGroup, target: dict, folder: str | Path, *, tuned
 
     import tvm
     from tvm import tirx
-    from tvm.relax.frontend.torch import from_exported_program
 
     from adl.backends.tvm.build import _step, native_target
+    from adl.backends.tvm.integer_ops import import_exported
     from adl.backends.tvm.default_schedules import default_cpu_pipeline
 
     native = native_target(target)
@@ -130,7 +145,7 @@ def compile_group(group: KernelGroup, target: dict, folder: str | Path, *, tuned
     with _step("export"), torch.no_grad():
         exported = torch.export.export(model, (example,))
     with _step("import to Relax"):
-        mod = from_exported_program(exported, keep_params_as_input=False)
+        mod = import_exported(exported, keep_params_as_input=False)
     with _step("compile"):
         lowered = (_tuned_pipeline(mod, native, tuning_root) if tuned
                    else default_cpu_pipeline(tvm_target)(mod))

@@ -1,0 +1,90 @@
+"""adl's integer operators through TVM: the library computes int8 x int8 -> int32, and agrees
+with the eager integer model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from adl.backends.runtime import CompiledLibrary  # noqa: E402
+from adl.backends.tvm.build import build_library  # noqa: E402
+from adl.backends.tvm.integer_ops import import_exported  # noqa: E402
+from adl.backends.tvm.layer_timing import compile_group, layer_model  # noqa: E402
+from adl.compiler.layers import KernelGroup, LayerDesc  # noqa: E402
+from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
+from adl.passes.haq.quantizers import activation_quant, quantize_weight  # noqa: E402
+
+TARGET = {"kind": "llvm", "num-cores": 2}
+
+
+def integer(layer: nn.Module, weight_bits: int, act_bits: int, lo: float, hi: float) -> nn.Module:
+    codes, scales = quantize_weight(layer.weight, weight_bits)
+    act = activation_quant(lo, hi, act_bits)
+    cls = IntegerConv2d if isinstance(layer, nn.Conv2d) else IntegerLinear
+    return cls(layer, codes, scales, act.scale, act.zero_point, act_bits, weight_bits)
+
+
+class IntegerNet(nn.Module):
+    """Every integer form the `haq` pass emits: padded conv with a zero point, strided,
+    depthwise with a residual, 1x1, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = integer(nn.Conv2d(1, 16, 3, padding=1), 8, 8, -1.5, 3.0)
+        self.down = integer(nn.Conv2d(16, 16, 3, stride=2, padding=1), 5, 6, 0.0, 2.0)
+        self.dw = integer(nn.Conv2d(16, 16, 3, padding=1, groups=16), 4, 7, 0.0, 2.0)
+        self.project = integer(nn.Conv2d(16, 24, 1), 6, 8, 0.0, 3.0)
+        self.fc = integer(nn.Linear(24, 10), 8, 4, 0.0, 3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.down(x))
+        x = torch.relu(self.dw(x)) + x
+        x = torch.relu(self.project(x))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    model = IntegerNet().eval()
+    x = np.random.default_rng(0).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    path = tmp_path_factory.mktemp("int") / "model.so"
+    info = build_library(model, x, TARGET, path)
+    return model, x, path, info
+
+
+def test_the_relax_program_convolves_int8_into_int32():
+    model = IntegerNet().eval()
+    exported = torch.export.export(model, (torch.zeros(1, 1, 8, 8),))
+    text = import_exported(exported).script()
+    convs = [line for line in text.splitlines() if "R.nn.conv2d(" in line]
+    assert len(convs) == 4 and all('out_dtype="int32"' in line for line in convs)
+    assert 'R.Tensor((1, 16, 10, 10), dtype="int8")' in text  # padded with the zero point, still int8
+    assert "R.matmul(" in text and 'out_dtype="int32"' in text.split("R.matmul(")[1].splitlines()[0]
+
+
+@pytest.mark.slow
+def test_the_library_agrees_with_the_eager_integer_model(built):
+    model, x, path, info = built
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    out = CompiledLibrary(path, info.input_shape, num_threads=1).run(x)
+    assert np.abs(out - expected).max() < 1e-4
+    assert np.array_equal(out.argmax(1), expected.argmax(1))
+
+
+@pytest.mark.slow
+def test_measured_table_times_integer_kernels_for_layers_at_8_bits_or_fewer(tmp_path):
+    conv = LayerDesc("conv", "conv2d", (1, 8, 8, 8), (1, 16, 8, 8), (3, 3), activation="relu")
+    narrow = dataclasses.replace(conv, weight_bits=4, act_bits=8)
+    assert isinstance(layer_model(KernelGroup(narrow)).op, IntegerConv2d)
+    assert isinstance(layer_model(KernelGroup(conv)).op, nn.Conv2d)
+    kernels = compile_group(KernelGroup(narrow), TARGET, tmp_path).kernels
+    conv_kernel = next(k for k in kernels if "conv2d" in k.name)
+    assert [dtype for _, dtype in conv_kernel.args][:2] == ["int8", "int8"]
