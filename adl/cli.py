@@ -91,10 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, AdlError):
             print(exc.render(), file=sys.stderr)
             return EXIT_SPEC
+        from rich.markup import escape  # the message is text: "[train]" in it is not markup
+
         if isinstance(exc, PassError):
-            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         else:
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", markup=True,
+                      soft_wrap=True)
             err.print("rerun with --debug for the traceback")
         return EXIT_FAILURE
 

@@ -5,6 +5,7 @@
       manifest.json   schema-versioned record: input, metrics, budgets, layers, passes
       spec.adl        the spec it was compiled from
       report.md       human summary
+      weights.packed.npz   (after `haq`) the weight codes bit-packed at each layer's width
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 LIBRARY_FILE, MANIFEST_FILE, SPEC_FILE, REPORT_FILE = "model.so", "manifest.json", "spec.adl", "report.md"
+# Files passes produce (`Module.files` key -> name in the artifact) that the artifact carries besides the library.
+PASS_FILES = {"packed_weights": "weights.packed.npz"}
 SUPPORTED_SCHEMA = 1
 
 
@@ -27,23 +30,25 @@ class ArtifactError(Exception):
 
 
 def write_artifact(out_dir: Path, *, library: str | None, manifest: dict[str, Any], spec_source: str,
-                   report: str) -> Path:
+                   report: str, files: dict[str, str] | None = None) -> Path:
     """Write the artifact to a temporary sibling folder, then swap it into place.
 
     A compile killed at any point leaves either the previous artifact or the new one, never
     a half-written folder under the artifact's name. An artifact whose content would not
     change (same library, spec and manifest up to pass timings) is left untouched, so its
     timestamps tell a build system that nothing downstream needs rebuilding (Ninja's restat).
+    `files` maps further artifact file names to the files to copy there (see `PASS_FILES`).
     """
     out_dir = Path(out_dir)
-    if _unchanged(out_dir, library, manifest, spec_source):
+    files = {**({LIBRARY_FILE: library} if library is not None else {}), **(files or {})}
+    if _unchanged(out_dir, files, manifest, spec_source):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    if library is not None:
-        shutil.copyfile(library, tmp / LIBRARY_FILE)
+    for name, source in files.items():
+        shutil.copyfile(source, tmp / name)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
     (tmp / SPEC_FILE).write_text(spec_source)
     (tmp / REPORT_FILE).write_text(report)
@@ -63,18 +68,17 @@ def _stable(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def _unchanged(out_dir: Path, library: str | None, manifest: dict[str, Any], spec_source: str) -> bool:
+def _unchanged(out_dir: Path, files: dict[str, str], manifest: dict[str, Any], spec_source: str) -> bool:
     try:
         old = json.loads((out_dir / MANIFEST_FILE).read_text())
         same_spec = (out_dir / SPEC_FILE).read_text() == spec_source
     except (OSError, ValueError):
         return False
-    old_library = out_dir / LIBRARY_FILE
-    if library is None:
-        same_library = not old_library.exists()
-    else:
-        same_library = old_library.is_file() and filecmp.cmp(library, old_library, shallow=False)
-    return same_spec and same_library and _stable(old) == _stable(manifest)
+    carried = {LIBRARY_FILE, *PASS_FILES.values()}
+    old_files = {path.name for path in out_dir.iterdir() if path.name in carried}
+    same_files = old_files == set(files) and all(filecmp.cmp(source, out_dir / name, shallow=False)
+                                                 for name, source in files.items())
+    return same_spec and same_files and _stable(old) == _stable(manifest)
 
 
 class Artifact:

@@ -144,7 +144,7 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     trained, so passes that need a trained network may come first): how `Pipeline.run`
     compiles a user's own network and data without an .adl file.
     """
-    from adl.backends.artifact import write_artifact
+    from adl.backends.artifact import PASS_FILES, write_artifact
     from adl.compiler.manifest import build_manifest, render_report
 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
@@ -172,7 +172,8 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION, cost=cost)
     report = render_report(manifest, report_sections(pipeline, module))
     artifact_dir = write_artifact(out_dir, library=module.files.get("library"), manifest=manifest,
-                                  spec_source=spec.source, report=report)
+                                  spec_source=spec.source, report=report,
+                                  files={PASS_FILES[key]: path for key, path in module.files.items() if key in PASS_FILES})
     if depfile is not None:
         from adl.compiler.depfile import dependencies, write_depfile
 

@@ -78,9 +78,10 @@ def render_report(manifest: dict[str, Any], sections: Sequence[tuple[str, Sequen
     rows = [(k, v) for k, v in m.items() if not isinstance(v, (dict, list))]
     out += table(["metric", "value"], rows)
     out += ["", "## Layers", ""]
-    out += table(["layer", "op", "input", "output", "kernel", "params", "MACs"],
+    out += table(["layer", "op", "input", "output", "kernel", "params", "MACs", "bits (w/a)"],
                   [(l["name"], l["op"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["output_shape"])),
-                    "x".join(map(str, l["kernel"])), l["params"], l["macs"]) for l in manifest["layers"]])
+                    "x".join(map(str, l["kernel"])), l["params"], l["macs"],
+                    f"{l.get('weight_bits', 32)}/{l.get('act_bits', 32)}") for l in manifest["layers"]])
     cost = manifest.get("cost_model")
     if cost and cost.get("predicted_latency_s") is not None:
         out += ["", "## Cost model", "",

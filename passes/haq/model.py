@@ -34,6 +34,15 @@ class FakeQuantLayer(nn.Module):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.layer, self.weight_bits, self.act, self.mode = layer, weight_bits, act, mode
 
+    @property
+    def act_bits(self) -> int:
+        return self.act.bits
+
+    @property
+    def quantized_template(self) -> nn.Module:
+        """The float layer quantized here: `describe_model` describes it, with the widths."""
+        return self.layer
+
     def quantized_weight(self) -> torch.Tensor:
         weight = self.layer.weight
         if self.mode == "linear":
