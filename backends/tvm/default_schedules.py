@@ -522,8 +522,14 @@ def _make_rule():
                         sch.compute_inline(b)
                     except Exception:  # noqa: BLE001
                         leftovers.append(b)
+                # The register tile holds the anchor's accumulators: size it by their type
+                # (an int8 convolution accumulates in int32, 4x wider than what it writes).
                 try:
-                    ok = _schedule_anchor(sch, anchor, lanes, _layout_free(func))
+                    anchor_lanes = _lanes(target, sch.get(anchor).writes[0].source.dtype.bits)
+                except Exception:  # noqa: BLE001
+                    anchor_lanes = lanes
+                try:
+                    ok = _schedule_anchor(sch, anchor, anchor_lanes, _layout_free(func))
                 except Exception as exc:  # noqa: BLE001
                     _LOG.debug("anchor rule failed on %s: %s", sch.get(anchor).name_hint, exc)
                     ok = False
