@@ -146,6 +146,7 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     """
     from adl.backends.artifact import PASS_FILES, write_artifact
     from adl.compiler.manifest import build_manifest, render_report
+    from adl.compiler.report_html import render_html
 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".adl-cache"
@@ -173,7 +174,8 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     report = render_report(manifest, report_sections(pipeline, module))
     artifact_dir = write_artifact(out_dir, library=module.files.get("library"), manifest=manifest,
                                   spec_source=spec.source, report=report,
-                                  files={PASS_FILES[key]: path for key, path in module.files.items() if key in PASS_FILES})
+                                  files={PASS_FILES[key]: path for key, path in module.files.items() if key in PASS_FILES},
+                                  report_html=render_html(manifest))
     if depfile is not None:
         from adl.compiler.depfile import dependencies, write_depfile
 
@@ -240,10 +242,21 @@ def price(cost_model: Any, spec: Spec, layers: Sequence[LayerDesc], measured_lat
             "per_layer": [c.as_dict() for c in cost.layers]}
 
 
+def parameter_count(model: Any) -> int:
+    """The model's parameters, counting the weights a quantized layer holds as integer codes
+    (buffers, not parameters) as the parameters of the layer it computes."""
+    count = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        template = getattr(module, "quantized_template", None)
+        if template is not None:
+            count += sum(p.numel() for p in template.parameters()) - sum(p.numel() for p in module.parameters())
+    return count
+
+
 def _model_metrics(module: Module, layers: Sequence[LayerDesc]) -> dict[str, Any]:
     if module.model is None:
         return {}
     return {"layers": [layer.as_row() for layer in layers],
             "flops": sum(layer.flops for layer in layers),
-            "params": sum(p.numel() for p in module.model.parameters()),
+            "params": parameter_count(module.model),
             "accuracy": module.metrics.get("accuracy", module.metrics.get("torch_accuracy"))}

@@ -83,11 +83,15 @@ class _IntegerLayer(nn.Module):
                              .reshape(out_shape))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).reshape(out_shape))
         self.act_scale, self.act_bits, self.weight_bits = float(act_scale), int(act_bits), int(weight_bits)
+        self.inverse_scale = 1.0 / self.act_scale
         self.offset = 2 ** (act_bits - 1)  # unsigned codes [0, 2**b - 1] -> signed storage
         self.zero_point = int(act_zero_point) - self.offset
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        codes = torch.clamp(torch.round(x / self.act_scale) + (self.zero_point + self.offset), 0, 2 ** self.act_bits - 1)
+        # x * (1 / s), not x / s: a vector division costs ~5x a multiplication, and this runs on
+        # every element in the previous kernel's epilogue (a depthwise conv does only 9 MACs per output)
+        codes = torch.clamp(torch.round(x * self.inverse_scale) + (self.zero_point + self.offset), 0,
+                            2 ** self.act_bits - 1)
         return (codes - self.offset).to(torch.int8)
 
     def rescale_output(self, acc: torch.Tensor) -> torch.Tensor:

@@ -160,11 +160,11 @@ class HaqPass(Pass):
     def _cost(self, layers: Any, resource: str, ctx: PassContext) -> Any:
         from adl.passes.haq.budget import cost_function
 
-        if ctx.cost_model is None:
-            if resource != "size":
-                raise PassError(f"a {resource} budget needs the target's cost model")
+        if resource == "size":  # weight bytes at each layer's width: no cost model (or timing) needed
             return cost_function(layers, lambda priced: _WeightBytes(sum(layer.weight_bytes for layer in priced)),
                                  "size")
+        if ctx.cost_model is None:
+            raise PassError(f"a {resource} budget needs the target's cost model")
         return cost_function(layers, ctx.cost, resource)
 
     def _budget(self, ctx: PassContext, resource: str, highest: float) -> tuple[float, str]:
@@ -210,7 +210,7 @@ class HaqPass(Pass):
 
 
 class _WeightBytes:
-    """A cost with only weight bytes: a size budget needs no cost model."""
+    """A cost with only weight bytes (what `cost_function` reads for a size budget)."""
 
     def __init__(self, weight_bytes: int) -> None:
         self.weight_bytes = weight_bytes

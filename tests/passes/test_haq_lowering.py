@@ -150,3 +150,13 @@ def test_describe_model_sees_quantized_layers_as_the_layers_they_compute(small):
         assert [(l.weight_bits, l.act_bits) for l in layers if l.op != "add"] == [(3, 4), (5, 6), (8, 7)]
     assert isinstance(SimulatedQuantLayer(nn.Linear(2, 2), torch.zeros(2, 2), 0.1, 0, 8, 12).quantized_template,
                       nn.Linear)
+
+
+def test_parameter_count_counts_integer_weight_codes(small):
+    from adl.compiler.driver import parameter_count
+
+    model, samples = small
+    fake = quantize_model(model, BitPolicy((3, 5, 12), (8, 8, 8)), samples)
+    deployed, _, _ = deployable_model(fake, "llvm")
+    folded = 8 * 9 + 8 + 8 * 9 + 8 + 8 * 10 + 10  # BatchNorm folded into the first conv's weights and bias
+    assert parameter_count(deployed) == parameter_count(fake) == folded
