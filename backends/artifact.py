@@ -5,6 +5,7 @@
       manifest.json   schema-versioned record: input, metrics, budgets, layers, passes
       spec.adl        the spec it was compiled from
       report.md       human summary
+      report.html     the same with plots, self-contained
       weights.packed.npz   (after `haq`) the weight codes bit-packed at each layer's width
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 LIBRARY_FILE, MANIFEST_FILE, SPEC_FILE, REPORT_FILE = "model.so", "manifest.json", "spec.adl", "report.md"
+REPORT_HTML_FILE = "report.html"
 # Files passes produce (`Module.files` key -> name in the artifact) that the artifact carries besides the library.
 PASS_FILES = {"packed_weights": "weights.packed.npz"}
 SUPPORTED_SCHEMA = 1
@@ -30,7 +32,7 @@ class ArtifactError(Exception):
 
 
 def write_artifact(out_dir: Path, *, library: str | None, manifest: dict[str, Any], spec_source: str,
-                   report: str, files: dict[str, str] | None = None) -> Path:
+                   report: str, files: dict[str, str] | None = None, report_html: str | None = None) -> Path:
     """Write the artifact to a temporary sibling folder, then swap it into place.
 
     A compile killed at any point leaves either the previous artifact or the new one, never
@@ -52,6 +54,8 @@ def write_artifact(out_dir: Path, *, library: str | None, manifest: dict[str, An
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
     (tmp / SPEC_FILE).write_text(spec_source)
     (tmp / REPORT_FILE).write_text(report)
+    if report_html is not None:
+        (tmp / REPORT_HTML_FILE).write_text(report_html)
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     if out_dir.exists():
         os.rename(out_dir, old)

@@ -50,6 +50,16 @@ def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: S
     }
 
 
+LAYER_COLUMNS = ("layer", "op", "input", "output", "kernel", "params", "MACs", "bits (w/a)")
+
+
+def layer_rows(manifest: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The manifest's layers as rows of `LAYER_COLUMNS` (report.md and report.html)."""
+    return [(l["name"], l["op"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["output_shape"])),
+             "x".join(map(str, l["kernel"])), l["params"], l["macs"], f"{l.get('weight_bits', 32)}/{l.get('act_bits', 32)}")
+            for l in manifest["layers"]]
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -78,10 +88,7 @@ def render_report(manifest: dict[str, Any], sections: Sequence[tuple[str, Sequen
     rows = [(k, v) for k, v in m.items() if not isinstance(v, (dict, list))]
     out += table(["metric", "value"], rows)
     out += ["", "## Layers", ""]
-    out += table(["layer", "op", "input", "output", "kernel", "params", "MACs", "bits (w/a)"],
-                  [(l["name"], l["op"], "x".join(map(str, l["input_shape"])), "x".join(map(str, l["output_shape"])),
-                    "x".join(map(str, l["kernel"])), l["params"], l["macs"],
-                    f"{l.get('weight_bits', 32)}/{l.get('act_bits', 32)}") for l in manifest["layers"]])
+    out += table(LAYER_COLUMNS, layer_rows(manifest))
     cost = manifest.get("cost_model")
     if cost and cost.get("predicted_latency_s") is not None:
         out += ["", "## Cost model", "",

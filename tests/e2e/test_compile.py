@@ -57,7 +57,7 @@ def test_compile_writes_a_complete_artifact(compiled):
     folder, _, proc = compiled
     assert proc.returncode == 0, proc.stderr
     out = folder / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "report.md", "spec.adl"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "report.html", "report.md", "spec.adl"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
     assert manifest["input"]["shape"] == [1, 1, 8, 8] and manifest["input"]["value_range"] == [0.0, 16.0]

@@ -164,7 +164,7 @@ def test_adl_compile_with_haq_builds_an_integer_library_with_packed_weights(tmp_
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "report.md", "spec.adl",
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "report.html", "report.md", "spec.adl",
                                                      "weights.packed.npz"]
     manifest = json.loads((out / "manifest.json").read_text())
     haq = manifest["metrics"]["haq"]
