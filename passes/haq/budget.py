@@ -3,9 +3,9 @@ fits the budget, priced by the target's cost model.
 
 As in the paper, the bit widths are decreased sequentially -- one bit, layer after layer, in
 network order, weights then activations -- until the cost holds; each pass over the layers
-lowers every width that is still above the minimum, so the loop ends after at most
-(max - min) passes. If even every layer at the minimum width misses the budget, the budget
-is infeasible and `BudgetUnreachable` says by how much.
+lowers every width that is still above the minimum and whose lowering saves something, so
+the loop ends after at most (max - min) passes. If no lowering helps any more and the budget
+still does not hold, the budget is infeasible and `BudgetUnreachable` says by how much.
 """
 
 from __future__ import annotations
@@ -84,19 +84,32 @@ def cost_function(layers: Sequence[LayerDesc], estimate: Callable[[Sequence[Laye
 def enforce_budget(policy: BitPolicy, cost: Callable[[BitPolicy], float], budget: float, low: int,
                    resource: str = "latency") -> BitPolicy:
     """The policy with widths lowered one bit at a time (layer by layer, weights before
-    activations) until ``cost(policy) <= budget``; raises `BudgetUnreachable` if all-`low` misses."""
+    activations) until ``cost(policy) <= budget``; raises `BudgetUnreachable` when no further
+    lowering helps.
+
+    A decrement that does not lower the cost is not made: a size budget never touches
+    activation widths, and a layer the cost model prices the same at fewer bits (a
+    memory-bound layer's weights, say) keeps its accuracy for free.
+    """
     weights, acts = list(policy.weight_bits), list(policy.act_bits)
     if any(b < low for b in weights + acts):
         raise ValueError(f"the policy has widths below the minimum {low}")
-    current = policy
-    while cost(current) > budget:
-        if all(b == low for b in weights + acts):
-            raise BudgetUnreachable(resource, cost(current), budget)
+    current, current_cost = policy, cost(policy)
+    while current_cost > budget:
+        lowered = False
         for i in range(len(weights)):
             for widths in (weights, acts):
-                if widths[i] > low:
-                    widths[i] -= 1
-                    current = BitPolicy(tuple(weights), tuple(acts))
-                    if cost(current) <= budget:
-                        return current
+                if widths[i] <= low:
+                    continue
+                widths[i] -= 1
+                candidate = BitPolicy(tuple(weights), tuple(acts))
+                candidate_cost = cost(candidate)
+                if candidate_cost >= current_cost:  # no saving: keep the bit
+                    widths[i] += 1
+                    continue
+                current, current_cost, lowered = candidate, candidate_cost, True
+                if current_cost <= budget:
+                    return current
+        if not lowered:
+            raise BudgetUnreachable(resource, current_cost, budget)
     return current

@@ -71,6 +71,23 @@ def test_widths_are_lowered_one_bit_at_a_time_in_network_order():
         enforce_budget(BitPolicy((1, 8), (8, 8)), cost, budget=100, low=2)
 
 
+def test_a_lowering_that_saves_nothing_is_not_made():
+    """A size budget prices weights only: activations keep their widths (lowering them would cost
+    accuracy for nothing; the digits demo lost 40 points of validation accuracy that way)."""
+    cost = _cost("size")
+    result = enforce_budget(BitPolicy.uniform(4, 8), cost, 0.5 * cost(BitPolicy.uniform(4, 8)), low=2,
+                            resource="size")
+    assert result.act_bits == (8, 8, 8, 8) and max(result.weight_bits) < 8
+
+    def weights_of_the_first_layer_only(policy):
+        return policy.weight_bits[0]
+
+    result = enforce_budget(BitPolicy((8, 8), (8, 8)), weights_of_the_first_layer_only, budget=5, low=2)
+    assert result == BitPolicy((5, 8), (8, 8))
+    with pytest.raises(BudgetUnreachable, match="still costs 2"):
+        enforce_budget(BitPolicy((8, 8), (8, 8)), weights_of_the_first_layer_only, budget=1, low=2)
+
+
 def test_edge_and_cloud_presets_price_the_same_policy_differently():
     policy = BitPolicy((8, 4, 8, 2), (8, 8, 4, 4))
     assert _cost("latency", "edge")(policy) != _cost("latency", "cloud")(policy)
