@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from adl.compiler import budgets as budget_checks
+from adl.compiler.budget_plan import plan_budgets
 from adl.compiler.checkpoint import CheckpointStore, model_fingerprint, root_key
 from adl.compiler.layers import LayerDesc
 from adl.compiler.module import Module, PassRecord
@@ -158,6 +159,9 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
                       instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log,
                       cost_model=cost_model)
+    plan = plan_budgets(spec, list(pipeline))
+    for index, p in enumerate(pipeline):
+        p.budget_shares = plan.for_pass(index)
     check_feasible(spec, pipeline, dataset, cost_model)
     module = Module(spec=spec, model=model) if model is not None else initial_module(spec, dataset, seed)
     if trained:
@@ -170,7 +174,8 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     module = module.with_metrics(**_model_metrics(module, layers))
     cost = price(cost_model, spec, layers, module.metrics.get("latency_s"))
     verdicts = budget_checks.evaluate(spec.budgets, module.metrics)
-    manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION, cost=cost)
+    manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION, cost=cost,
+                              budget_plan=plan.as_list())
     report = render_report(manifest, report_sections(pipeline, module))
     artifact_dir = write_artifact(out_dir, library=module.files.get("library"), manifest=manifest,
                                   spec_source=spec.source, report=report,

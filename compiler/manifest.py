@@ -13,7 +13,8 @@ SCHEMA_VERSION = 1
 
 
 def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: Sequence[Verdict], *, seed: int,
-                   version: str, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+                   version: str, cost: dict[str, Any] | None = None,
+                   budget_plan: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The manifest; `cost` is the driver's `cost_model` record (see `adl.compiler.driver.price`)."""
     spec = module.spec
     metrics = dict(module.metrics)
@@ -41,6 +42,7 @@ def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: S
                    "report": library.get("tuning") if library else None},
         "metrics": metrics,
         "budgets": [v.as_dict() for v in verdicts],
+        "budget_plan": budget_plan or [],
         "all_budgets_hold": all(v.holds for v in verdicts),
         "layers": layers,
         "cost_model": cost,
@@ -84,6 +86,10 @@ def render_report(manifest: dict[str, Any], sections: Sequence[tuple[str, Sequen
                       [(b["metric"], f"{b['op']} {b['bound_text']}", b["measured_text"],
                         ("holds, " if b["holds"] else "FAILS, ") + b["margin"]) for b in manifest["budgets"]])
         out.append("")
+        out += [f"Budget plan: `{s['pass']}` aims at {s['metric']} {_us(s['value'])} ({s['why']})."
+                for s in manifest.get("budget_plan") or []]
+        if manifest.get("budget_plan"):
+            out.append("")
     out += ["## Measurements", ""]
     rows = [(k, v) for k, v in m.items() if not isinstance(v, (dict, list))]
     out += table(["metric", "value"], rows)

@@ -49,10 +49,19 @@ class Pass:
     options: ClassVar[tuple[Option, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()  # facts the input module must provide
     ensures: ClassVar[tuple[str, ...]] = ()  # facts the output module provides
+    # A pass that searches against the latency budget gets a share of it (see budget_plan.py).
+    searches_latency: ClassVar[bool] = False
 
     def __init__(self, **explicit: Any) -> None:
         self.config: dict[str, Any] = configure(f"pass '{self.name}'", self.options, explicit)
         self.explicit: dict[str, Any] = {o.name: explicit[o.name] for o in self.options if o.name in explicit}
+        # metric -> this pass's share of the spec's budget, set by the driver from the budget plan
+        self.budget_shares: dict[str, float] = {}
+
+    def latency_factor(self, spec: Spec) -> float:
+        """The fraction of the latency this pass expects to leave (a compression pass: < 1), so that
+        a search before it can aim at a looser latency; 1.0 by default."""
+        return 1.0
 
     def run(self, module: Module, ctx: "PassContext") -> Module:
         raise NotImplementedError

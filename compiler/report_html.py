@@ -206,6 +206,8 @@ def render_html(manifest: dict[str, Any]) -> str:
                     [(b["metric"], f"{b['op']} {b['bound_text']}", b["measured_text"],
                       ("holds, " if b["holds"] else "") + b["margin"]) for b in budgets],
                     ["holds" if b["holds"] else "misses" for b in budgets]) if budgets else "<p>No budgets.</p>",
+             "".join(f"<p>Budget plan: <code>{html.escape(s['pass'])}</code> aims at {html.escape(s['metric'])} "
+                     f"{s['value'] * 1e6:.4g} us ({html.escape(s['why'])}).</p>" for s in manifest.get("budget_plan") or []),
              "<h2>Measurements</h2>",
              _table(["metric", "value"], [(k, v) for k, v in metrics.items() if not isinstance(v, (dict, list))])]
     parts.append(_training_plot(manifest))

@@ -61,6 +61,11 @@ class AmcPass(Pass):
     requires = ("trained",)
     ensures = ("model", "trained", "pruned")
 
+    def latency_factor(self, spec: Any) -> float:
+        """The latency budget if given, else the FLOPs budget (latency ~ FLOPs to first order)."""
+        budgets = self.budgets()
+        return budgets.get("latency", budgets.get("flops", 1.0))
+
     def budgets(self) -> dict[str, float]:
         chosen = {r: self.config[r] for r in ("flops", "params", "latency") if self.config[r] is not None}
         return chosen or {"flops": 0.5}

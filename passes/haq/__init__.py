@@ -65,6 +65,16 @@ class HaqPass(Pass):
     requires = ("trained",)
     ensures = ("model", "trained", "quantized")
 
+    def latency_factor(self, spec: Any) -> float:
+        """A latency budget's fraction of the highest-width latency (1.0 when the budget is the
+        spec's own latency constraint, or not latency)."""
+        if self.config["budget"] != "latency":
+            return 1.0
+        if self.config["fraction"] is not None:
+            return self.config["fraction"]
+        declared = any(b.metric == "latency" and b.is_upper for b in spec.budgets)
+        return 1.0 if declared else DEFAULT_FRACTION
+
     def run(self, module: Module, ctx: PassContext) -> Module:
         import numpy as np
         import torch

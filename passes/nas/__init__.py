@@ -71,13 +71,14 @@ class NasPass(Pass):
     )
     requires = ()
     ensures = ("model", "architecture")
+    searches_latency = True
 
     def report(self, metrics: Any) -> list[str]:
         return _report(metrics["nas"]) if "nas" in metrics else []
 
     def check_feasible(self, spec: Any, dataset: Any, cost_model: Any) -> None:
         """A latency budget below the fastest network of the space is refused before any search."""
-        if not self.config["budget"] or _latency_budget_of(spec) is None or cost_model is None:
+        if not self.config["budget"] or self._budget(spec) is None or cost_model is None:
             return
         if len(dataset.input_shape) != 3:
             return  # run() says why nas cannot search this data
@@ -85,15 +86,20 @@ class NasPass(Pass):
 
         supernet = supernet_for(self.config["space"], tuple(dataset.input_shape), spec.task.classes)
         latency = price_candidates(supernet, cost_model, spec.target)
-        self._check_fastest(latency, _latency_budget(spec), spec, cost_model)
+        self._check_fastest(latency, self._budget(spec), spec, cost_model)
 
-    @staticmethod
-    def _check_fastest(latency: Any, budget: float | None, spec: Any, cost_model: Any) -> None:
+    def _budget(self, spec: Any) -> float | None:
+        """The latency the search aims at: this pass's share of the spec's budget (looser when
+        compression passes follow, see adl.compiler.budget_plan), else the spec's budget."""
+        return self.budget_shares.get("latency", _latency_budget(spec))
+
+    def _check_fastest(self, latency: Any, budget: float | None, spec: Any, cost_model: Any) -> None:
         from adl.compiler.passes import BudgetInfeasible
 
         fastest = latency.of([min(range(len(lat)), key=lat.__getitem__) for lat in latency.per_op])
         if budget is not None and fastest > budget:
-            raise BudgetInfeasible(f"latency budget {budget * 1e3:.3g} ms is below the fastest network of the nas "
+            share = " (nas's share of the spec's budget)" if "latency" in self.budget_shares else ""
+            raise BudgetInfeasible(f"latency budget {budget * 1e3:.3g} ms{share} is below the fastest network of the nas "
                                    f"space ({fastest * 1e3:.3g} ms as priced by {cost_model})",
                                    _latency_budget_of(spec), note="no architecture of the space can meet it: "
                                    "loosen the budget or shrink the space (fewer blocks, smaller kernels)")
@@ -115,7 +121,7 @@ class NasPass(Pass):
         if ctx.cost_model is None:
             raise PassError("nas needs the target's cost model to price candidate ops")
         latency = price_candidates(supernet, ctx.cost_model, ctx.spec.target)
-        budget = _latency_budget(ctx.spec) if self.config["budget"] else None
+        budget = self._budget(ctx.spec) if self.config["budget"] else None
         self._check_fastest(latency, budget, ctx.spec, ctx.cost_model)
         config = SearchConfig(**{k: self.config[k] for k in (
             "strategy", "epochs", "batch_size", "lr", "arch_lr", "latency_weight", "order", "estimator", "tau_max",
