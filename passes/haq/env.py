@@ -86,10 +86,13 @@ class HaqEnv:
 
 
 def best_episode(history: Sequence[Any]) -> Any:
-    """The episode to keep: the highest reward, and among equal rewards the cheapest policy.
+    """The episode to keep: the highest reward, and among equal rewards the policy that uses
+    the most of the budget.
 
     On a small, easy validation set many policies lose no accuracy at all (reward 0); the
-    paper's reward cannot tell them apart, and keeping the first would keep whatever the
-    random warm-up found. The cost (already within budget) breaks the tie.
+    paper's reward cannot tell them apart. Every one of them meets the budget, so the one
+    that spends it -- the most precision the user's budget allows -- is the safer bet on
+    unseen data (keeping the cheapest instead cost 0.65 points of test accuracy on the
+    bitserial edge preset in bench/haq.py, for a speedup nobody asked for).
     """
-    return max(history, key=lambda episode: (episode.reward, -episode.info["cost"]))
+    return max(history, key=lambda episode: (episode.reward, episode.info["cost"]))

@@ -101,7 +101,7 @@ def test_a_short_search_ends_every_episode_within_budget(trained):
         assert episode.reward == pytest.approx(episode.info["accuracy"] - full)
     best = best_episode(result.history)
     assert best.reward == max(e.reward for e in result.history)
-    assert best.info["cost"] == min(e.info["cost"] for e in result.history if e.reward == best.reward)
+    assert best.info["cost"] == max(e.info["cost"] for e in result.history if e.reward == best.reward)
     impossible = HaqEnv(layers, evaluate, cost, 0.99 * cost(BitPolicy.uniform(n, 2)), full_precision_accuracy=full)
     with pytest.raises(BudgetUnreachable):
         for _ in range(impossible.steps):
