@@ -114,7 +114,8 @@ def quantity_of(number: ast.Number, quantity: str, what: str) -> float:
     if unit_quantity != quantity:
         raise _fail(f"wrong unit '{number.unit}' for {what}: expected {QUANTITY_WORDS[quantity]}",
                     number.span)
-    return number.value * factor
+    # 15 significant digits: 70 % is 0.7, not 0.7000000000000001 (which would print in pass strings)
+    return float(f"{number.value * factor:.15g}")
 
 
 def coerce(value: ast.Value, opt: Option) -> Any:
