@@ -19,6 +19,7 @@ from adl.compiler.passes import BudgetInfeasible, Instrument, Pass, PassContext,
 from adl.compiler.pipeline import Pipeline
 from adl.compiler.progress import Progress, SilentProgress
 from adl.compiler.spec import Spec
+from adl.data import known_input_shape
 from adl import __version__
 from adl.dsl.errors import AdlError
 
@@ -155,14 +156,19 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
 
     cost_model = make_cost_model(spec)
     cost_model.progress = progress or SilentProgress()  # a measured model shows its measuring
+    plan = plan_budgets(spec, list(pipeline))
+    for index, p in enumerate(pipeline):
+        p.budget_shares = plan.for_pass(index)
+    shape = None if dataset is not None else known_input_shape(spec.data.source, image_size=spec.data.image_size,
+                                                                grayscale=spec.data.grayscale)
+    if shape is not None:  # an impossible budget is refused before the data (and torch) is loaded
+        check_feasible(spec, pipeline, DataShape(shape), cost_model)
     dataset = dataset if dataset is not None else load_data(spec)
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
                       instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log,
                       cost_model=cost_model)
-    plan = plan_budgets(spec, list(pipeline))
-    for index, p in enumerate(pipeline):
-        p.budget_shares = plan.for_pass(index)
-    check_feasible(spec, pipeline, dataset, cost_model)
+    if shape is None:
+        check_feasible(spec, pipeline, DataShape(tuple(dataset.input_shape)), cost_model)
     module = Module(spec=spec, model=model) if model is not None else initial_module(spec, dataset, seed)
     if trained:
         module = module.establish("trained")
@@ -188,12 +194,19 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     return CompileResult(module, artifact_dir, verdicts, manifest)
 
 
-def check_feasible(spec: Spec, pipeline: Pipeline, dataset: Any, cost_model: Any) -> None:
+@dataclass(frozen=True)
+class DataShape:
+    """What `Pass.check_feasible` knows of the data: the per-sample input shape."""
+
+    input_shape: tuple[int, ...]
+
+
+def check_feasible(spec: Spec, pipeline: Pipeline, data: DataShape, cost_model: Any) -> None:
     """Every pass's `check_feasible`, before any pass runs; an impossible budget becomes a spec
     error at that budget."""
     for p in pipeline:
         try:
-            p.check_feasible(spec, dataset, cost_model)
+            p.check_feasible(spec, data, cost_model)
         except BudgetInfeasible as err:
             raise AdlError.at(str(err), getattr(err.budget, "span", None), filename=spec.filename,
                               source=spec.source, note=err.note) from None

@@ -66,10 +66,12 @@ class Pass:
     def run(self, module: Module, ctx: "PassContext") -> Module:
         raise NotImplementedError
 
-    def check_feasible(self, spec: Spec, dataset: Any, cost_model: Any) -> None:
+    def check_feasible(self, spec: Spec, data: Any, cost_model: Any) -> None:
         """Raise `BudgetInfeasible` if the spec's budgets cannot hold whatever this pass does
         (e.g. a latency budget below the fastest network of a search space). The driver calls
-        it for every pass before running any, so an impossible spec costs no search time."""
+        it for every pass before running any -- before even loading the data when the source
+        fixes the input shape -- so an impossible spec costs no search time. `data` has only
+        `input_shape` (per sample); `self.budget_shares` holds this pass's budget plan."""
 
     def report(self, metrics: Mapping[str, Any]) -> list[str]:
         """Markdown lines for this pass's section of the artifact's report.md, from the final

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import sources
 from .dataset import DataError, Dataset, check_classes, check_split
 
-__all__ = ["DataError", "Dataset", "SOURCES", "load_dataset"]
+__all__ = ["DataError", "Dataset", "SOURCES", "known_input_shape", "load_dataset"]
 
 SOURCES = ("cifar10", "digits", "images", "npz")
 _NEEDS_PATH = {"cifar10", "images", "npz"}
@@ -87,3 +87,17 @@ def _is_size(size: object) -> bool:
         and len(size) == 2
         and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size)
     )
+
+
+def known_input_shape(source: str, *, image_size: tuple[int, int] | None = None,
+                      grayscale: bool = False) -> tuple[int, ...] | None:
+    """The per-sample input shape of `source` when it is fixed by the source itself (no file
+    read, nothing imported): digits (1, 8, 8), cifar10 (3, 32, 32), images with an
+    `image_size`; None when only the data can tell (npz, images at their own size)."""
+    if source == "digits":
+        return (1, 8, 8)
+    if source == "cifar10":
+        return (3, 32, 32)
+    if source == "images" and image_size is not None:
+        return (1 if grayscale else 3, *image_size)
+    return None

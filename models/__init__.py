@@ -1,5 +1,17 @@
-"""Model families a spec can name in its `model` block (PyTorch). Imports nothing else of adl."""
+"""Model families a spec can name in its `model` block (PyTorch). Imports nothing else of adl.
 
-from adl.models.zoo import Normalize, build_model
+`Normalize` and `build_model` are loaded on first use, so that torch-free parts of the
+package (the search-space geometry in `space`, `widths`) import without torch.
+"""
+
+from typing import Any
 
 __all__ = ["Normalize", "build_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from adl.models import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'adl.models' has no attribute {name!r}")

@@ -12,9 +12,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from adl.models.zoo import DEFAULT_CHANNELS, InvertedResidual, _conv_bn, _scaled
+from adl.compiler.layers import LayerDesc
+from adl.models.widths import DEFAULT_CHANNELS, scaled as _scaled
+
+if TYPE_CHECKING:  # the geometry below needs no torch: `adl compile` checks budgets with it before importing torch
+    from torch import nn
 
 SKIP = "skip"
 
@@ -82,10 +86,14 @@ class MobileNetSpace:
         width = rng.choice(self.widths)
         return Architecture(width, tuple(rng.choice(self.choices(b, width)) for b in range(self.blocks)))
 
-    def build(self, arch: Architecture) -> nn.Sequential:
+    def build(self, arch: Architecture) -> "nn.Sequential":
         """The PyTorch model of `arch` (stem, blocks, 1x1 head, pooling, classifier)."""
+        from torch import nn
+
+        from adl.models.zoo import InvertedResidual, _conv_bn
+
         stem = _scaled(self.stem, arch.width)
-        layers: list[nn.Module] = [_conv_bn(self.input_shape[0], stem, 3)]
+        layers: list["nn.Module"] = [_conv_bn(self.input_shape[0], stem, 3)]
         for choice, (cin, cout, stride) in zip(arch.blocks, self.block_shapes(arch.width)):
             if not choice.skip:
                 layers.append(InvertedResidual(cin, cout, choice.kernel, choice.expand, stride))
@@ -98,6 +106,7 @@ class MobileNetSpace:
         one piece of a network, so an addition is grouped with its conv as in the network):
         per width a whole network (stem, head, classifier) and each block's every op alone."""
         from adl.compiler.layers import describe_model
+        from adl.models.zoo import InvertedResidual
 
         pieces = []
         for width in self.widths:
@@ -111,3 +120,39 @@ class MobileNetSpace:
                         pieces.append(describe_model(module, (1, cin, height, width_px)))
                 height, width_px = -(-height // stride), -(-width_px // stride)
         return pieces
+
+
+def _conv(cin: int, cout: int, size: tuple[int, int], kernel: int, stride: int, groups: int = 1,
+          activation: str = "relu6") -> LayerDesc:
+    out = tuple(-(-d // stride) for d in size)  # padding kernel // 2: ceil(size / stride)
+    return LayerDesc("", "dwconv2d" if groups > 1 and groups == cin == cout else "conv2d", (1, cin, *size),
+                     (1, cout, *out), (kernel, kernel), (stride, stride), groups, activation=activation)
+
+
+def inverted_residual_layers(cin: int, cout: int, kernel: int, expand: int, stride: int,
+                             size: tuple[int, int]) -> list[LayerDesc]:
+    """The `LayerDesc`s `describe_model` gives an `InvertedResidual` at input `size`, without torch."""
+    hidden = cin * expand
+    layers = [_conv(cin, hidden, size, 1, 1)] if expand != 1 else []
+    layers.append(_conv(hidden, hidden, size, kernel, stride, groups=hidden))
+    out_size = tuple(-(-d // stride) for d in size)
+    layers.append(_conv(hidden, cout, out_size, 1, 1, activation=""))
+    if stride == 1 and cin == cout:
+        layers.append(LayerDesc("", "add", (1, cout, *out_size), (1, cout, *out_size)))
+    return layers
+
+
+def network_layers(space: MobileNetSpace, arch: Architecture) -> list[LayerDesc]:
+    """The `LayerDesc`s of `space.build(arch)` (stem, blocks, head, pooling, classifier), without torch."""
+    size = tuple(space.input_shape[1:])
+    stem = _scaled(space.stem, arch.width)
+    layers = [_conv(space.input_shape[0], stem, size, 3, 1)]
+    for choice, (cin, cout, stride) in zip(arch.blocks, space.block_shapes(arch.width)):
+        if not choice.skip:
+            layers += inverted_residual_layers(cin, cout, choice.kernel, choice.expand, stride, size)
+        size = tuple(-(-d // stride) for d in size)
+    cin = space.block_shapes(arch.width)[-1][1] if space.blocks else stem
+    layers.append(_conv(cin, space.head, size, 1, 1))
+    layers.append(LayerDesc("", "pool", (1, space.head, *size), (1, space.head, 1, 1), size, size))
+    layers.append(LayerDesc("", "linear", (1, space.head), (1, space.classes), has_bias=True))
+    return layers

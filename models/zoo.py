@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from adl.models.widths import DEFAULT_CHANNELS, scaled
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel, with mean and std stored as buffers (compiled into the library)."""
@@ -52,8 +54,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_skip else out
 
 
-def _scaled(channels: int, width: float) -> int:
-    return max(4, int(round(channels * width / 4)) * 4) if width != 1.0 else channels
+_scaled = scaled
 
 
 def mlp(input_shape: Sequence[int], classes: int, hidden: Sequence[int] = (64,)) -> nn.Sequential:
@@ -86,7 +87,6 @@ def cnn(input_shape: Sequence[int], classes: int, channels: Sequence[int] = (16,
     return nn.Sequential(*layers)
 
 
-DEFAULT_CHANNELS = (16, 24, 24, 32, 32, 48, 48, 64, 64, 96)
 DEFAULT_STRIDES = (1, 2, 1, 2)
 
 

@@ -76,29 +76,42 @@ class NasPass(Pass):
     def report(self, metrics: Any) -> list[str]:
         return _report(metrics["nas"]) if "nas" in metrics else []
 
-    def check_feasible(self, spec: Any, dataset: Any, cost_model: Any) -> None:
-        """A latency budget below the fastest network of the space is refused before any search."""
-        if not self.config["budget"] or self._budget(spec) is None or cost_model is None:
-            return
-        if len(dataset.input_shape) != 3:
-            return  # run() says why nas cannot search this data
-        from adl.passes.nas.pricing import price_candidates
+    def check_feasible(self, spec: Any, data: Any, cost_model: Any) -> None:
+        """A latency budget below the fastest network of the space is refused before any search.
 
-        supernet = supernet_for(self.config["space"], tuple(dataset.input_shape), spec.task.classes)
-        latency = price_candidates(supernet, cost_model, spec.target)
-        self._check_fastest(latency, self._budget(spec), spec, cost_model)
+        A MobileNet space priced by a model that does not measure is priced from its geometry
+        alone (no torch, no JAX: a fraction of a second); otherwise the candidates are priced
+        as the search will price them (a `measured` table is measured here, once)."""
+        budget = self._budget(spec)
+        if not self.config["budget"] or budget is None or cost_model is None:
+            return
+        if len(data.input_shape) != 3:
+            return  # run() says why nas cannot search this data
+        space = self.config["space"]
+        if space.name == "mobilenet" and not hasattr(cost_model, "measure_networks"):
+            from adl.passes.nas.static_pricing import fastest_mobilenet
+
+            mobilenet = mobilenet_space_for(space, tuple(data.input_shape), spec.task.classes)
+            fastest = fastest_mobilenet(mobilenet, space.as_dict()["width"], cost_model, spec.target)
+        else:
+            from adl.passes.nas.pricing import price_candidates
+
+            supernet = supernet_for(space, tuple(data.input_shape), spec.task.classes)
+            fastest = _fastest(price_candidates(supernet, cost_model, spec.target))
+        self._check_fastest(fastest, budget, spec, cost_model)
 
     def _budget(self, spec: Any) -> float | None:
         """The latency the search aims at: this pass's share of the spec's budget (looser when
         compression passes follow, see adl.compiler.budget_plan), else the spec's budget."""
         return self.budget_shares.get("latency", _latency_budget(spec))
 
-    def _check_fastest(self, latency: Any, budget: float | None, spec: Any, cost_model: Any) -> None:
+    def _check_fastest(self, fastest: float, budget: float | None, spec: Any, cost_model: Any) -> None:
         from adl.compiler.passes import BudgetInfeasible
 
-        fastest = latency.of([min(range(len(lat)), key=lat.__getitem__) for lat in latency.per_op])
         if budget is not None and fastest > budget:
-            share = " (nas's share of the spec's budget)" if "latency" in self.budget_shares else ""
+            spec_budget = _latency_budget(spec)
+            share = (f" (nas's share of the spec's {spec_budget * 1e3:.3g} ms: compression passes follow)"
+                     if spec_budget is not None and abs(budget - spec_budget) > 1e-12 * spec_budget else "")
             raise BudgetInfeasible(f"latency budget {budget * 1e3:.3g} ms{share} is below the fastest network of the nas "
                                    f"space ({fastest * 1e3:.3g} ms as priced by {cost_model})",
                                    _latency_budget_of(spec), note="no architecture of the space can meet it: "
@@ -122,7 +135,7 @@ class NasPass(Pass):
             raise PassError("nas needs the target's cost model to price candidate ops")
         latency = price_candidates(supernet, ctx.cost_model, ctx.spec.target)
         budget = self._budget(ctx.spec) if self.config["budget"] else None
-        self._check_fastest(latency, budget, ctx.spec, ctx.cost_model)
+        self._check_fastest(_fastest(latency), budget, ctx.spec, ctx.cost_model)
         config = SearchConfig(**{k: self.config[k] for k in (
             "strategy", "epochs", "batch_size", "lr", "arch_lr", "latency_weight", "order", "estimator", "tau_max",
             "tau_min", "random_samples")}, budget_s=budget, seed=ctx.seed)
@@ -192,7 +205,6 @@ def _latency_budget_of(spec: Any) -> Any:
 
 def supernet_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:
     """The supernet of a `space` option value (mobilenet(...) or cells(...)) for this data."""
-    from adl.models.space import MobileNetSpace
     from adl.passes.nas.cells import CellSpace, CellSupernet
     from adl.passes.nas.supernet import Supernet
 
@@ -202,10 +214,22 @@ def supernet_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -
             raise PassError("cells(ops = ...) needs at least one op other than none")
         return CellSupernet(CellSpace(input_shape, classes, nodes=options["nodes"], ops=tuple(options["ops"]),
                                       cells=options["cells"], channels=options["channels"]))
-    mobilenet = MobileNetSpace(input_shape, classes, blocks=options["blocks"], kernels=tuple(options["kernels"]),
-                               expand=tuple(options["expand"]), widths=(options["width"],), skip=options["skip"],
-                               stem=options["stem"], head=options["head"])
-    return Supernet(mobilenet, options["width"])
+    return Supernet(mobilenet_space_for(space, input_shape, classes), options["width"])
+
+
+def mobilenet_space_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:
+    """The `MobileNetSpace` of a mobilenet(...) option value (torch-free geometry)."""
+    from adl.models.space import MobileNetSpace
+
+    options = space.as_dict()
+    return MobileNetSpace(input_shape, classes, blocks=options["blocks"], kernels=tuple(options["kernels"]),
+                          expand=tuple(options["expand"]), widths=(options["width"],), skip=options["skip"],
+                          stem=options["stem"], head=options["head"])
+
+
+def _fastest(latency: Any) -> float:
+    """The fastest network of a `LatencyTable`: every decision at its cheapest candidate."""
+    return latency.of([min(range(len(lat)), key=lat.__getitem__) for lat in latency.per_op])
 
 
 def _to_torch(supernet: Any, params: Any, indices: list[int]) -> Any:

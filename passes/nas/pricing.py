@@ -17,6 +17,7 @@ from adl.models.space import Architecture
 from adl.models.zoo import InvertedResidual
 from adl.passes.nas.cells import CellSupernet
 from adl.passes.nas.search import LatencyTable
+from adl.passes.nas.static_pricing import price_pieces
 from adl.passes.nas.supernet import Supernet
 
 
@@ -91,22 +92,4 @@ def cell_pieces(supernet: CellSupernet) -> list[list[list[list[LayerDesc]]]]:
 
 def _price(pieces: list, whole_layers: list[LayerDesc], cost_model: Any, target: TargetSpec,
            reference: list[int]) -> LatencyTable:
-    """Price every piece alone and the network made of the `reference` candidates: what the
-    network costs beyond those candidates is `fixed`. `pieces[decision][candidate]` lists the
-    layers of the candidate in every place that shares the decision (one per block; one per
-    cell of the edge's type), [] where it has none. A model that measures
-    (`measure_networks`, as `measured`) measures everything in one round first."""
-    prefetch = getattr(cost_model, "measure_networks", None)
-    if prefetch is not None:
-        unique = {tuple(layers): layers for block in pieces for piece in block for layers in piece if layers}
-        prefetch(list(unique.values()) + [whole_layers], target)
-    per_op = [[sum(_layers_only(cost_model.estimate(layers, target)) for layers in piece if layers) for piece in block]
-              for block in pieces]
-    whole = cost_model.estimate(whole_layers, target).latency_s
-    return LatencyTable(per_op, max(0.0, whole - sum(block[i] for block, i in zip(per_op, reference))))
-
-
-def _layers_only(cost: Any) -> float:
-    """A piece's latency without a per-network term (the `measured` model's overhead row):
-    that is paid once per network, in `fixed`."""
-    return float(sum(c.latency_s for c in cost.layers if c.op != "overhead"))
+    return LatencyTable(*price_pieces(pieces, whole_layers, cost_model, target, reference))

@@ -1,0 +1,93 @@
+"""The torch-free geometry of the MobileNet space and its pricing agree with the PyTorch
+models and the search's latency table; an impossible budget is refused before torch loads."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from adl.compiler.spec import CallValue, TargetSpec
+from adl.hwmodels.bitserial import BitSerialModel
+from adl.hwmodels.roofline import RooflineModel
+from adl.models.space import MobileNetSpace, inverted_residual_layers, network_layers
+from adl.passes.nas.static_pricing import fastest_mobilenet
+
+torch = pytest.importorskip("torch")
+
+from adl.compiler.layers import describe_model  # noqa: E402
+from adl.models.zoo import InvertedResidual  # noqa: E402
+
+
+def geometry(layers):
+    return [(l.op, l.input_shape, l.output_shape, l.kernel, l.stride, l.groups, l.has_bias, l.activation)
+            for l in layers]
+
+
+@pytest.mark.parametrize("cin,cout,kernel,expand,stride,size", [
+    (8, 8, 3, 1, 1, (8, 8)), (8, 16, 5, 3, 2, (8, 8)), (16, 16, 7, 6, 1, (5, 5)), (12, 24, 3, 6, 2, (7, 9))])
+def test_inverted_residual_geometry_matches_the_torch_block(cin, cout, kernel, expand, stride, size):
+    block = InvertedResidual(cin, cout, kernel, expand, stride)
+    assert geometry(inverted_residual_layers(cin, cout, kernel, expand, stride, size)) == \
+        geometry(describe_model(block, (1, cin, *size)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_network_geometry_matches_the_built_model(seed):
+    rng = random.Random(seed)
+    space = MobileNetSpace((rng.choice([1, 3]), rng.choice([8, 12, 32]), 8), 10, blocks=rng.randint(1, 6),
+                           kernels=(3, 5), expand=(1, 3, 6), widths=(rng.choice([0.5, 1.0, 1.5]),),
+                           stem=rng.choice([8, 16]), head=rng.choice([16, 64]))
+    arch = space.sample(rng)
+    assert geometry(network_layers(space, arch)) == geometry(describe_model(space.build(arch),
+                                                                          (1, *space.input_shape)))
+
+
+@pytest.mark.parametrize("model", [RooflineModel(), BitSerialModel(preset="edge")], ids=["roofline", "bitserial"])
+def test_the_fastest_network_is_priced_as_the_search_prices_it(model):
+    from adl.passes.nas import _fastest, supernet_for
+    from adl.passes.nas.pricing import price_candidates
+
+    option = CallValue("mobilenet", (("blocks", 3), ("kernels", (3, 5)), ("expand", (1, 3)), ("width", 0.5),
+                                     ("skip", True), ("stem", 8), ("head", 16)))
+    supernet = supernet_for(option, (1, 8, 8), 10)
+    target = TargetSpec("host")
+    assert fastest_mobilenet(supernet.space, 0.5, model, target) == pytest.approx(
+        _fastest(price_candidates(supernet, model, target)), rel=1e-9)
+
+
+SPEC = """
+spec searched
+task classify { classes = 10 }
+data digits { split = 0.8  seed = 0 }
+target host { cores = 2 }
+constraints { latency <= 1 ns }
+pipeline {
+  nas { space = mobilenet(blocks = 2, kernels = [3, 5], expand = [1, 3], width = 0.5, stem = 8, head = 16) }
+  train { epochs = 2 }
+  amc { flops = 50 % }
+  lower
+}
+"""
+
+
+def test_an_impossible_budget_is_refused_before_data_torch_or_jax_load(tmp_path):
+    spec = tmp_path / "s.adl"
+    spec.write_text(SPEC)
+    code = ("import json, sys\n"
+            "from adl.compiler.check import load_spec_file\n"
+            "from adl.compiler.driver import compile_spec as run\n"
+            "from adl.dsl.errors import AdlError\n"
+            f"try:\n    run(load_spec_file({str(spec)!r}), out_dir={str(tmp_path / 'out')!r})\n"
+            "except AdlError as err:\n"
+            "    print(json.dumps({'error': err.render(), 'loaded': [m for m in ('torch', 'jax', 'sklearn', 'tvm')"
+            " if m in sys.modules]}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert "below the fastest network of the nas space" in result["error"]
+    assert "share of the spec's 1e-06 ms: compression passes follow" in result["error"]  # amc follows
