@@ -1,7 +1,8 @@
 """HAQ's environment for the DDPG agent (`adl.passes.rl.ddpg`, shared with `amc`).
 
 An episode walks the quantized layers twice per layer -- weight bits, then activation (input)
-bits, as in the paper. The state of a step is the paper's per-layer embedding: layer index,
+bits, as in the paper -- or once, weights only, when activations are not searched (a size
+budget: as the paper's model-size experiments, activations stay at the highest width). The state of a step is the paper's per-layer embedding: layer index,
 input and output channels, kernel, stride, weight count, input feature-map size, depthwise
 flag, weight-or-activation flag and the previous action, each scaled to [0, 1] by its
 largest value over the network. A continuous action a in [0, 1] becomes
@@ -49,19 +50,27 @@ class HaqEnv:
 
     def __init__(self, layers: Sequence[LayerDesc], evaluate: Callable[[BitPolicy], float],
                  cost: Callable[[BitPolicy], float], budget: float, *, low: int = 2, high: int = 8,
-                 full_precision_accuracy: float, reward_scale: float = 1.0, resource: str = "latency") -> None:
+                 full_precision_accuracy: float, reward_scale: float = 1.0, resource: str = "latency",
+                 activations: bool = True) -> None:
         if not 1 <= low <= high <= 16:
             raise ValueError(f"bit range {low}..{high} must satisfy 1 <= low <= high <= 16")
         self.features = layer_features(layers)
         self.layers, self.evaluate, self.cost, self.budget = list(layers), evaluate, cost, budget
         self.low, self.high, self.resource = low, high, resource
         self.full_precision_accuracy, self.reward_scale = full_precision_accuracy, reward_scale
+        # False: only weight widths are searched, activations stay at `high` (HAQ's model-size
+        # experiments: a size budget does not price activations, so lowering them only costs accuracy)
+        self.activations = activations
         self.state_dim = len(FEATURES)
         self.reset()
 
     @property
+    def per_layer(self) -> int:
+        return 2 if self.activations else 1
+
+    @property
     def steps(self) -> int:
-        return 2 * len(self.features)
+        return self.per_layer * len(self.features)
 
     def reset(self) -> np.ndarray:
         self._t, self._previous, self._bits = 0, 0.0, []
@@ -69,14 +78,19 @@ class HaqEnv:
 
     def _state(self) -> np.ndarray:
         t = min(self._t, self.steps - 1)
-        return np.concatenate([self.features[t // 2], [float(t % 2 == 0), self._previous]]).astype(np.float32)
+        is_weight = t % self.per_layer == 0
+        return np.concatenate([self.features[t // self.per_layer], [float(is_weight), self._previous]]).astype(
+            np.float32)
 
     def step(self, action: float) -> Step:
         self._bits.append(bits_of(action, self.low, self.high))
         self._previous, self._t = float(action), self._t + 1
         if self._t < self.steps:
             return Step(self._state(), 0.0, False, float(action))
-        proposed = BitPolicy(tuple(self._bits[0::2]), tuple(self._bits[1::2]))
+        if self.activations:
+            proposed = BitPolicy(tuple(self._bits[0::2]), tuple(self._bits[1::2]))
+        else:
+            proposed = BitPolicy(tuple(self._bits), (self.high,) * len(self._bits))
         policy = enforce_budget(proposed, self.cost, self.budget, self.low, self.resource)
         accuracy = self.evaluate(policy)
         reward = self.reward_scale * (accuracy - self.full_precision_accuracy)

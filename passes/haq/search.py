@@ -86,7 +86,7 @@ def run_haq(model: torch.nn.Module, layers: list[LayerDesc], data: SearchData, c
         return HaqResult(policy, proposed, accuracy(policy), full)
 
     env = HaqEnv(layers, accuracy, cost, budget, low=config.low, high=config.high, full_precision_accuracy=full,
-                 resource=resource)
+                 resource=resource, activations=resource != "size")
     agent = DDPGAgent(env.state_dim, DDPGConfig(warmup=min(config.warmup, config.episodes - 1), seed=config.seed))
     history: list[dict[str, Any]] = []
     with progress.task(f"haq search ({resource} <= {budget:.4g})", total=config.episodes) as bar:

@@ -106,3 +106,23 @@ def test_a_short_search_ends_every_episode_within_budget(trained):
     with pytest.raises(BudgetUnreachable):
         for _ in range(impossible.steps):
             impossible.step(0.5)
+
+
+def test_a_weights_only_search_asks_one_width_per_layer_and_keeps_activations_at_the_top(trained):
+    model, dataset = trained
+    layers = describe_model(fold_batchnorm(model), (1, *dataset.input_shape))
+    n = sum(l.op in ("conv2d", "dwconv2d", "linear") for l in layers)
+    size = cost_function(layers, lambda ls: BitSerialModel(preset="edge").estimate(ls, TargetSpec(name="fpga")),
+                         "size")
+    env = HaqEnv(layers, lambda policy: 0.9, size, 0.6 * size(BitPolicy.uniform(n, 8)), low=2, high=8,
+                 full_precision_accuracy=0.9, resource="size", activations=False)
+    assert env.steps == n
+    flags = []
+    state = env.reset()
+    for _ in range(n):
+        flags.append(state[FEATURES.index("is_weight")])
+        step = env.step(0.99)
+        state = step.state
+    assert step.done and flags == [1.0] * n
+    assert step.info["proposed"] == BitPolicy((8,) * n, (8,) * n)
+    assert step.info["policy"].act_bits == (8,) * n and max(step.info["policy"].weight_bits) < 8
