@@ -7,6 +7,8 @@ adds an entry there instead of changing the loop.
 
 from __future__ import annotations
 
+from typing import Any
+
 from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext
@@ -56,8 +58,22 @@ class TrainPass(Pass):
                              state_dir=ctx.state_dir(), progress=ctx.progress, threads=ctx.spec.target.cores,
                              log=ctx.log)
         return module.evolve(model=result.model).with_metrics(
-            torch_accuracy=result.test_accuracy, train_history=result.history,
+            torch_accuracy=result.test_accuracy, train_history=result.history, **self._optimizer_record(),
         ).establish("trained")
+
+    def _optimizer_record(self) -> dict[str, Any]:
+        """For the learned optimizer, which weights trained the network (file and digest)."""
+        optimizer = self.config["optimizer"]
+        if optimizer.name != "l2o":
+            return {}
+        import hashlib
+        from pathlib import Path
+
+        from adl.passes.train.l2o.weights import SHIPPED
+
+        path = Path(optimizer.as_dict()["weights"] or SHIPPED)
+        return {"l2o_weights": {"file": str(path), "shipped": path == SHIPPED,
+                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
 
     def _run_distributed(self, module: Module, ctx: PassContext) -> Module:
         from adl.passes.train.distributed.launch import train_distributed
@@ -66,4 +82,5 @@ class TrainPass(Pass):
                                    progress=ctx.progress, log=ctx.log)
         return module.evolve(model=result.model).with_metrics(
             torch_accuracy=result.test_accuracy, train_history=result.history, **result.metrics(),
+            **self._optimizer_record(),
         ).establish("trained")

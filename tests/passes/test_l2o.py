@@ -281,6 +281,8 @@ def test_compile_trains_with_l2o(tmp_path):
     history = result.module.metrics["train_history"]
     assert history[-1]["loss"] < history[0]["loss"] < 2.3
     assert result.module.metrics["torch_accuracy"] > 0.8
+    record = result.module.metrics["l2o_weights"]  # the manifest says which learned optimizer trained it
+    assert record["shipped"] and len(record["sha256"]) == 64 and record["file"].endswith("weights.npz")
 
 
 def test_a_missing_weights_file_fails_the_pass_naming_the_path(tmp_path):
