@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install bench-deps clean
+.PHONY: demo demo-quick test test-fast install bench-deps clean
 
 install: $(STAMP)
 
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# Every pass: nas -> train (L2O, TernGrad) -> amc -> haq -> lower (tuned), about 10 minutes.
 demo: $(STAMP)
+	$(BIN)/adl compile examples/digits.adl -o build/digits
+	$(BIN)/adl data examples/digits.adl --split test -o build/digits.test.npz
+	$(BIN)/adl run build/digits --input build/digits.test.npz
+
+# The quick path: a fixed CNN trained and lowered, under a minute.
+demo-quick: $(STAMP)
 	$(BIN)/adl compile examples/digits_fixed.adl -o build/digits_fixed
 	$(BIN)/adl data examples/digits_fixed.adl --split test -o build/digits_fixed.test.npz
 	$(BIN)/adl run build/digits_fixed --input build/digits_fixed.test.npz

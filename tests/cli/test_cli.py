@@ -18,6 +18,17 @@ def test_check_accepts_the_example(capsys):
     assert "ok: spec 'digits_fixed'" in out and "pipeline train,lower" in out
 
 
+def test_the_full_pipeline_examples_check(capsys, tmp_path):
+    assert main(["check", str(ROOT / "examples" / "digits.adl")]) == 0
+    assert "pipeline nas,train,amc,haq,lower" in capsys.readouterr().out
+    # cifar10.adl names a folder users download; with an (empty) one in place the spec checks
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    spec = tmp_path / "cifar10.adl"
+    spec.write_text((ROOT / "examples" / "cifar10.adl").read_text())
+    assert main(["check", str(spec)]) == 0
+    assert "cifar10 data" in capsys.readouterr().out
+
+
 def test_python_dash_m_is_the_same_command():
     a = subprocess.run([sys.executable, "-m", "adl", "check", str(EXAMPLE)], capture_output=True, text=True)
     b = subprocess.run([str(Path(sys.executable).parent / "adl"), "check", str(EXAMPLE)], capture_output=True,
@@ -29,7 +40,7 @@ def test_python_dash_m_is_the_same_command():
 def test_passes_lists_every_pass_with_options(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
-    for text in ("train:", "lower:", "epochs", "optimizer", "repeats", "tolerance", "requires: model"):
+    for text in ("train:", "lower:", "nas:", "amc:", "haq:", "epochs", "optimizer", "repeats", "tolerance", "requires: model"):
         assert text in out
 
 
