@@ -29,3 +29,20 @@ def train(model: torch.nn.Module, dataset, epochs: int, lr: float, seed: int) ->
         result = train_model(model, dataset, config, seed=seed, state_dir=Path(state), progress=SilentProgress(),
                              threads=TRAIN_THREADS, log=lambda message: None)
     return result.model, float(result.test_accuracy)
+
+
+QUANTIZATION_MODEL = ("mobilenet", {"width": 2.0, "head": 256})  # the digits network haq's benches quantize
+
+
+def trained_quantization_model(dataset, epochs: int) -> tuple[torch.nn.Module, float]:
+    """The MobileNetV2-style digits network of bench/haq.py and bench/haq_int8.py, trained
+    (seed 0, Adam 3e-3) in eval mode, and its test accuracy."""
+    from adl.models.zoo import build_model
+
+    family, options = QUANTIZATION_MODEL
+    torch.manual_seed(0)
+    model = build_model(family, options, input_shape=tuple(dataset.input_shape), classes=10, mean=dataset.mean,
+                        std=dataset.std)
+    log(f"training the fp32 {family}{options} for {epochs} epochs")
+    model, accuracy = train(model, dataset, epochs, 3e-3, seed=0)
+    return model.eval(), accuracy

@@ -30,16 +30,14 @@ from adl.compiler.layers import describe_model
 from adl.compiler.spec import TargetSpec
 from adl.data import load_dataset
 from adl.hwmodels.bitserial import BitSerialModel
-from adl.models.zoo import build_model
 from adl.passes.haq.budget import BitPolicy, cost_function, quantized_layers
 from adl.passes.haq.env import HaqEnv, best_episode
 from adl.passes.haq.model import quantize_model
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search
 from adl.passes.train.loop import evaluate
 
-from common import log, train
+from common import QUANTIZATION_MODEL as MODEL, log, train, trained_quantization_model
 
-MODEL = ("mobilenet", {"width": 2.0, "head": 256})
 PRESETS = ("edge", "cloud")
 FIXED = (8, 6, 4)
 SPEEDUP = 1.4  # the latency budget: fixed 8-bit's / SPEEDUP
@@ -65,11 +63,7 @@ def main() -> int:
     dataset = load_dataset("digits")
     shape = tuple(dataset.input_shape)
 
-    torch.manual_seed(0)
-    base = build_model(MODEL[0], MODEL[1], input_shape=shape, classes=10, mean=dataset.mean, std=dataset.std)
-    log(f"training the fp32 {MODEL[0]}{MODEL[1]} for {args.base_epochs} epochs")
-    base, base_accuracy = train(base, dataset, args.base_epochs, 3e-3, seed=0)
-    base.eval()
+    base, base_accuracy = trained_quantization_model(dataset, args.base_epochs)
     layers = describe_model(fold_batchnorm(base), (1, *shape))
     n = len(quantized_layers(layers))
     order = np.random.default_rng(0).permutation(len(dataset.y_train))

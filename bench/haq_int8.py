@@ -30,15 +30,13 @@ import torch
 from adl.backends.runtime import CompiledLibrary, fastest_thread_counts
 from adl.backends.tvm.build import build_library
 from adl.data import load_dataset
-from adl.models.zoo import build_model
 from adl.passes.haq.budget import BitPolicy, quantized_layers
 from adl.passes.haq.lowering import deployable_model
 from adl.passes.haq.model import quantize_model
 from adl.passes.haq.search import SearchData, deployed_layers
 
-from common import log, train
+from common import QUANTIZATION_MODEL as MODEL, log, train, trained_quantization_model
 
-MODEL = ("mobilenet", {"width": 2.0, "head": 256})
 TARGET = {"kind": "llvm", "num-cores": 2}
 AGREEMENT = 0.99
 
@@ -67,11 +65,7 @@ def main() -> int:
     started = time.perf_counter()
     dataset = load_dataset("digits")
     shape = tuple(dataset.input_shape)
-    torch.manual_seed(0)
-    base = build_model(MODEL[0], MODEL[1], input_shape=shape, classes=10, mean=dataset.mean, std=dataset.std)
-    log(f"training the fp32 {MODEL[0]}{MODEL[1]} for {args.base_epochs} epochs")
-    base, base_accuracy = train(base, dataset, args.base_epochs, 3e-3, seed=0)
-    base.eval()
+    base, base_accuracy = trained_quantization_model(dataset, args.base_epochs)
     n = len(quantized_layers(deployed_layers(base, shape)))
     data = SearchData.split(dataset, 500, 256, seed=0)
     policies = {"fixed8": BitPolicy.uniform(n, 8)}

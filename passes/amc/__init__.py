@@ -174,13 +174,7 @@ class AmcPass(Pass):
         return cost
 
     def _finetune(self, model: Any, dataset: Any, ctx: PassContext) -> Any:
-        from adl.passes.train import TrainPass
-        from adl.passes.train.loop import train_model
+        from adl.passes.train import finetune
 
-        config = {o.name: o.default for o in TrainPass.options}
-        config.update(epochs=self.config["finetune"], batch_size=self.config["batch_size"],
-                      optimizer=self.config["optimizer"])
-        state = ctx.state_dir() / "finetune"
-        state.mkdir(exist_ok=True)
-        return train_model(model, dataset, config, seed=ctx.seed, state_dir=state, progress=ctx.progress,
-                           threads=ctx.spec.target.cores or 1, log=ctx.log)
+        return finetune(model, ctx, epochs=self.config["finetune"], batch_size=self.config["batch_size"],
+                        optimizer=self.config["optimizer"])

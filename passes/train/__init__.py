@@ -84,3 +84,16 @@ class TrainPass(Pass):
             torch_accuracy=result.test_accuracy, train_history=result.history, **result.metrics(),
             **self._optimizer_record(),
         ).establish("trained")
+
+
+def finetune(model: Any, ctx: PassContext, *, epochs: int, batch_size: int, optimizer: CallValue) -> Any:
+    """Fine-tune `model` (a compression pass's output) with the `train` loop's defaults for the
+    rest; resumable in the running pass's state folder. Returns the loop's `TrainResult`."""
+    from adl.passes.train.loop import train_model
+
+    config = {o.name: o.default for o in TrainPass.options}
+    config.update(epochs=epochs, batch_size=batch_size, optimizer=optimizer)
+    state = ctx.state_dir() / "finetune"
+    state.mkdir(exist_ok=True)
+    return train_model(model, ctx.dataset(), config, seed=ctx.seed, state_dir=state, progress=ctx.progress,
+                       threads=ctx.spec.target.cores or 1, log=ctx.log)
