@@ -10,9 +10,7 @@ torch = pytest.importorskip("torch")
 from adl.compiler.folding import fold_batchnorm  # noqa: E402
 from adl.compiler.layers import describe_model  # noqa: E402
 from adl.compiler.spec import TargetSpec  # noqa: E402
-from adl.data import load_dataset  # noqa: E402
 from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
-from adl.models import build_model  # noqa: E402
 from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function  # noqa: E402
 from adl.passes.haq.env import FEATURES, HaqEnv, best_episode, bits_of  # noqa: E402
 from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
@@ -20,22 +18,9 @@ from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search  # noqa: E402
 from adl.passes.train.loop import evaluate as top1  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def trained():
-    torch.set_num_threads(1)
-    dataset = load_dataset("digits")
-    torch.manual_seed(0)
-    model = build_model("cnn", {"channels": [8, 16], "hidden": 32}, input_shape=dataset.input_shape, classes=10,
-                        mean=dataset.mean, std=dataset.std)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
-    model.train()
-    for _ in range(8):
-        for start in range(0, len(x), 64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[start:start + 64]), y[start:start + 64]).backward()
-            optimizer.step()
-    return model.eval(), dataset
+@pytest.fixture
+def trained(trained_digits_cnn):
+    return trained_digits_cnn
 
 
 def test_bits_cover_the_range_evenly():

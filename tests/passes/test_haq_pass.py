@@ -16,7 +16,6 @@ from adl.compiler.passes import PassContext, PassError  # noqa: E402
 from adl.hwmodels.base import CostModel, LayerCost  # noqa: E402
 from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
 from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
-from adl.models.zoo import build_model  # noqa: E402
 from adl.passes.haq import HaqPass  # noqa: E402
 from adl.passes.haq.packing import unpack_codes  # noqa: E402
 
@@ -42,24 +41,9 @@ def pass_context(tmp_path, cost_model=None, budgets: str = "") -> PassContext:
                        cost_model=cost_model or BitSerialModel(preset="edge"), current_key="0" * 64)
 
 
-@pytest.fixture(scope="module")
-def trained():
-    from adl.data import load_dataset
-
-    torch.set_num_threads(1)
-    dataset = load_dataset("digits")
-    torch.manual_seed(0)
-    model = build_model("cnn", {"channels": (8, 16), "hidden": 32}, input_shape=dataset.input_shape, classes=10,
-                        mean=dataset.mean, std=dataset.std)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
-    model.train()
-    for _ in range(6):
-        for start in range(0, len(x), 64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[start:start + 64]), y[start:start + 64]).backward()
-            optimizer.step()
-    return model.eval()
+@pytest.fixture
+def trained(trained_digits_cnn):
+    return trained_digits_cnn[0]
 
 
 def module_of(ctx: PassContext, model) -> Module:
