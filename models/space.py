@@ -105,54 +105,65 @@ class MobileNetSpace:
         """Every layer a network of the space can contain, as lists of `LayerDesc` (each list
         one piece of a network, so an addition is grouped with its conv as in the network):
         per width a whole network (stem, head, classifier) and each block's every op alone."""
-        from adl.compiler.layers import describe_model
-        from adl.models.zoo import InvertedResidual
-
         pieces = []
         for width in self.widths:
-            first = Architecture(width, tuple(self.choices(b, width)[0] for b in range(self.blocks)))
-            pieces.append(describe_model(self.build(first), (1, *self.input_shape)))
-            height, width_px = self.input_shape[1:]
-            for block, (cin, cout, stride) in enumerate(self.block_shapes(width)):
-                for choice in self.choices(block, width):
-                    if not choice.skip:
-                        module = InvertedResidual(cin, cout, choice.kernel, choice.expand, stride)
-                        pieces.append(describe_model(module, (1, cin, height, width_px)))
-                height, width_px = -(-height // stride), -(-width_px // stride)
+            pieces.append(network_layers(self, self.first(width)))
+            pieces += [layers for block in block_layers(self, width) for layers in block if layers]
         return pieces
 
+    def first(self, width: float) -> Architecture:
+        """The network with every block's first candidate op (what the latency tables price whole)."""
+        return Architecture(width, tuple(self.choices(b, width)[0] for b in range(self.blocks)))
 
-def _conv(cin: int, cout: int, size: tuple[int, int], kernel: int, stride: int, groups: int = 1,
+
+def _strided(size: tuple[int, ...], stride: int) -> tuple[int, ...]:
+    """Spatial size after a stride with padding kernel // 2: ceil(size / stride)."""
+    return tuple(-(-d // stride) for d in size)
+
+
+def _conv(name: str, cin: int, cout: int, size: tuple[int, ...], kernel: int, stride: int, groups: int = 1,
           activation: str = "relu6") -> LayerDesc:
-    out = tuple(-(-d // stride) for d in size)  # padding kernel // 2: ceil(size / stride)
-    return LayerDesc("", "dwconv2d" if groups > 1 and groups == cin == cout else "conv2d", (1, cin, *size),
-                     (1, cout, *out), (kernel, kernel), (stride, stride), groups, activation=activation)
+    return LayerDesc(name, "dwconv2d" if groups > 1 and groups == cin == cout else "conv2d", (1, cin, *size),
+                     (1, cout, *_strided(size, stride)), (kernel, kernel), (stride, stride), groups,
+                     activation=activation)
 
 
 def inverted_residual_layers(cin: int, cout: int, kernel: int, expand: int, stride: int,
-                             size: tuple[int, int]) -> list[LayerDesc]:
-    """The `LayerDesc`s `describe_model` gives an `InvertedResidual` at input `size`, without torch."""
+                             size: tuple[int, ...], prefix: str = "") -> list[LayerDesc]:
+    """The `LayerDesc`s `describe_model` gives an `InvertedResidual` at input `size`, without
+    torch; named `prefix` + expand/depthwise/project/add (names key per-layer costs)."""
     hidden = cin * expand
-    layers = [_conv(cin, hidden, size, 1, 1)] if expand != 1 else []
-    layers.append(_conv(hidden, hidden, size, kernel, stride, groups=hidden))
-    out_size = tuple(-(-d // stride) for d in size)
-    layers.append(_conv(hidden, cout, out_size, 1, 1, activation=""))
+    layers = [_conv(f"{prefix}expand", cin, hidden, size, 1, 1)] if expand != 1 else []
+    layers.append(_conv(f"{prefix}depthwise", hidden, hidden, size, kernel, stride, groups=hidden))
+    out_size = _strided(size, stride)
+    layers.append(_conv(f"{prefix}project", hidden, cout, out_size, 1, 1, activation=""))
     if stride == 1 and cin == cout:
-        layers.append(LayerDesc("", "add", (1, cout, *out_size), (1, cout, *out_size)))
+        layers.append(LayerDesc(f"{prefix}add", "add", (1, cout, *out_size), (1, cout, *out_size)))
     return layers
+
+
+def block_layers(space: MobileNetSpace, width: float) -> list[list[list[LayerDesc]]]:
+    """Per block, per candidate op of `space.choices`: its layers at the block's input size ([] for identity)."""
+    size, out = tuple(space.input_shape[1:]), []
+    for block, (cin, cout, stride) in enumerate(space.block_shapes(width)):
+        out.append([[] if c.skip else inverted_residual_layers(cin, cout, c.kernel, c.expand, stride, size,
+                                                               f"block{block}.")
+                    for c in space.choices(block, width)])
+        size = _strided(size, stride)
+    return out
 
 
 def network_layers(space: MobileNetSpace, arch: Architecture) -> list[LayerDesc]:
     """The `LayerDesc`s of `space.build(arch)` (stem, blocks, head, pooling, classifier), without torch."""
     size = tuple(space.input_shape[1:])
     stem = _scaled(space.stem, arch.width)
-    layers = [_conv(space.input_shape[0], stem, size, 3, 1)]
-    for choice, (cin, cout, stride) in zip(arch.blocks, space.block_shapes(arch.width)):
+    layers = [_conv("stem", space.input_shape[0], stem, size, 3, 1)]
+    for block, (choice, (cin, cout, stride)) in enumerate(zip(arch.blocks, space.block_shapes(arch.width))):
         if not choice.skip:
-            layers += inverted_residual_layers(cin, cout, choice.kernel, choice.expand, stride, size)
-        size = tuple(-(-d // stride) for d in size)
+            layers += inverted_residual_layers(cin, cout, choice.kernel, choice.expand, stride, size, f"block{block}.")
+        size = _strided(size, stride)
     cin = space.block_shapes(arch.width)[-1][1] if space.blocks else stem
-    layers.append(_conv(cin, space.head, size, 1, 1))
-    layers.append(LayerDesc("", "pool", (1, space.head, *size), (1, space.head, 1, 1), size, size))
-    layers.append(LayerDesc("", "linear", (1, space.head), (1, space.classes), has_bias=True))
+    layers.append(_conv("head", cin, space.head, size, 1, 1))
+    layers.append(LayerDesc("pool", "pool", (1, space.head, *size), (1, space.head, 1, 1), size, size))
+    layers.append(LayerDesc("classifier", "linear", (1, space.head), (1, space.classes), has_bias=True))
     return layers

@@ -79,16 +79,16 @@ class NasPass(Pass):
     def check_feasible(self, spec: Any, data: Any, cost_model: Any) -> None:
         """A latency budget below the fastest network of the space is refused before any search.
 
-        A MobileNet space priced by a model that does not measure is priced from its geometry
-        alone (no torch, no JAX: a fraction of a second); otherwise the candidates are priced
-        as the search will price them (a `measured` table is measured here, once)."""
+        A MobileNet space is priced from its geometry alone, as the search prices it (no torch,
+        no JAX: a fraction of a second, unless a `measured` table has entries to measure); the
+        cell space through its supernet."""
         budget = self._budget(spec)
         if not self.config["budget"] or budget is None or cost_model is None:
             return
         if len(data.input_shape) != 3:
             return  # run() says why nas cannot search this data
         space = self.config["space"]
-        if space.name == "mobilenet" and not hasattr(cost_model, "measure_networks"):
+        if space.name == "mobilenet":
             from adl.passes.nas.static_pricing import fastest_mobilenet
 
             mobilenet = mobilenet_space_for(space, tuple(data.input_shape), spec.task.classes)
@@ -106,6 +106,7 @@ class NasPass(Pass):
         return self.budget_shares.get("latency", _latency_budget(spec))
 
     def _check_fastest(self, fastest: float, budget: float | None, spec: Any, cost_model: Any) -> None:
+        from adl.compiler.budget_plan import latency_budget
         from adl.compiler.passes import BudgetInfeasible
 
         if budget is not None and fastest > budget:
@@ -114,7 +115,7 @@ class NasPass(Pass):
                      if spec_budget is not None and abs(budget - spec_budget) > 1e-12 * spec_budget else "")
             raise BudgetInfeasible(f"latency budget {budget * 1e3:.3g} ms{share} is below the fastest network of the nas "
                                    f"space ({fastest * 1e3:.3g} ms as priced by {cost_model})",
-                                   _latency_budget_of(spec), note="no architecture of the space can meet it: "
+                                   latency_budget(spec), note="no architecture of the space can meet it: "
                                    "loosen the budget or shrink the space (fewer blocks, smaller kernels)")
 
     def run(self, module: Module, ctx: PassContext) -> Module:
@@ -195,12 +196,10 @@ def _report(nas: dict[str, Any]) -> list[str]:
 
 
 def _latency_budget(spec: Any) -> float | None:
-    budget = _latency_budget_of(spec)
+    from adl.compiler.budget_plan import latency_budget
+
+    budget = latency_budget(spec)
     return None if budget is None else float(budget.value)
-
-
-def _latency_budget_of(spec: Any) -> Any:
-    return next((b for b in spec.budgets if b.metric == "latency" and b.op in ("<=", "<")), None)
 
 
 def supernet_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:

@@ -14,40 +14,19 @@ from typing import Any
 from adl.compiler.layers import LayerDesc, describe_model
 from adl.compiler.spec import TargetSpec
 from adl.models.space import Architecture
-from adl.models.zoo import InvertedResidual
 from adl.passes.nas.cells import CellSupernet
 from adl.passes.nas.search import LatencyTable
-from adl.passes.nas.static_pricing import price_pieces
-from adl.passes.nas.supernet import Supernet
-
-
-def candidate_layers(supernet: Supernet) -> list[list[list[LayerDesc]]]:
-    """Per block, per candidate: the candidate's layers ([] for identity)."""
-    space, width = supernet.space, supernet.width
-    height, width_px = space.input_shape[1:]
-    out = []
-    for (cin, cout, stride), choices in zip(space.block_shapes(width), supernet.choices):
-        pieces = []
-        for choice in choices:
-            if choice.skip:
-                pieces.append([])
-            else:
-                module = InvertedResidual(cin, cout, choice.kernel, choice.expand, stride)
-                pieces.append(describe_model(module, (1, cin, height, width_px)))
-        out.append(pieces)
-        height, width_px = -(-height // stride), -(-width_px // stride)
-    return out
+from adl.passes.nas.static_pricing import price_mobilenet, price_pieces
 
 
 def price_candidates(supernet: Any, cost_model: Any, target: TargetSpec) -> LatencyTable:
     """Per-candidate latencies of `supernet` (MobileNet or cell space) on `target` by `cost_model`
     (a `CostModel`)."""
-    if isinstance(supernet, CellSupernet):
-        pieces = cell_pieces(supernet)
-    else:  # one block, one network piece per candidate
-        pieces = [[[layers] for layers in block] for block in candidate_layers(supernet)]
+    if not isinstance(supernet, CellSupernet):  # from the space's geometry, as the budget check prices it
+        return LatencyTable(*price_mobilenet(supernet.space, supernet.width, cost_model, target))
     whole_layers = describe_model(reference_model(supernet), (1, *supernet.space.input_shape))
-    return _price(pieces, whole_layers, cost_model, target, reference_indices(supernet))
+    return LatencyTable(*price_pieces(cell_pieces(supernet), whole_layers, cost_model, target,
+                                      reference_indices(supernet)))
 
 
 def reference_indices(supernet: Any) -> list[int]:
@@ -88,8 +67,3 @@ def cell_pieces(supernet: CellSupernet) -> list[list[list[list[LayerDesc]]]]:
                     described[key] = describe_op(op, cell["c"], hw, stride)
                 pieces[e + (n_edges if cell["reduction"] else 0)][o].append(described[key])
     return pieces
-
-
-def _price(pieces: list, whole_layers: list[LayerDesc], cost_model: Any, target: TargetSpec,
-           reference: list[int]) -> LatencyTable:
-    return LatencyTable(*price_pieces(pieces, whole_layers, cost_model, target, reference))

@@ -1,8 +1,9 @@
 """Pricing candidate ops from layer descriptions alone: no torch, no JAX.
 
 `price_pieces` is the arithmetic of every latency table (`pricing.price_candidates` wraps it
-in a `LatencyTable`); `fastest_mobilenet` prices a MobileNet space from its geometry
-(`adl.models.space.network_layers`), which is what lets `adl compile` refuse a latency
+in a `LatencyTable`); `price_mobilenet` prices a MobileNet space from its geometry
+(`adl.models.space.network_layers`, `block_layers`) for the search and for
+`fastest_mobilenet`, which is what lets `adl compile` refuse a latency
 budget below the fastest network of the space in a fraction of a second, before the data
 set, torch or JAX are loaded.
 """
@@ -13,7 +14,7 @@ from typing import Any, Sequence
 
 from adl.compiler.layers import LayerDesc
 from adl.compiler.spec import TargetSpec
-from adl.models.space import Architecture, MobileNetSpace, inverted_residual_layers, network_layers
+from adl.models.space import MobileNetSpace, block_layers, network_layers
 
 
 def layers_only(cost: Any) -> float:
@@ -40,20 +41,14 @@ def price_pieces(pieces: list, whole_layers: list[LayerDesc], cost_model: Any, t
     return per_op, max(0.0, whole - sum(block[i] for block, i in zip(per_op, reference)))
 
 
-def mobilenet_pieces(space: MobileNetSpace, width: float) -> list[list[list[list[LayerDesc]]]]:
-    """Per block, per candidate: [the candidate's layers] ([[]] for identity)."""
-    size = tuple(space.input_shape[1:])
-    out = []
-    for block, (cin, cout, stride) in enumerate(space.block_shapes(width)):
-        out.append([[[] if c.skip else inverted_residual_layers(cin, cout, c.kernel, c.expand, stride, size)]
-                    for c in space.choices(block, width)])
-        size = tuple(-(-d // stride) for d in size)
-    return out
+def price_mobilenet(space: MobileNetSpace, width: float, cost_model: Any,
+                    target: TargetSpec) -> tuple[list[list[float]], float]:
+    """(per-candidate latencies, fixed) of a MobileNet space at `width`, from its geometry."""
+    pieces = [[[layers] for layers in block] for block in block_layers(space, width)]
+    return price_pieces(pieces, network_layers(space, space.first(width)), cost_model, target, [0] * space.blocks)
 
 
 def fastest_mobilenet(space: MobileNetSpace, width: float, cost_model: Any, target: TargetSpec) -> float:
     """Latency of the fastest network of `space` at `width`, as `cost_model` prices it."""
-    first = Architecture(width, tuple(space.choices(b, width)[0] for b in range(space.blocks)))
-    per_op, fixed = price_pieces(mobilenet_pieces(space, width), network_layers(space, first), cost_model, target,
-                                 [0] * space.blocks)
+    per_op, fixed = price_mobilenet(space, width, cost_model, target)
     return fixed + sum(min(block) for block in per_op)

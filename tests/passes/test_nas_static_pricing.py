@@ -47,16 +47,33 @@ def test_network_geometry_matches_the_built_model(seed):
 
 
 @pytest.mark.parametrize("model", [RooflineModel(), BitSerialModel(preset="edge")], ids=["roofline", "bitserial"])
-def test_the_fastest_network_is_priced_as_the_search_prices_it(model):
+def test_the_fastest_network_is_priced_as_the_torch_models_describe_it(model):
     from adl.passes.nas import _fastest, supernet_for
     from adl.passes.nas.pricing import price_candidates
+    from adl.passes.nas.search import LatencyTable
+    from adl.passes.nas.static_pricing import price_pieces
 
     option = CallValue("mobilenet", (("blocks", 3), ("kernels", (3, 5)), ("expand", (1, 3)), ("width", 0.5),
                                      ("skip", True), ("stem", 8), ("head", 16)))
     supernet = supernet_for(option, (1, 8, 8), 10)
-    target = TargetSpec("host")
-    assert fastest_mobilenet(supernet.space, 0.5, model, target) == pytest.approx(
-        _fastest(price_candidates(supernet, model, target)), rel=1e-9)
+    space, target = supernet.space, TargetSpec("host")
+    pieces, size = [], (8, 8)  # every candidate described from its PyTorch module
+    for (cin, cout, stride), choices in zip(space.block_shapes(0.5), supernet.choices):
+        pieces.append([[[] if c.skip else describe_model(InvertedResidual(cin, cout, c.kernel, c.expand, stride),
+                                                          (1, cin, *size))] for c in choices])
+        size = tuple(-(-d // stride) for d in size)
+    whole = describe_model(space.build(space.first(0.5)), (1, *space.input_shape))
+    from_torch = _fastest(LatencyTable(*price_pieces(pieces, whole, model, target, [0] * space.blocks)))
+    assert fastest_mobilenet(space, 0.5, model, target) == pytest.approx(from_torch, rel=1e-9)
+    assert _fastest(price_candidates(supernet, model, target)) == pytest.approx(from_torch, rel=1e-9)
+
+
+def test_geometry_names_every_layer_of_a_piece_apart():
+    """Cost models key per-layer costs by name (measured does), so names must be unique."""
+    space = MobileNetSpace((1, 8, 8), 10, blocks=3, kernels=(3,), expand=(1, 6))
+    for piece in space.candidate_layers():
+        names = [layer.name for layer in piece]
+        assert len(set(names)) == len(names) and all(names)
 
 
 SPEC = """
