@@ -26,8 +26,7 @@ from typing import Any
 from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
-from adl.compiler.spec import CallValue
-from adl.passes.train import OPTIMIZERS
+from adl.passes.train import finetune, finetune_options
 
 POLICY_FILE = "amc_policy.json"
 
@@ -53,10 +52,7 @@ class AmcPass(Pass):
         Option("min_keep", "fraction", 0.2, "no group keeps fewer than this fraction of its channels", low=0.01),
         Option("multiple", "int", 8, "kept channel counts are multiples of this (SIMD lanes: see docs/amc.md)", low=1),
         Option("val_samples", "int", 500, "training images held out to score policies", low=10),
-        Option("finetune", "int", 10, "epochs of fine-tuning the pruned network (0: none)", low=0),
-        Option("batch_size", "int", 64, "fine-tuning samples per step", low=1),
-        Option("optimizer", "call", CallValue("adam", (("lr", 0.001), ("weight_decay", 0.0))),
-               "fine-tuning optimizer: adam(...), adamw(...), sgd(...) or l2o(...)", calls=OPTIMIZERS),
+        *finetune_options(10, 0.001, "fine-tuning the pruned network"),
     )
     requires = ("trained",)
     ensures = ("model", "trained", "pruned")
@@ -122,16 +118,16 @@ class AmcPass(Pass):
                 f"{result.info['accuracy']:.4f} before fine-tuning")
         metrics: dict[str, Any] = {}
         if self.config["finetune"] > 0:
-            finetuned = self._finetune(pruned, dataset, ctx)
+            finetuned = finetune(pruned, ctx, self.config)
             pruned = finetuned.model
             metrics.update(torch_accuracy=finetuned.test_accuracy)
-            finetune = {"epochs": self.config["finetune"], "test_accuracy": finetuned.test_accuracy,
-                        "history": finetuned.history}
+            finetuning = {"epochs": self.config["finetune"], "test_accuracy": finetuned.test_accuracy,
+                          "history": finetuned.history}
         else:
             from adl.passes.train.loop import evaluate
 
             metrics.update(torch_accuracy=evaluate(pruned, dataset.x_test, dataset.y_test))
-            finetune = {"epochs": 0, "test_accuracy": metrics["torch_accuracy"], "history": []}
+            finetuning = {"epochs": 0, "test_accuracy": metrics["torch_accuracy"], "history": []}
         measured_flops = sum(layer.flops for layer in describe_model(pruned, (1, *dataset.input_shape)))
         if abs(measured_flops - after["flops"]) > 1e-6 * after["flops"] + 1:  # the cost model of the search lied
             raise PassError(f"internal error: the pruned network has {measured_flops} FLOPs, the search priced it "
@@ -146,7 +142,7 @@ class AmcPass(Pass):
             "budget_met": all(after[r] <= f * before[r] * (1 + 1e-9) for r, f in budgets.items()),
             "val_accuracy_unpruned": result.unpruned_accuracy,
             "val_accuracy_pruned": result.info["accuracy"],
-            "finetune": finetune,
+            "finetune": finetuning,
             "history": result.history,
         }).establish("pruned", "trained")
 
@@ -172,9 +168,3 @@ class AmcPass(Pass):
         if ctx.cost_model is not None:
             cost["latency"] = float(ctx.cost(env.resources.table.descs(counts)).latency_s)
         return cost
-
-    def _finetune(self, model: Any, dataset: Any, ctx: PassContext) -> Any:
-        from adl.passes.train import finetune
-
-        return finetune(model, ctx, epochs=self.config["finetune"], batch_size=self.config["batch_size"],
-                        optimizer=self.config["optimizer"])

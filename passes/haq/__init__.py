@@ -31,8 +31,7 @@ from typing import Any, Mapping
 from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
-from adl.compiler.spec import CallValue
-from adl.passes.train import OPTIMIZERS
+from adl.passes.train import finetune, finetune_options
 
 POLICY_FILE = "haq_policy.json"
 PACKED_FILE = "weights.packed.npz"
@@ -57,10 +56,7 @@ class HaqPass(Pass):
         Option("mode", "name", "linear", "linear: per-channel integer codes; kmeans: shared centroids "
                "(HAQ's second mode, not lowered to integer arithmetic)", choices=("linear", "kmeans")),
         Option("val_samples", "int", 500, "training images held out to score policies", low=10),
-        Option("finetune", "int", 5, "epochs of quantization-aware fine-tuning (0: none)", low=0),
-        Option("batch_size", "int", 64, "fine-tuning samples per step", low=1),
-        Option("optimizer", "call", CallValue("adam", (("lr", 0.0005), ("weight_decay", 0.0))),
-               "fine-tuning optimizer: adam(...), adamw(...), sgd(...) or l2o(...)", calls=OPTIMIZERS),
+        *finetune_options(5, 0.0005, "quantization-aware fine-tuning"),
     )
     requires = ("trained",)
     ensures = ("model", "trained", "quantized")
@@ -72,8 +68,9 @@ class HaqPass(Pass):
             return 1.0
         if self.config["fraction"] is not None:
             return self.config["fraction"]
-        declared = any(b.metric == "latency" and b.is_upper for b in spec.budgets)
-        return 1.0 if declared else DEFAULT_FRACTION
+        from adl.compiler.budget_plan import latency_budget
+
+        return 1.0 if latency_budget(spec) is not None else DEFAULT_FRACTION
 
     def run(self, module: Module, ctx: PassContext) -> Module:
         import numpy as np
@@ -124,14 +121,15 @@ class HaqPass(Pass):
                 "accuracy": result.accuracy, "full_precision_accuracy": result.full_precision_accuracy,
                 "history": result.history}))
             tmp.replace(policy_path)
-        ctx.log(f"haq: {resource} {cost(result.policy) / highest:.1%} of {high}-bit; validation accuracy "
+        chosen = cost(result.policy)
+        ctx.log(f"haq: {resource} {chosen / highest:.1%} of {high}-bit; validation accuracy "
                 f"{result.full_precision_accuracy:.4f} -> {result.accuracy:.4f} before fine-tuning")
 
         fake = quantize_model(model, result.policy, data.calibration, method=config.calibration, mode=config.mode)
-        finetune: dict[str, Any] = {"epochs": self.config["finetune"], "history": []}
+        finetuning: dict[str, Any] = {"epochs": self.config["finetune"], "history": []}
         if self.config["finetune"] > 0:
-            trained = self._finetune(fake, dataset, ctx)
-            fake, finetune["history"] = trained.model, trained.history
+            trained = finetune(fake, ctx, self.config)
+            fake, finetuning["history"] = trained.model, trained.history
         fake.eval()
         deployed, decisions, packed = deployable_model(fake, ctx.spec.target.kind)
         packed_path = ctx.output_dir() / PACKED_FILE
@@ -143,7 +141,7 @@ class HaqPass(Pass):
         with torch.inference_mode():
             simulated, integer = fake(x_test).argmax(1).numpy(), deployed(x_test).argmax(1).numpy()
         accuracy = float(np.mean(integer == dataset.y_test))
-        finetune["test_accuracy"] = float(np.mean(simulated == dataset.y_test))
+        finetuning["test_accuracy"] = float(np.mean(simulated == dataset.y_test))
         weights = sum(d.weights for d in decisions)
         names = [layers[i].name for i in quantized_layers(layers)]
         return module.evolve(model=deployed).with_files(packed_weights=str(packed_path)).with_metrics(
@@ -151,9 +149,9 @@ class HaqPass(Pass):
                 "search": config.strategy, "bits": [low, high], "resource": resource, "budget": budget,
                 "budget_source": source, "mode": config.mode, "calibration": config.calibration,
                 "episodes": config.episodes if config.strategy == "ddpg" else 0,
-                "cost": {"highest_bits": highest, "lowest_bits": lowest, "chosen": cost(result.policy),
+                "cost": {"highest_bits": highest, "lowest_bits": lowest, "chosen": chosen,
                          "proposed": cost(result.proposed)},
-                "budget_met": cost(result.policy) <= budget * (1 + 1e-9),
+                "budget_met": chosen <= budget * (1 + 1e-9),
                 "policy": [{"layer": name, "weight_bits": w, "act_bits": a} for name, w, a in
                            zip(names, result.policy.weight_bits, result.policy.act_bits)],
                 "lowering": [d.as_dict() for d in decisions],
@@ -162,17 +160,16 @@ class HaqPass(Pass):
                                  "packed": sum(d.packed_bytes for d in decisions)},
                 "val_accuracy_full_precision": result.full_precision_accuracy,
                 "val_accuracy_quantized": result.accuracy,
-                "finetune": finetune,
+                "finetune": finetuning,
                 "test_agreement_deployed_vs_simulated": float(np.mean(integer == simulated)),
                 "history": result.history,
             }).establish("quantized", "trained")
 
     def _cost(self, layers: Any, resource: str, ctx: PassContext) -> Any:
-        from adl.passes.haq.budget import cost_function
+        from adl.passes.haq.budget import apply_policy, cost_function
 
         if resource == "size":  # weight bytes at each layer's width: no cost model (or timing) needed
-            return cost_function(layers, lambda priced: _WeightBytes(sum(layer.weight_bytes for layer in priced)),
-                                 "size")
+            return lambda policy: float(sum(layer.weight_bytes for layer in apply_policy(layers, policy)))
         if ctx.cost_model is None:
             raise PassError(f"a {resource} budget needs the target's cost model")
         return cost_function(layers, ctx.cost, resource)
@@ -181,9 +178,11 @@ class HaqPass(Pass):
         fraction = self.config["fraction"]
         if fraction is not None:
             return fraction * highest, f"fraction = {fraction:g} of the {self.config['bits'][1]}-bit {resource}"
-        declared = [b for b in ctx.spec.budgets if b.metric == resource and b.is_upper] if resource == "latency" else []
-        if declared:
-            return declared[0].value, f"the spec's budget latency {declared[0].op} {declared[0].text}"
+        from adl.compiler.budget_plan import latency_budget
+
+        declared = latency_budget(ctx.spec) if resource == "latency" else None
+        if declared is not None:
+            return declared.value, f"the spec's budget latency {declared.op} {declared.text}"
         return DEFAULT_FRACTION * highest, f"default {DEFAULT_FRACTION:g} of the {self.config['bits'][1]}-bit {resource}"
 
     def report(self, metrics: Mapping[str, Any]) -> list[str]:
@@ -205,16 +204,3 @@ class HaqPass(Pass):
                        [(d["name"], d["weight_bits"], d["act_bits"], d["arithmetic"], d["reason"] or "-")
                         for d in haq["lowering"]])
         return lines
-
-    def _finetune(self, model: Any, dataset: Any, ctx: PassContext) -> Any:
-        from adl.passes.train import finetune
-
-        return finetune(model, ctx, epochs=self.config["finetune"], batch_size=self.config["batch_size"],
-                        optimizer=self.config["optimizer"])
-
-
-class _WeightBytes:
-    """A cost with only weight bytes (what `cost_function` reads for a size budget)."""
-
-    def __init__(self, weight_bytes: int) -> None:
-        self.weight_bytes = weight_bytes

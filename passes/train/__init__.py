@@ -7,7 +7,7 @@ adds an entry there instead of changing the loop.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from adl.compiler.module import Module
 from adl.compiler.options import Option
@@ -86,13 +86,23 @@ class TrainPass(Pass):
         ).establish("trained")
 
 
-def finetune(model: Any, ctx: PassContext, *, epochs: int, batch_size: int, optimizer: CallValue) -> Any:
-    """Fine-tune `model` (a compression pass's output) with the `train` loop's defaults for the
-    rest; resumable in the running pass's state folder. Returns the loop's `TrainResult`."""
+def finetune_options(epochs: int, lr: float, what: str) -> tuple[Option, ...]:
+    """The options of a compression pass's fine-tuning (`finetune`, `batch_size`, `optimizer`),
+    read by `finetune`; `what` names the fine-tuning in the option's help."""
+    return (Option("finetune", "int", epochs, f"epochs of {what} (0: none)", low=0),
+            Option("batch_size", "int", 64, "fine-tuning samples per step", low=1),
+            Option("optimizer", "call", CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
+                   "fine-tuning optimizer: adam(...), adamw(...), sgd(...) or l2o(...)", calls=OPTIMIZERS))
+
+
+def finetune(model: Any, ctx: PassContext, options: Mapping[str, Any]) -> Any:
+    """Fine-tune `model` (a compression pass's output) as the pass's `finetune_options` say, the
+    `train` loop's defaults for the rest; resumable in the running pass's state folder.
+    Returns the loop's `TrainResult`."""
     from adl.passes.train.loop import train_model
 
     config = {o.name: o.default for o in TrainPass.options}
-    config.update(epochs=epochs, batch_size=batch_size, optimizer=optimizer)
+    config.update(epochs=options["finetune"], batch_size=options["batch_size"], optimizer=options["optimizer"])
     state = ctx.state_dir() / "finetune"
     state.mkdir(exist_ok=True)
     return train_model(model, ctx.dataset(), config, seed=ctx.seed, state_dir=state, progress=ctx.progress,
