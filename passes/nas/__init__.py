@@ -57,7 +57,10 @@ class NasPass(Pass):
                choices=("darts", "gdas", "proxyless", "random")),
         Option("epochs", "int", 30, "passes over the search's training part", low=1),
         Option("batch_size", "int", 64, "samples per step", low=1),
-        Option("lr", "float", 0.01, "learning rate of the supernet's weights (Adam)", low=0.0),
+        Option("lr", "float", None, "learning rate of the supernet's weights (Adam); default 0.01 for darts "
+               "(every op learns every step), 0.03 for single-path strategies (an op learns when sampled)", low=0.0),
+        Option("warmup", "int", None, "epochs training the weights alone on uniformly sampled paths before any "
+               "architecture step (ProxylessNAS's warm-up); default a third of the epochs, 0 for darts", low=0),
         Option("arch_lr", "float", 0.01, "learning rate of the architecture parameters (Adam)", low=0.0),
         Option("latency_weight", "float", 0.1, "lambda of lambda * log(expected latency)", low=0.0),
         Option("budget", "bool", True, "also hold the expected latency under the spec's latency budget (a hinge)"),
@@ -123,7 +126,7 @@ class NasPass(Pass):
 
         from adl.models.zoo import Normalize
         from adl.passes.nas.pricing import price_candidates
-        from adl.passes.nas.search import Search, SearchConfig
+        from adl.passes.nas.search import Search
 
         dataset = ctx.dataset()
         if len(dataset.input_shape) != 3:
@@ -137,9 +140,7 @@ class NasPass(Pass):
         latency = price_candidates(supernet, ctx.cost_model, ctx.spec.target)
         budget = self._budget(ctx.spec) if self.config["budget"] else None
         self._check_fastest(_fastest(latency), budget, ctx.spec, ctx.cost_model)
-        config = SearchConfig(**{k: self.config[k] for k in (
-            "strategy", "epochs", "batch_size", "lr", "arch_lr", "latency_weight", "order", "estimator", "tau_max",
-            "tau_min", "random_samples")}, budget_s=budget, seed=ctx.seed)
+        config = search_config(self.config, budget, ctx.seed)
 
         mean = np.asarray(dataset.mean, np.float32).reshape(-1, 1, 1)
         std = np.asarray(dataset.std, np.float32).reshape(-1, 1, 1)
@@ -159,7 +160,7 @@ class NasPass(Pass):
         from torch import nn
 
         model = nn.Sequential(Normalize(dataset.mean, dataset.std, channel_dims=len(dataset.input_shape) - 1),
-                              _to_torch(supernet, result.params, result.indices))
+                              _to_torch(supernet, result.params, result.indices, x[train], config.batch_size))
         architecture = supernet.architecture(result.indices)
         predicted = latency.of(result.indices)
         ctx.log(f"nas: {architecture} -- predicted {predicted * 1e3:.3f} ms by {ctx.cost_model}"
@@ -170,6 +171,20 @@ class NasPass(Pass):
             "budget_met": None if budget is None else predicted <= budget,
             "history": result.history, "probabilities": result.probabilities,
         }).establish("architecture")
+
+
+def search_config(options: dict[str, Any], budget: float | None, seed: int) -> Any:
+    """The `SearchConfig` of the pass's options, the strategy-dependent defaults filled in."""
+    from adl.passes.nas.search import SearchConfig, default_lr, default_warmup
+
+    strategy, epochs = options["strategy"], options["epochs"]
+    lr = options["lr"] if options["lr"] is not None else default_lr(strategy)
+    warmup = options["warmup"] if options["warmup"] is not None else default_warmup(strategy, epochs)
+    if warmup >= epochs:
+        raise PassError(f"nas: warmup = {warmup} leaves none of the {epochs} epochs for the architecture")
+    return SearchConfig(**{k: options[k] for k in (
+        "strategy", "epochs", "batch_size", "arch_lr", "latency_weight", "order", "estimator", "tau_max", "tau_min",
+        "random_samples")}, lr=lr, warmup=warmup, budget_s=budget, seed=seed)
 
 
 def _report(nas: dict[str, Any]) -> list[str]:
@@ -231,11 +246,15 @@ def _fastest(latency: Any) -> float:
     return latency.of([min(range(len(lat)), key=lat.__getitem__) for lat in latency.per_op])
 
 
-def _to_torch(supernet: Any, params: Any, indices: list[int]) -> Any:
+def _to_torch(supernet: Any, params: Any, indices: list[int], x_train: Any, batch_size: int) -> Any:
+    """The derived network in PyTorch with the supernet's weights (the MobileNet space's
+    BatchNorms recalibrated on `x_train`)."""
     if supernet.chain:
         from adl.passes.nas.supernet import to_torch
-    else:
-        from adl.passes.nas.cells import to_torch
+
+        return to_torch(supernet, params, indices, x_train, batch_size)
+    from adl.passes.nas.cells import to_torch
+
     return to_torch(supernet, params, indices)
 
 

@@ -99,14 +99,15 @@ class PathRunner:
         return float(self._loss(params["head"], params["classifier"], h, y))
 
     def accuracy(self, params: Params, indices: Sequence[int], x: np.ndarray, y: np.ndarray, batch: int) -> float:
-        """Top-1 accuracy over all of (x, y), in batches of `batch` (the last one padded, so
-        the stages compiled for training serve evaluation too)."""
+        """Top-1 accuracy over all of (x, y), in batches of `batch` (the last one padded with
+        repeats of its own samples, so the stages compiled for training serve evaluation too
+        and the BatchNorms' batch statistics stay those of real inputs)."""
         correct = 0
         for start in range(0, len(x), batch):
             xb = x[start:start + batch]
             n = len(xb)
             if n < batch:
-                xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), xb.dtype)])
+                xb = np.resize(xb, (batch, *xb.shape[1:]))
             h = self._features(params, indices, jnp.asarray(xb))[1]
             predicted = np.asarray(jnp.argmax(self._logits(params["head"], params["classifier"], h), -1))[:n]
             correct += int((predicted == y[start:start + n]).sum())

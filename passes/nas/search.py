@@ -21,6 +21,11 @@ Strategies (each its paper's mechanism; all see the same number of training step
   the same steps, then `random_samples` architectures (within the latency budget, if any) are
   scored on validation data with the shared weights, and the best is kept.
 
+Every strategy may start with `warmup` epochs that train the weights alone, on uniformly
+sampled single paths (darts: the evenly weighted mixture), as ProxylessNAS warms its
+supernet up before any architecture step: an architecture gradient taken through untrained
+shared weights only ranks noise.
+
 Latency enters every strategy's architecture loss through the expected latency of the
 relaxed network, E[lat] = fixed + sum_b sum_i p_bi lat_bi, priced per candidate by the
 target's cost model: ``latency_weight x log(E[lat])``; with a `budget` also a hinge
@@ -50,6 +55,19 @@ from adl.passes.nas.supernet import Params, Supernet, cross_entropy, probabiliti
 STRATEGIES = ("darts", "gdas", "proxyless", "random")
 
 
+def default_lr(strategy: str) -> float:
+    """The supernet weights' Adam learning rate: darts trains every op on every step, the
+    single-path strategies an op only on the steps that sample it (measured on digits: 0.03
+    brings the shared weights to 0.96 validation accuracy in 15 epochs, 0.01 to 0.90)."""
+    return 0.01 if strategy == "darts" else 0.03
+
+
+def default_warmup(strategy: str, epochs: int) -> int:
+    """Weight-only epochs before the first architecture step: a third for the single-path
+    strategies (ProxylessNAS warms its supernet up), none for darts (its mixture trains every op)."""
+    return 0 if strategy == "darts" else epochs // 3
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     strategy: str = "proxyless"
@@ -64,6 +82,7 @@ class SearchConfig:
     tau_max: float = 10.0  # gdas temperature, annealed to tau_min
     tau_min: float = 0.1
     random_samples: int = 50  # random: architectures scored at the end
+    warmup: int = 0  # epochs training the weights alone (uniform single paths; darts: the even mixture)
     seed: int = 0
 
 
@@ -253,7 +272,10 @@ class Search:
                 xt, yt = jnp.asarray(x_train[bt]), jnp.asarray(y_train[bt])
                 xv, yv = jnp.asarray(x_val[bv]), jnp.asarray(y_val[bv])
                 key, step_key = jax.random.split(key)
-                self._step(state, step_key, sampler, tau, xt, yt, xv, yv)
+                if epoch < cfg.warmup:
+                    self._warmup_step(state, sampler, xt, yt)
+                else:
+                    self._step(state, step_key, sampler, tau, xt, yt, xv, yv)
             row = self._epoch_row(state, epoch, x_val, y_val)
             state["history"].append(row)
             state["epoch"] = epoch + 1
@@ -284,6 +306,17 @@ class Search:
         else:  # random: uniform single paths, no architecture parameters
             indices = self._sample_uniform(sampler)
         path = self.paths.gradients(s["params"], [[i] for i in indices], [0] * len(indices), xt, yt)
+        s["params"], s["w_state"] = self.paths.apply(s["params"], s["w_state"], path.params)
+
+    def _warmup_step(self, state: dict, sampler: np.random.Generator, xt, yt) -> None:
+        """A weight step with the architecture untouched (ProxylessNAS's warm-up): a uniformly
+        sampled single path, or for darts the mixed network at its initial, even weights."""
+        s = state
+        if self.config.strategy == "darts":
+            s["params"], s["w_state"], _ = self._darts_weight_step(s["params"], s["w_state"], s["alphas"], xt, yt)
+            return
+        path = self.paths.gradients(s["params"], [[i] for i in self._sample_uniform(sampler)],
+                                    [0] * len(self.sizes), xt, yt)
         s["params"], s["w_state"] = self.paths.apply(s["params"], s["w_state"], path.params)
 
     def _two_path_arch_step(self, s: dict, sampler: np.random.Generator, xv, yv) -> None:

@@ -1,7 +1,12 @@
 """The MobileNet-space supernet in JAX: one set of weights per candidate op of every block.
 
-Layout NHWC. Every conv carries a bias instead of a BatchNorm (a materialised network gets
-identity BatchNorms whose shift is that bias, so PyTorch computes the same function). Block
+Layout NHWC. Every conv is followed by a BatchNorm that normalises with the statistics of the
+batch it sees (training and evaluation alike; no running averages), as ProxylessNAS and FBNet
+put one in every candidate op: without it, switching a block between candidates of expansion
+1..6 and identity changes the scale of everything downstream, and the shared weights of the
+later blocks and the head never settle (the supernet stayed at chance accuracy on digits).
+A materialised network (`to_torch`) gets the BatchNorms' scale and shift, and running
+statistics recalibrated on training data. Block
 `b` holds the candidates of `MobileNetSpace.choices(b, width)`: inverted residuals (1x1
 expand -> kxk depthwise -> 1x1 project, ReLU6 after the first two, a skip connection when
 the shape allows) and, for blocks that keep their shape, identity.
@@ -47,7 +52,7 @@ class Supernet:
     # -- parameters ------------------------------------------------------------------------
 
     def init(self, seed: int) -> Params:
-        """He-normal convolutions and dense layer, zero biases. Drawn with NumPy: JAX would
+        """He-normal convolutions and dense layer, BatchNorm scale 1 and shift 0. Drawn with NumPy: JAX would
         compile an initialiser per parameter shape, which costs more than the search's steps."""
         rng = np.random.default_rng(seed)
         channels = self.space.input_shape[0]
@@ -142,19 +147,33 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default, so a materialised network normalises alike
+
+
 def _conv(rng: np.random.Generator, kh: int, kw: int, cin: int, cout: int) -> Params:
+    """A conv's weights (HWIO) and its BatchNorm's scale `g` and shift `b`."""
     w = rng.standard_normal((kh, kw, cin, cout)) * math.sqrt(2.0 / (kh * kw * cin))
-    return {"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros((cout,))}
+    return {"w": jnp.asarray(w, jnp.float32), "g": jnp.ones((cout,)), "b": jnp.zeros((cout,))}
 
 
 def _conv_apply(p: Params, h: jax.Array, stride: int, groups: int = 1) -> jax.Array:
-    """NHWC x HWIO convolution with 'same'-style padding k//2 (as the PyTorch models pad)."""
+    """NHWC x HWIO convolution with 'same'-style padding k//2 (as the PyTorch models pad),
+    then BatchNorm with the batch's statistics."""
     kh, kw = p["w"].shape[:2]
     if groups > 1 and groups == h.shape[-1] == p["w"].shape[-1]:
-        return depthwise_conv(h, p["w"], stride) + p["b"]
-    y = jax.lax.conv_general_dilated(h, p["w"], (stride, stride), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
-    return y + p["b"]
+        y = depthwise_conv(h, p["w"], stride)
+    else:
+        y = jax.lax.conv_general_dilated(h, p["w"], (stride, stride), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    return batch_norm(y, p["g"], p["b"])
+
+
+def batch_norm(y: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+    """Per-channel normalisation of NHWC `y` by its own batch mean and (biased) variance, as
+    torch's BatchNorm2d computes in training mode."""
+    mean = jnp.mean(y, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(y - mean), axis=(0, 1, 2))
+    return (y - mean) * (scale * jax.lax.rsqrt(var + BN_EPS)) + shift
 
 
 def depthwise_conv(h: jax.Array, w: jax.Array, stride: int = 1, dilation: int = 1) -> jax.Array:
@@ -181,24 +200,26 @@ def _relu6(x: jax.Array) -> jax.Array:
     return jnp.clip(x, 0.0, 6.0)
 
 
-def to_torch(supernet: Supernet, params: Params, indices: Sequence[int]) -> Any:
+def to_torch(supernet: Supernet, params: Params, indices: Sequence[int], calibration: np.ndarray,
+             batch_size: int = 64) -> Any:
     """The PyTorch model of the derived architecture (`MobileNetSpace.build`) carrying the
-    supernet's weights: convs get the weights, the BatchNorms after them become identities
-    shifted by the bias (eval mode), so it computes what `derived_forward` computes."""
+    supernet's weights: convs get the weights, BatchNorms the scale and shift. In training
+    mode it computes what `derived_forward` computes. The supernet kept no running
+    statistics (every path saw different ones), so they are recalibrated on `calibration`
+    (NCHW inputs as the supernet saw them, in batches of `batch_size`): the eval-mode model
+    normalises by the derived network's own statistics."""
     import torch
     from torch import nn
 
     arch = supernet.architecture(indices)
-    model = supernet.space.build(arch).eval()
+    model = supernet.space.build(arch)
 
     def load(seq: nn.Sequential, p: Params) -> None:
         conv, bn = seq[0], seq[1]
         w = np.array(p["w"])  # HWIO (depthwise: H, W, 1, C)
         conv.weight.data = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))).float()
-        bn.weight.data.fill_(1.0)
+        bn.weight.data = torch.from_numpy(np.array(p["g"])).float()
         bn.bias.data = torch.from_numpy(np.array(p["b"])).float()
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0 - bn.eps)
 
     modules = list(model.children())
     load(modules[0], params["stem"])
@@ -218,4 +239,26 @@ def to_torch(supernet: Supernet, params: Params, indices: Sequence[int]) -> Any:
     classifier = modules[-1]
     classifier.weight.data = torch.from_numpy(np.array(params["classifier"]["w"]).T.copy()).float()
     classifier.bias.data = torch.from_numpy(np.array(params["classifier"]["b"])).float()
-    return model
+    recalibrate_batch_norms(model, calibration, batch_size)
+    return model.eval()
+
+
+def recalibrate_batch_norms(model: Any, x: np.ndarray, batch_size: int) -> None:
+    """Set every BatchNorm's running statistics to their average over `x` in batches of
+    `batch_size` (BN recalibration of one-shot NAS); the weights are untouched."""
+    import torch
+    from torch import nn
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            if len(batch) > 1 or start == 0:  # a lone trailing sample has no variance
+                model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
