@@ -178,7 +178,7 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
 
     layers = describe_final_model(module, dataset)
     module = module.with_metrics(**_model_metrics(module, layers))
-    cost = price(cost_model, spec, layers, module.metrics.get("latency_s"))
+    cost = price(cost_model, spec, layers, module.metrics.get("latency_s"), module.metrics.get("kernels"))
     verdicts = budget_checks.evaluate(spec.budgets, module.metrics)
     manifest = build_manifest(module, pipeline, dataset, verdicts, seed=seed, version=ADL_VERSION, cost=cost,
                               budget_plan=plan.as_list())
@@ -241,10 +241,12 @@ def describe_final_model(module: Module, dataset: Any) -> list[LayerDesc]:
     return describe_model(module.model, (1, *dataset.input_shape))
 
 
-def price(cost_model: Any, spec: Spec, layers: Sequence[LayerDesc], measured_latency_s: float | None
-          ) -> dict[str, Any]:
+def price(cost_model: Any, spec: Spec, layers: Sequence[LayerDesc], measured_latency_s: float | None,
+          kernels: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The manifest's `cost_model` record: the model's prediction for the final layers and,
-    when the library was measured, the measured latency and measured / predicted."""
+    when the library was measured, the measured latency and measured / predicted; with the
+    library's per-kernel timings (`lower`'s `kernels`), each layer's measured kernel time
+    (`measured_s`) beside its prediction."""
     record: dict[str, Any] = {"name": cost_model.name, "model": str(cost_model), "options": dict(cost_model.config),
                               "parameters": cost_model.parameters(spec.target)}
     cost = cost_model.estimate(layers, spec.target) if layers else None
@@ -253,11 +255,29 @@ def price(cost_model: Any, spec: Spec, layers: Sequence[LayerDesc], measured_lat
                 "measured_latency_s": measured_latency_s, "measured_over_predicted": None, "per_layer": []}
     ratio = (measured_latency_s / cost.latency_s
              if measured_latency_s is not None and cost.latency_s > 0 else None)
+    per_layer = [c.as_dict() for c in cost.layers]
+    record.update(kernel_record(kernels, layers, per_layer) if kernels and len(per_layer) == len(layers) else {})
     return {**record, "predicted_latency_s": cost.latency_s, "predicted_energy_j": cost.energy_j,
             "predicted_memory_bytes": cost.memory_bytes, "weight_bytes": cost.weight_bytes,
             "peak_activation_bytes": cost.peak_activation_bytes,
             "measured_latency_s": measured_latency_s, "measured_over_predicted": ratio,
-            "per_layer": [c.as_dict() for c in cost.layers]}
+            "per_layer": per_layer}
+
+
+def kernel_record(kernels: Sequence[dict[str, Any]], layers: Sequence[LayerDesc], per_layer: list[dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """Add each layer's measured kernel time to its `per_layer` row (in place) and return the
+    manifest's `kernels` summary: what was attributed, the rest, and the kernels' sum."""
+    from adl.backends.tvm.kernel_profile import KernelTime, attribute_kernels
+
+    times = [KernelTime(k["name"], tuple((tuple(shape), dtype) for shape, dtype in k["args"]), k["median_s"])
+             for k in kernels]
+    attribution = attribute_kernels(times, layers)
+    for row, seconds in zip(per_layer, attribution.per_layer):
+        row["measured_s"] = seconds
+    return {"kernels": {"attributed": attribution.attributed, "why_not": attribution.why_not,
+                        "kernels_s": attribution.kernels_s, "count": len(times),
+                        "other": [k.as_dict() for k in attribution.other]}}
 
 
 def parameter_count(model: Any) -> int:

@@ -106,8 +106,13 @@ def render_report(manifest: dict[str, Any], sections: Sequence[tuple[str, Sequen
                    f"(measured / predicted = {cost['measured_over_predicted']:.3g})"
                    if cost.get("measured_over_predicted") is not None else "")
                 + ".", ""]
-        out += table(["layer", "predicted", "bound"],
-                      [(c["name"], _us(c["latency_s"]), c["bound"]) for c in cost["per_layer"]])
+        if any(c.get("measured_s") is not None for c in cost["per_layer"]):
+            out += table(["layer", "predicted", "measured kernel", "bound"],
+                         [(c["name"], _us(c["latency_s"]), "" if c.get("measured_s") is None else _us(c["measured_s"]),
+                           c["bound"]) for c in cost["per_layer"]])
+        else:
+            out += table(["layer", "predicted", "bound"],
+                         [(c["name"], _us(c["latency_s"]), c["bound"]) for c in cost["per_layer"]])
     for title, lines in sections:
         out += ["", f"## {title}", "", *lines]
     out += ["", "## Passes", ""]

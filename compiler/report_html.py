@@ -4,7 +4,7 @@ styles inline) rendered from the manifest.
 Plots, each drawn only when the pipeline produced its data: training curves (the `train`
 pass and the fine-tuning of `amc`/`haq`), the NAS search trajectory with its Pareto front
 and the chosen point, per-group pruning ratios, per-layer bit widths, and per-layer latency
-as the cost model predicts it against the measured whole-library latency. Tables: budgets,
+as the cost model predicts it beside the library's own kernel for that layer, timed alone. Tables: budgets,
 measurements, the chosen genotype, layers, passes.
 
 The page marks itself when loaded (``<body data-loaded="N">`` with N the plots decoded, or
@@ -177,20 +177,46 @@ def _latency_section(cost: dict[str, Any]) -> str:
     if not per_layer:
         return ""
     measured = cost.get("measured_latency_s")
+    kernels = cost.get("kernels") or {}
+    has_measured = any(row.get("measured_s") is not None for row in per_layer)
 
     def draw(ax: Any) -> None:
-        ax.bar(range(len(per_layer)), [row["latency_s"] * 1e6 for row in per_layer], color="tab:green")
-        ax.set_xticks(range(len(per_layer)), [row["name"] for row in per_layer], rotation=60, fontsize=7)
-        ax.set_ylabel("predicted latency (us)")
+        positions = [float(i) for i in range(len(per_layer))]
+        width = 0.4 if has_measured else 0.8
+        ax.bar([p - (width / 2 if has_measured else 0) for p in positions], [row["latency_s"] * 1e6 for row in per_layer],
+               width, color="tab:green", label="predicted by the cost model")
+        if has_measured:
+            ax.bar([p + width / 2 for p in positions], [(row.get("measured_s") or 0.0) * 1e6 for row in per_layer], width,
+                   color="tab:blue", label="measured: the library's kernel, timed alone")
+            ax.legend(fontsize=7)
+        ax.set_xticks(positions, [row["name"] for row in per_layer], rotation=60, fontsize=7)
+        ax.set_ylabel("latency (us)")
 
     total = cost.get("predicted_latency_s") or 0.0
     text = f"<p>Cost model <code>{html.escape(str(cost.get('model')))}</code> predicts {total * 1e6:.4g} us in all"
     if measured:
         text += f"; the library measured {measured * 1e6:.4g} us ({measured / total:.2f}x the prediction)" if total \
             else f"; the library measured {measured * 1e6:.4g} us"
-    return ("<h2>Latency per layer</h2>" + text + ".</p>"
-            + _figure(draw, "Per-layer latency predicted by the target's cost model (the measured figure is the "
-                            "whole library's)"))
+    text += "."
+    if kernels:
+        text += (f" Its {kernels['count']} kernels, each timed alone, add up to {kernels['kernels_s'] * 1e6:.4g} us"
+                 + ("; the rest of the library's time is the VM's dispatch and allocation" if measured else "") + ".")
+        if kernels.get("why_not"):
+            text += f" Not attributed to layers: {html.escape(kernels['why_not'])}."
+    caption = ("Per-layer latency: the cost model's prediction beside the measured kernel of the library"
+               if has_measured else "Per-layer latency predicted by the target's cost model (the measured figure is "
+                                    "the whole library's)")
+    rows = [(row["name"], f"{row['latency_s'] * 1e6:.3g}",
+             "" if row.get("measured_s") is None else f"{row['measured_s'] * 1e6:.3g}",
+             "" if not row.get("measured_s") or not row["latency_s"] else f"{row['measured_s'] / row['latency_s']:.2f}")
+            for row in per_layer]
+    other = kernels.get("other") or []
+    return ("<h2>Latency per layer</h2>" + text + "</p>" + _figure(draw, caption)
+            + (_table(["layer", "predicted (us)", "measured (us)", "measured / predicted"], rows) if has_measured
+               else "")
+            + (("<p>Kernels of no layer (layout transforms, stand-alone additions, ...):</p>"
+                + _table(["kernel", "measured (us)"], [(k["name"], f"{k['median_s'] * 1e6:.3g}") for k in other]))
+               if other else ""))
 
 
 def render_html(manifest: dict[str, Any]) -> str:

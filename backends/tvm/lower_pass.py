@@ -2,7 +2,8 @@
 
 Verification is part of lowering: the library's outputs on the test split must agree
 with the PyTorch model, and its accuracy, batch-1 latency and file size are measured into
-the module's metrics (and from there into the manifest and the budgets) -- on this machine,
+the module's metrics (with `profile`, also every kernel of the library timed alone, which
+the report lays beside the cost model's per-layer prediction) (and from there into the manifest and the budgets) -- on this machine,
 or, for ``target { rpc = ... }``, on the device through TVM RPC (built here, uploaded, run
 and timed there).
 """
@@ -26,6 +27,8 @@ class LowerPass(Pass):
                low=0.0),
         Option("threads", "int", 0, "threads the library runs with; 0: time 1..cores and keep the fastest "
                "(small networks often run faster on one)", low=0),
+        Option("profile", "bool", True, "also time every kernel of the library alone (per-layer measured latency "
+               "in the report)"),
     )
     requires = ("model",)
     ensures = ("library",)
@@ -69,6 +72,7 @@ class LowerPass(Pass):
             library = CompiledLibrary(path, info.input_shape, num_threads=threads)
             accuracy = float(np.mean(library.predict(dataset.x_test) == dataset.y_test))
             latency = library.latency(repeats=self.config["repeats"], warmup=self.config["warmup"])
+            kernels = self._profile(path, info.input_shape, threads, ctx) if self.config["profile"] else None
             bar.advance(1, step="measured")
         return module.with_files(library=str(path)).with_metrics(
             accuracy=accuracy,
@@ -78,8 +82,21 @@ class LowerPass(Pass):
             max_abs_diff=difference,
             runtime_threads=threads,
             **({"threads_median_s": thread_timings} if thread_timings else {}),
+            **({"kernels": kernels} if kernels else {}),
             library=asdict(info) | {"file": "model.so"},
         ).establish("library")
+
+    @staticmethod
+    def _profile(path, input_shape, threads: int, ctx: PassContext) -> list[dict] | None:
+        """Every kernel of the library timed alone; None (logged) if the VM could not be instrumented."""
+        from adl.backends.tvm.kernel_profile import profile_library
+
+        try:
+            return [k.as_dict() for k in profile_library(path, input_shape, threads=threads)]
+        except Exception as err:  # the report loses its per-layer measurements, the library is fine
+            ctx.log(f"lower: per-kernel timing failed ({type(err).__name__}: {err}); the report shows "
+                    "predicted per-layer latency only")
+            return None
 
     def _run_remote(self, module: Module, ctx: PassContext, path, info, bar) -> Module:
         """Verify, score and time the library on the RPC device."""

@@ -38,7 +38,10 @@ MANIFEST = {
     },
     "training": {"history": [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]},
     "cost_model": {"model": "measured", "predicted_latency_s": 8e-5, "measured_latency_s": 1e-4,
-                   "per_layer": [{"name": "c1", "latency_s": 5e-5}, {"name": "fc", "latency_s": 3e-5}]},
+                   "per_layer": [{"name": "c1", "latency_s": 5e-5, "measured_s": 6e-5},
+                                 {"name": "fc", "latency_s": 3e-5, "measured_s": 1.5e-5}],
+                   "kernels": {"attributed": True, "why_not": "", "kernels_s": 8e-5, "count": 3,
+                               "other": [{"name": "transpose_in", "args": [], "median_s": 5e-6}]}},
     "layers": [{"name": "c1", "op": "conv2d", "input_shape": [1, 1, 8, 8], "output_shape": [1, 8, 8, 8],
                 "kernel": [3, 3], "params": 80, "macs": 4608, "weight_bits": 4, "act_bits": 8}],
     "passes": [{"pass": "train", "seconds": 1.0, "reused": False}],
@@ -54,6 +57,19 @@ def test_the_page_is_self_contained_and_draws_every_plot_it_has_data_for():
     assert '<tr class="misses"><td>accuracy</td>' in page and "misses by 2 %" in page
     assert "<td>mb3_e3</td>" in page and "codebook indices" in page and "<td>4/8</td>" in page
     assert "1.25x the prediction" in page
+
+
+def test_per_layer_latency_shows_the_measured_kernel_beside_the_prediction():
+    page = render_html(MANIFEST)
+    assert "beside the measured kernel of the library" in page
+    assert "<td>c1</td><td>50</td><td>60</td><td>1.20</td>" in page
+    assert "<td>fc</td><td>30</td><td>15</td><td>0.50</td>" in page
+    assert "<td>transpose_in</td><td>5</td>" in page and "Its 3 kernels" in page
+    predicted_only = copy.deepcopy(MANIFEST)
+    predicted_only["cost_model"]["per_layer"] = [{"name": "c1", "latency_s": 5e-5}]
+    del predicted_only["cost_model"]["kernels"]
+    page = render_html(predicted_only)
+    assert "the measured figure is the whole library" in page and "measured / predicted" not in page
 
 
 def test_sections_without_data_are_left_out():

@@ -77,6 +77,12 @@ def test_compile_writes_a_complete_artifact(compiled):
     assert cost["name"] == "roofline" and len(cost["per_layer"]) == len(manifest["layers"])
     assert cost["measured_latency_s"] == manifest["metrics"]["latency_s"]
     assert cost["measured_over_predicted"] == pytest.approx(cost["measured_latency_s"] / cost["predicted_latency_s"])
+    # every kernel of the library timed alone; the conv/linear ones sit beside their layer's prediction
+    assert cost["kernels"]["attributed"] and cost["kernels"]["count"] == len(manifest["metrics"]["kernels"])
+    assert all((row.get("measured_s") or 0) > 0 for row, layer in zip(cost["per_layer"], manifest["layers"])
+               if layer["op"] in ("conv2d", "linear"))
+    assert cost["kernels"]["kernels_s"] < cost["measured_latency_s"]  # the VM's dispatch is not a kernel
+    assert "| measured kernel |" in (out / "report.md").read_text()
     assert "accuracy" in proc.stdout and "holds" in proc.stdout
     assert not list(folder.glob(".out.*")), "no temporary artifact folder may be left behind"
 
@@ -144,11 +150,13 @@ def test_a_missed_budget_exits_1_and_still_writes_the_artifact(compiled):
 def _comparable(manifest: dict) -> dict:
     """The manifest without what legitimately differs between runs: timings and checkpoint reuse."""
     manifest = json.loads(json.dumps(manifest))
-    for key in ("latency_s", "latency", "runtime_threads", "threads_median_s"):  # threads: the faster count measured
+    for key in ("latency_s", "latency", "runtime_threads", "threads_median_s", "kernels"):  # kernels: timings
         manifest["metrics"].pop(key)
     manifest["library"].pop("build_seconds")
-    for key in ("measured_latency_s", "measured_over_predicted"):  # the prediction itself must not differ
+    for key in ("measured_latency_s", "measured_over_predicted", "kernels"):  # the prediction must not differ
         manifest["cost_model"].pop(key)
+    for row in manifest["cost_model"]["per_layer"]:
+        row.pop("measured_s", None)
     for budget in manifest["budgets"]:
         if budget["metric"] == "latency":
             budget.pop("measured"), budget.pop("measured_text"), budget.pop("margin")
