@@ -266,7 +266,7 @@ def main() -> None:
                     if pruned is None:
                         rows[method]["error"] = extra["error"]
                         continue
-                    val = env.evaluate(pruned)
+                    val = env.evaluate(pruned).accuracy
                 else:
                     strategy = "ddpg" if method == "amc" else "uniform"
                     result = run_amc(base, dataset, dataclasses.replace(config, strategy=strategy), env=env)

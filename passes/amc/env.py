@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,12 @@ from adl.passes.rl.ddpg import Step
 RESOURCES = ("flops", "params", "latency")
 REWARDS = ("acc", "flops")
 STATE_DIM = 12
+
+
+def accuracy_of(score: Any) -> float:
+    """The accuracy of what an environment's `evaluate` returns: an accuracy, or a score with
+    `accuracy` (and `loss`, which breaks ties between policies; `search.PolicyScore`)."""
+    return float(getattr(score, "accuracy", score))
 
 
 class BudgetError(ValueError):
@@ -101,7 +107,7 @@ class Decision:
 class AmcEnv:
     state_dim = STATE_DIM
 
-    def __init__(self, graph: ChannelGraph, resources: Resources, evaluate: Callable[[torch.nn.Module], float], *,
+    def __init__(self, graph: ChannelGraph, resources: Resources, evaluate: Callable[[torch.nn.Module], Any], *,
                  reward: str = "acc", min_keep: float = 0.2, multiple: int = 1, criterion: str = "l1",
                  reconstruct: Callable | None = None) -> None:
         if reward not in REWARDS:
@@ -195,11 +201,14 @@ class AmcEnv:
     def finish(self, counts: np.ndarray) -> dict:
         """Prune to `counts`, score it, and describe it (the reward included)."""
         model = self.build(counts)
-        accuracy = float(self.evaluate(model))
+        score = self.evaluate(model)
+        accuracy = accuracy_of(score)
         flops = float(self.resources.table.flops_per_layer(counts).sum())
         reward = accuracy if self.reward_kind == "acc" else -(1.0 - accuracy) * math.log(flops)
+        loss = getattr(score, "loss", None)
         return {"reward": reward, "accuracy": accuracy, "counts": [int(c) for c in counts],
-                "cost": self.resources.cost(counts, list(self.resources.fractions)) | {"flops": flops}}
+                "cost": self.resources.cost(counts, list(self.resources.fractions)) | {"flops": flops},
+                **({"loss": float(loss)} if loss is not None else {})}
 
     def build(self, counts: np.ndarray) -> torch.nn.Module:
         keep = self.graph.select({d.group: int(counts[d.group]) for d in self.decisions
