@@ -256,7 +256,7 @@ def price(cost_model: Any, spec: Spec, layers: Sequence[LayerDesc], measured_lat
     ratio = (measured_latency_s / cost.latency_s
              if measured_latency_s is not None and cost.latency_s > 0 else None)
     per_layer = [c.as_dict() for c in cost.layers]
-    record.update(kernel_record(kernels, layers, per_layer) if kernels and len(per_layer) == len(layers) else {})
+    record.update(kernel_record(kernels, layers, per_layer) if kernels else {})
     return {**record, "predicted_latency_s": cost.latency_s, "predicted_energy_j": cost.energy_j,
             "predicted_memory_bytes": cost.memory_bytes, "weight_bytes": cost.weight_bytes,
             "peak_activation_bytes": cost.peak_activation_bytes,
@@ -266,15 +266,17 @@ def price(cost_model: Any, spec: Spec, layers: Sequence[LayerDesc], measured_lat
 
 def kernel_record(kernels: Sequence[dict[str, Any]], layers: Sequence[LayerDesc], per_layer: list[dict[str, Any]]
                   ) -> dict[str, Any]:
-    """Add each layer's measured kernel time to its `per_layer` row (in place) and return the
-    manifest's `kernels` summary: what was attributed, the rest, and the kernels' sum."""
+    """Add each layer's measured kernel time to its `per_layer` row, matched by layer name (in
+    place; a cost model may add rows of its own, e.g. the measured model's network overhead),
+    and return the manifest's `kernels` summary: what was attributed, the rest, the kernels' sum."""
     from adl.backends.tvm.kernel_profile import KernelTime, attribute_kernels
 
     times = [KernelTime(k["name"], tuple((tuple(shape), dtype) for shape, dtype in k["args"]), k["median_s"])
              for k in kernels]
     attribution = attribute_kernels(times, layers)
-    for row, seconds in zip(per_layer, attribution.per_layer):
-        row["measured_s"] = seconds
+    measured = {layer.name: seconds for layer, seconds in zip(layers, attribution.per_layer)}
+    for row in per_layer:
+        row["measured_s"] = measured.get(row["name"])
     return {"kernels": {"attributed": attribution.attributed, "why_not": attribution.why_not,
                         "kernels_s": attribution.kernels_s, "count": len(times),
                         "other": [k.as_dict() for k in attribution.other]}}

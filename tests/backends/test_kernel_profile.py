@@ -65,3 +65,19 @@ def test_a_built_library_is_profiled_kernel_by_kernel_in_call_order(tmp_path):
     # the second conv (8 -> 16 channels, 9x the MACs of the first) takes longer
     convs = [s for s, layer in zip(result.per_layer, describe_model(model, (1, 1, 8, 8))) if layer.op == "conv2d"]
     assert convs[1] > convs[0]
+
+
+def test_the_manifest_record_matches_kernels_to_the_cost_models_rows_by_layer_name():
+    from adl.compiler.driver import kernel_record
+
+    kernels = [{"name": "fused_conv2d_add", "args": [[[1, 8, 8, 8], "float32"]], "median_s": 2e-6},
+               {"name": "fused_conv2d1_add", "args": [], "median_s": 1e-6},
+               {"name": "mean", "args": [], "median_s": 3e-7},
+               {"name": "fused_matmul", "args": [], "median_s": 2e-7},
+               {"name": "layout_transform", "args": [], "median_s": 1e-7}]
+    # a cost model may price rows of its own (the measured model's network overhead)
+    rows = [{"name": "(network overhead)", "latency_s": 1e-6}] + [{"name": l.name, "latency_s": 1e-6} for l in LAYERS]
+    record = kernel_record(kernels, LAYERS, rows)
+    assert [row["measured_s"] for row in rows] == [None, 2e-6, 1e-6, None, 3e-7, 2e-7]
+    assert record["kernels"]["attributed"] and record["kernels"]["count"] == 5
+    assert [k["name"] for k in record["kernels"]["other"]] == ["layout_transform"]
