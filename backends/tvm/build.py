@@ -25,7 +25,8 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["BuildInfo", "LoweringError", "TuneRequest", "build_library", "cross_compiler_for", "max_abs_difference"]
+__all__ = ["BuildInfo", "LoweringError", "OutputAgreement", "TuneRequest", "build_library", "cross_compiler_for",
+           "max_abs_difference", "output_agreement"]
 
 STEP_EXPORT = "export"
 STEP_IMPORT = "import to Relax"
@@ -293,8 +294,24 @@ def cross_compiler_for(target: dict) -> Any:
     return cc.cross_compiler(compiler)
 
 
-def max_abs_difference(model: "torch.nn.Module", library_path: Path, inputs: np.ndarray) -> float:
-    """Max abs difference between ``model`` (eval mode) and the built library on ``inputs``.
+@dataclass(frozen=True)
+class OutputAgreement:
+    """How a library's outputs compare with its PyTorch model's, per sample."""
+
+    max_abs_diff: np.ndarray  # (N,) the largest |model - library| of each sample's outputs
+    same_top1: np.ndarray  # (N,) bool: both pick the same class (argmax over the last axis)
+
+    @property
+    def max(self) -> float:
+        return float(self.max_abs_diff.max())
+
+    def over(self, tolerance: float) -> int:
+        """Samples whose outputs differ by more than `tolerance` (NaN counts as over)."""
+        return int(np.sum(~(self.max_abs_diff <= tolerance)))
+
+
+def output_agreement(model: "torch.nn.Module", library_path: Path, inputs: np.ndarray) -> OutputAgreement:
+    """Compare ``model`` (eval mode) with the built library on ``inputs``.
 
     ``inputs`` holds N samples, batch axis first; the library runs them one at a time through
     :class:`adl.backends.runtime.CompiledLibrary`, the model as one batch.
@@ -316,4 +333,15 @@ def max_abs_difference(model: "torch.nn.Module", library_path: Path, inputs: np.
     expected = expected.detach().cpu().numpy()
     if expected.shape != got.shape:
         raise ValueError(f"output shapes differ: model {expected.shape}, library {got.shape}")
-    return float(np.max(np.abs(expected.astype(np.float64) - got.astype(np.float64))))
+    difference = np.abs(expected.astype(np.float64) - got.astype(np.float64)).reshape(len(batch), -1)
+    if expected.ndim >= 2:
+        same = (np.argmax(expected, axis=-1) == np.argmax(got, axis=-1)).reshape(len(batch), -1).all(axis=1)
+    else:  # one number per sample: no class to compare
+        same = np.ones(len(batch), bool)
+    return OutputAgreement(difference.max(axis=1), same)
+
+
+def max_abs_difference(model: "torch.nn.Module", library_path: Path, inputs: np.ndarray) -> float:
+    """Max abs difference between ``model`` (eval mode) and the built library on ``inputs``
+    (see `output_agreement`)."""
+    return output_agreement(model, library_path, inputs).max

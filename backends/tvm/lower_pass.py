@@ -25,6 +25,9 @@ class LowerPass(Pass):
         Option("warmup", "int", 10, "untimed runs before timing", low=0),
         Option("tolerance", "float", 1e-4, "max abs difference allowed between library and PyTorch outputs",
                low=0.0),
+        Option("rounding_flips", "fraction", 0.01, "libraries with integer layers: the fraction of test samples "
+               "whose outputs may exceed `tolerance` through requantization rounding, if their top-1 class agrees",
+               low=0.0, high=1.0),
         Option("threads", "int", 0, "threads the library runs with; 0: time 1..cores and keep the fastest "
                "(small networks often run faster on one)", low=0),
         Option("profile", "bool", True, "also time every kernel of the library alone (per-layer measured latency "
@@ -37,7 +40,7 @@ class LowerPass(Pass):
         import numpy as np
 
         from adl.backends.runtime import CompiledLibrary, fastest_thread_count
-        from adl.backends.tvm.build import LoweringError, TuneRequest, build_library, max_abs_difference
+        from adl.backends.tvm.build import LoweringError, TuneRequest, build_library, output_agreement
 
         dataset = ctx.dataset()
         path = ctx.output_dir() / "model.so"
@@ -60,10 +63,8 @@ class LowerPass(Pass):
                 return module.with_files(library=str(path)).with_metrics(
                     size_bytes=info.library_bytes, library=asdict(info) | {"file": "model.so"},
                 ).establish("library")
-            difference = max_abs_difference(module.model, path, dataset.x_test)
-            if not difference <= self.config["tolerance"]:
-                raise PassError(f"the library disagrees with the PyTorch model: max abs difference {difference:.3g} "
-                                f"exceeds the tolerance {self.config['tolerance']:.3g}")
+            agreement = output_agreement(module.model, path, dataset.x_test)
+            difference, flips = agreement.max, self._check_agreement(agreement, module.model, ctx)
             bar.advance(1, step="verified")
             threads, thread_timings = self.config["threads"] or ctx.spec.target.cores, None
             if not self.config["threads"] and ctx.spec.target.cores > 1:
@@ -80,11 +81,38 @@ class LowerPass(Pass):
             latency=asdict(latency),
             size_bytes=info.library_bytes,
             max_abs_diff=difference,
+            **({"rounding_flips": flips} if flips else {}),
             runtime_threads=threads,
             **({"threads_median_s": thread_timings} if thread_timings else {}),
             **({"kernels": kernels} if kernels else {}),
             library=asdict(info) | {"file": "model.so"},
         ).establish("library")
+
+    def _check_agreement(self, agreement, model, ctx: PassContext) -> dict | None:
+        """Refuse a library that disagrees with PyTorch beyond `tolerance`, except, in a library
+        with integer layers, a few samples whose top-1 class agrees: the library requantizes in
+        float32 (fused into the kernels' epilogue), PyTorch in float64, so an activation near
+        a rounding boundary can land one code apart and carry that through the next layers.
+        Returns what was let through (for the manifest), or None."""
+        from adl.models.integer import IntegerConv2d, IntegerLinear
+
+        tolerance, n = self.config["tolerance"], len(agreement.max_abs_diff)
+        over = agreement.over(tolerance)
+        if not over:
+            return None
+        integer = any(isinstance(m, (IntegerConv2d, IntegerLinear)) for m in model.modules())
+        beyond = ~(agreement.max_abs_diff <= tolerance)
+        top1_agrees = bool(agreement.same_top1[beyond].all())
+        if integer and top1_agrees and over <= self.config["rounding_flips"] * n:
+            ctx.log(f"lower: {over} of {n} test samples differ from PyTorch by up to {agreement.max:.3g} (requantization "
+                    f"rounding in the integer layers); their top-1 class agrees")
+            return {"samples": over, "of": n, "max_abs_diff": agreement.max}
+        detail = (f"{over} of {n} test samples exceed the tolerance {tolerance:.3g} (max abs difference "
+                  f"{agreement.max:.3g})")
+        if integer:
+            detail += ("; " + ("some of them change the top-1 class" if not top1_agrees else
+                               f"more than rounding_flips = {self.config['rounding_flips']:.3g} of the samples"))
+        raise PassError(f"the library disagrees with the PyTorch model: {detail}")
 
     @staticmethod
     def _profile(path, input_shape, threads: int, ctx: PassContext) -> list[dict] | None:
