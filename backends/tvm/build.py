@@ -305,9 +305,13 @@ class OutputAgreement:
     def max(self) -> float:
         return float(self.max_abs_diff.max())
 
+    def beyond(self, tolerance: float) -> np.ndarray:
+        """(N,) bool: the samples whose outputs differ by more than `tolerance` (NaN included)."""
+        return ~(self.max_abs_diff <= tolerance)
+
     def over(self, tolerance: float) -> int:
-        """Samples whose outputs differ by more than `tolerance` (NaN counts as over)."""
-        return int(np.sum(~(self.max_abs_diff <= tolerance)))
+        """How many samples are `beyond` the tolerance."""
+        return int(np.sum(self.beyond(tolerance)))
 
 
 def output_agreement(model: "torch.nn.Module", library_path: Path, inputs: np.ndarray) -> OutputAgreement:

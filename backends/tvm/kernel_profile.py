@@ -57,22 +57,24 @@ def profile_library(path: str | Path, input_shape: Sequence[int], *, threads: in
         module = session.load_module(Path(path))
         calls = _recorded_calls(module, relax, tvm, input_shape, input_dtype)
         kernels = []
-        for name, arrays in calls:
+        for name, owner, arrays in calls:
             args = [session.tensor(a) for a in arrays]
-            seconds = kernel_latency(session, _defining_module(module, name), name, args, repeats=repeats)
+            seconds = kernel_latency(session, owner, name, args, repeats=repeats)
             kernels.append(KernelTime(name, tuple((tuple(a.shape), str(a.dtype)) for a in arrays), seconds))
     return kernels
 
 
 def _recorded_calls(module: Any, relax: Any, tvm: Any, input_shape: Sequence[int], input_dtype: str
-                    ) -> list[tuple[str, list[np.ndarray]]]:
-    """(PrimFunc name, copies of its arguments) for every kernel call of one run of `main`."""
+                    ) -> list[tuple[str, Any, list[np.ndarray]]]:
+    """(PrimFunc name, the module defining it, copies of its arguments) for every kernel call
+    of one run of `main`."""
     vm = relax.VirtualMachine(module, tvm.cpu())
-    calls: list[tuple[str, list[np.ndarray]]] = []
+    calls: list[tuple[str, Any, list[np.ndarray]]] = []
 
     def instrument(func: Any, name: str, before_run: bool, ret_value: Any, *args: Any) -> int:
-        if before_run and not name.startswith("vm.builtin.") and _is_kernel(module, name):
-            calls.append((name, [a.numpy().copy() for a in args]))
+        owner = _defining_module(module, name) if before_run and not name.startswith("vm.builtin.") else None
+        if owner is not None:
+            calls.append((name, owner, [a.numpy().copy() for a in args]))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
     vm.set_instrument(instrument)
@@ -82,8 +84,9 @@ def _recorded_calls(module: Any, relax: Any, tvm: Any, input_shape: Sequence[int
 
 
 def _defining_module(module: Any, name: str) -> Any:
-    """The module among `module` and its imports that defines `name` itself: the VM
-    executable imports the compiled kernels, and a time evaluator looks in one module only."""
+    """The module among `module` and its imports that defines `name` itself (the VM
+    executable imports the compiled kernels, and a time evaluator looks in one module only),
+    or None: not a kernel of the library but a runtime function the VM resolved elsewhere."""
     pending = [module]
     while pending:
         candidate = pending.pop(0)
@@ -93,14 +96,7 @@ def _defining_module(module: Any, name: str) -> Any:
         except Exception:  # not defined here
             pass
         pending.extend(candidate.imports)
-    raise LookupError(f"no module of the library defines the kernel {name!r}")
-
-
-def _is_kernel(module: Any, name: str) -> bool:
-    try:
-        return module.get_function(name, query_imports=True) is not None
-    except Exception:  # not in the library: a runtime function the VM resolved elsewhere
-        return False
+    return None
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 Verification is part of lowering: the library's outputs on the test split must agree
 with the PyTorch model, and its accuracy, batch-1 latency and file size are measured into
-the module's metrics (with `profile`, also every kernel of the library timed alone, which
-the report lays beside the cost model's per-layer prediction) (and from there into the manifest and the budgets) -- on this machine,
+the module's metrics (and from there into the manifest and the budgets) -- on this machine,
 or, for ``target { rpc = ... }``, on the device through TVM RPC (built here, uploaded, run
-and timed there).
+and timed there). With `profile`, every kernel of a local library is also timed alone; the
+report lays each beside the cost model's prediction for its layer.
 """
 
 from __future__ import annotations
@@ -101,8 +101,7 @@ class LowerPass(Pass):
         if not over:
             return None
         integer = any(isinstance(m, (IntegerConv2d, IntegerLinear)) for m in model.modules())
-        beyond = ~(agreement.max_abs_diff <= tolerance)
-        top1_agrees = bool(agreement.same_top1[beyond].all())
+        top1_agrees = bool(agreement.same_top1[agreement.beyond(tolerance)].all())
         if integer and top1_agrees and over <= self.config["rounding_flips"] * n:
             ctx.log(f"lower: {over} of {n} test samples differ from PyTorch by up to {agreement.max:.3g} (requantization "
                     f"rounding in the integer layers); their top-1 class agrees")

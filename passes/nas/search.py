@@ -305,8 +305,12 @@ class Search:
             indices = self._sample(sampler, s["alphas"])
         else:  # random: uniform single paths, no architecture parameters
             indices = self._sample_uniform(sampler)
-        path = self.paths.gradients(s["params"], [[i] for i in indices], [0] * len(indices), xt, yt)
-        s["params"], s["w_state"] = self.paths.apply(s["params"], s["w_state"], path.params)
+        self._path_weight_step(s, indices, xt, yt)
+
+    def _path_weight_step(self, state: dict, indices: Sequence[int], xt, yt) -> None:
+        """Train the weights of the single path `indices` on one batch."""
+        path = self.paths.gradients(state["params"], [[i] for i in indices], [0] * len(indices), xt, yt)
+        state["params"], state["w_state"] = self.paths.apply(state["params"], state["w_state"], path.params)
 
     def _warmup_step(self, state: dict, sampler: np.random.Generator, xt, yt) -> None:
         """A weight step with the architecture untouched (ProxylessNAS's warm-up): a uniformly
@@ -314,10 +318,8 @@ class Search:
         s = state
         if self.config.strategy == "darts":
             s["params"], s["w_state"], _ = self._darts_weight_step(s["params"], s["w_state"], s["alphas"], xt, yt)
-            return
-        path = self.paths.gradients(s["params"], [[i] for i in self._sample_uniform(sampler)],
-                                    [0] * len(self.sizes), xt, yt)
-        s["params"], s["w_state"] = self.paths.apply(s["params"], s["w_state"], path.params)
+        else:
+            self._path_weight_step(s, self._sample_uniform(sampler), xt, yt)
 
     def _two_path_arch_step(self, s: dict, sampler: np.random.Generator, xv, yv) -> None:
         """Sample two candidates per block by p, activate one of them by p renormalised over the
