@@ -9,7 +9,7 @@ initialization, quadratic, mini-batch sequence) for 2x the meta-training horizon
 the full-data training loss of the held-out subset (the paper's measure: how well the
 optimizer minimizes). Each baseline's learning rate is the best of a grid on separate
 tuning seeds, chosen once for the horizon and once for 2x the horizon, before any evaluation
-seed is run. L2O gets no tuning. Reported per task: mean, std and median of the final loss
+seed is run. L2O gets no tuning. Reported per task: mean, std, median and geometric mean of the final loss
 at the horizon and at 2x, the mean curve (plot), per-seed wins; then the per-step time of
 L2O and Adam (jitted, same run, interleaved, medians) and of the torch adapter against
 torch.optim.Adam.
@@ -51,6 +51,9 @@ def _stats(values: np.ndarray) -> dict:
     finite = values[np.isfinite(values)]
     return {"mean": float(np.mean(values)) if len(finite) == len(values) else float("inf"),
             "std": float(np.std(finite)) if len(finite) else None, "median": float(np.median(values)),
+            # the typical problem's loss (the mean is the hardest problems'): both are reported
+            "geomean": float(np.exp(np.mean(np.log(values)))) if len(finite) == len(values) and np.all(values > 0)
+            else None,
             "diverged": int(len(values) - len(finite)), "per_seed": [float(v) for v in values]}
 
 

@@ -25,7 +25,7 @@ from adl.passes.train.l2o.config import MetaConfig
 from adl.passes.train.l2o.rule import l2o, preprocess
 from adl.passes.train.l2o.torch_optim import L2O
 from adl.passes.train.l2o.torch_optim import preprocess as torch_preprocess
-from adl.passes.train.l2o.weights import init_weights, save_weights
+from adl.passes.train.l2o.weights import LOG_MAGNITUDE_RANGE, L2OWeights, init_weights, save_weights
 from adl.passes.train.loop import make_optimizer, train_model
 
 P = 10.0
@@ -86,6 +86,32 @@ def test_updates_are_deterministic_and_the_same_under_jit():
     np.testing.assert_allclose(a["w"], c["w"], atol=1e-7)
     again, _ = tx.update(grads, state_a)
     assert not np.allclose(again["w"], a["w"])  # the LSTM's state carries over: a second step differs
+
+
+def test_the_update_is_direction_times_exp_of_the_log_magnitude_output():
+    params, grads = {"w": jnp.zeros(20)}, {"w": jnp.linspace(-1, 1, 20)}
+
+    def update(log_magnitude_bias):
+        arrays = dict(init_weights(0).arrays)
+        arrays["out_w"] = arrays["out_w"].copy()
+        arrays["out_w"][:, 1] = 0.0  # s = the bias alone
+        arrays["out_b"] = np.array([0.05, log_magnitude_bias], np.float32)
+        weights = L2OWeights(arrays)
+        tx = l2o(weights)
+        torch_param = torch.nn.Parameter(torch.zeros(20))
+        torch_param.grad = torch.from_numpy(np.asarray(grads["w"]).copy())
+        L2O([torch_param], weights).step()
+        return np.asarray(tx.update(grads, tx.init(params))[0]["w"]), torch_param.detach().numpy()
+
+    base, base_torch = update(0.0)
+    assert np.abs(base).max() > 0
+    np.testing.assert_allclose(update(math.log(4.0))[0], 4.0 * base, rtol=1e-5)
+    np.testing.assert_allclose(update(-9.0)[0], math.exp(-9.0) * base, rtol=1e-5)  # steps orders smaller
+    high, high_torch = update(1e4)  # clipped, not overflowing
+    hi = LOG_MAGNITUDE_RANGE[1]
+    np.testing.assert_allclose(high, math.exp(hi) * base, rtol=1e-5)
+    np.testing.assert_allclose(high_torch, high, rtol=1e-5)
+    np.testing.assert_allclose(base_torch, base, rtol=1e-5, atol=1e-9)
 
 
 def test_scale_multiplies_the_update():
@@ -180,9 +206,14 @@ def test_bad_weights_files_are_errors_naming_the_path(tmp_path):
         load_weights(tmp_path / "other.npz")
     arrays = dict(init_weights(0).arrays)
     arrays["l1_wh"] = np.zeros((3, 3), np.float32)
-    np.savez(tmp_path / "shape.npz", format_version=1, p=10.0, output_scale=0.1, **arrays)
+    np.savez(tmp_path / "shape.npz", format_version=2, p=10.0, output_scale=0.1, **arrays)
     with pytest.raises(L2OWeightsError, match=r"shape\.npz': array 'l1_wh' has shape \(3, 3\), expected \(20, 80\)"):
         load_weights(tmp_path / "shape.npz")
+    old = dict(init_weights(0).arrays, out_w=np.zeros((20, 1), np.float32), out_b=np.zeros(1, np.float32))
+    np.savez(tmp_path / "v1.npz", format_version=1, p=10.0, output_scale=0.1, **old)
+    with pytest.raises(L2OWeightsError, match=r"v1\.npz' has format version 1, this adl reads version 2; "
+                                              r"meta-train new weights"):
+        load_weights(tmp_path / "v1.npz")
     assert issubclass(L2OWeightsError, PassError)
 
 
@@ -194,13 +225,13 @@ def test_a_short_meta_training_lowers_the_meta_loss_and_resumes_bit_identically(
     from adl.passes.train.l2o.meta_train import _fresh, make_segment, meta_train
     from adl.passes.train.l2o.tasks import make_task
 
-    cfg = MetaConfig(seed=1, iterations=30, unroll=10, curriculum=(20,), instances=4, tasks=("quadratic",), lr=0.01,
-                     checkpoint_every=10)
+    cfg = MetaConfig(seed=1, iterations=30, unroll=10, curriculum=(20,), instances=4, task_instances=(),
+                     tasks=("quadratic",), lr=0.01, checkpoint_every=10, validate_every=8)
     result = meta_train(cfg)
     task = make_task("quadratic")
     segment = make_segment(task, cfg.unroll, cfg.p, cfg.output_scale)
     # held-out instances (another key) and no loss scaling: mean log-loss over 10 steps, before and after
-    flat, state, instance, _ = _fresh(task, jax.random.key(12345), MetaConfig(instances=16))
+    flat, state, instance, _ = _fresh(task, jax.random.key(12345), MetaConfig(instances=16, task_instances=()))
     keys = jax.random.split(jax.random.key(0), 16)
     before = float(segment(init_weights(1).as_jax(), flat, state, instance, jnp.ones(16), keys)[0])
     after = float(segment(result.weights.as_jax(), flat, state, instance, jnp.ones(16), keys)[0])
@@ -245,6 +276,47 @@ def test_meta_train_command_writes_weights_and_curves(tmp_path):
     assert curves["config"]["iterations"] == 3 and len(curves["meta_loss"]["quadratic"]) == 3
     assert not out.with_name("w.npz.ckpt").exists()
     assert main(["l2o", "meta-train", "--out", str(out), "--unroll", "7", "--curriculum", "10", "-q"]) == 2
+    with pytest.raises(SystemExit):
+        main(["l2o", "meta-train", "--out", str(out), "--task-instances", "quadratic=0", "-q"])
+
+
+def test_task_instances_override_the_default_count():
+    cfg = MetaConfig(instances=3, task_instances=(("quadratic", 8),))
+    assert cfg.instances_of("quadratic") == 8 and cfg.instances_of("mlp") == 3
+
+
+def test_the_meta_loss_is_the_log_of_the_mean_loss_over_instances():
+    from adl.passes.train.l2o.meta_train import _fresh, make_segment
+    from adl.passes.train.l2o.tasks import make_task
+
+    task, cfg = make_task("quadratic"), MetaConfig(instances=6, task_instances=())
+    flat, state, instance, scale = _fresh(task, jax.random.key(3), cfg)
+    segment = make_segment(task, 5, cfg.p, cfg.output_scale)
+    meta, _, (_, _, losses) = segment(init_weights(0).as_jax(), flat, state, instance, scale,
+                                      jax.random.split(jax.random.key(4), 6))
+    losses = np.asarray(losses, np.float64)  # (instances, steps), of very different sizes
+    assert losses.max() / losses.min() > 3
+    assert float(meta) == pytest.approx(np.mean(np.log(losses.mean(axis=0) + 1e-8)), rel=1e-5)
+    assert float(meta) != pytest.approx(np.mean(np.log(losses + 1e-8)), rel=1e-2)
+
+
+@pytest.mark.slow
+def test_meta_training_returns_the_best_validated_weights():
+    from adl.passes.train.l2o.meta_train import make_validation, meta_train
+    from adl.passes.train.l2o.tasks import make_task
+
+    cfg = MetaConfig(seed=2, iterations=40, unroll=10, curriculum=(20,), instances=4, task_instances=(),
+                     tasks=("quadratic",), lr=0.03, validate_every=10, validation_instances=8)
+    result = meta_train(cfg)
+    rows = result.curves["validation"]
+    assert [row["iteration"] for row in rows] == [10, 20, 30, 40]
+    best = min(rows, key=lambda row: row["value"])
+    assert result.curves["chosen_iteration"] == best["iteration"]
+    validate = make_validation(make_task("quadratic"), cfg.horizon, 8, cfg.seed, cfg.p, cfg.output_scale)
+    assert math.log(float(validate(result.weights.as_jax())) + 1e-8) == pytest.approx(best["value"], rel=1e-5)
+    # fixed problems: the same weights validate to the same value; different ones do not
+    assert float(validate(result.weights.as_jax())) == float(validate(result.weights.as_jax()))
+    assert float(validate(init_weights(2).as_jax())) != float(validate(result.weights.as_jax()))
 
 
 # -- in the pipeline ----------------------------------------------------------------------------

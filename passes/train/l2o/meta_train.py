@@ -5,13 +5,19 @@
 
 Every meta-iteration advances a batch of optimizee instances of each task kind (tasks.py:
 sigmoid MLP and CNN on digits mini-batches, random quadratics) by one unroll segment of
-`unroll` steps, updated by the LSTM; the meta-loss is the mean log of the optimizee losses
-after each step of the segment, and its gradient with respect to the LSTM's weights flows
+`unroll` steps, updated by the LSTM; the meta-loss of a task kind is the mean over the
+segment's steps of the log of its instances' mean loss after the step (the log of the mean,
+not the mean of the logs: the benchmark judges the mean final loss over problems, dominated
+by the hardest, and a mean of logs trains the rule for the typical problem instead), and its
+gradient with respect to the LSTM's weights flows
 back through the whole segment (the optimizee's gradients are inputs: no second
 derivatives, as in the paper). Segments are chained (truncated BPTT) until the optimizees
 reach the horizon, then fresh instances are drawn. The horizon grows over training
 (`curriculum`), and each instance's loss is multiplied by a random factor so that the rule
-cannot rely on one gradient scale. The LSTM's weights are trained with Adam.
+cannot rely on one gradient scale. The LSTM's weights are trained with Adam. Every
+`validate_every` iterations the weights run fixed validation problems of each kind to the
+horizon, and the best validated weights are the result (meta-training is noisy: the last
+weights of two seeds can differ several-fold on the problems the rule is judged on).
 
 A checkpoint is written at trajectory boundaries; a rerun with the same arguments resumes
 from it and ends with bit-identical weights (all randomness derives from the seed and the
@@ -45,6 +51,7 @@ from adl.passes.train.l2o.tasks import Task, make_task
 from adl.passes.train.l2o.weights import ARRAYS, LAYERS, L2OWeights, init_weights, save_weights
 
 LOSS_CAP = 1e4  # losses above this count as this much: a diverging unroll must not blow up the meta-gradient
+VALIDATION_STREAM = 2**31 - 1  # folded into the seed for the validation problems, apart from every training draw
 
 
 @dataclass
@@ -54,33 +61,44 @@ class MetaResult:
     seconds: float = 0.0
 
 
+def _unroll(task: Task, unravel: Callable, theta, flat, state, instance, scale, key, steps: int, p: float,
+            output_scale: float):
+    """`steps` updates of one optimizee by the rule; the mini-batch losses after each, and the final carry."""
+    loss = lambda flat, k: task.loss(unravel(flat), instance, k)  # noqa: E731
+
+    def step(carry, k):
+        flat, hidden, cell = carry
+        grads = jax.lax.stop_gradient(jax.grad(loss)(jax.lax.stop_gradient(flat), k) * scale)
+        updates, hidden, cell = lstm_step(theta, grads, hidden, cell, p, output_scale)
+        flat = flat + updates
+        return (flat, hidden, cell), loss(flat, k)
+
+    (flat, hidden, cell), losses = jax.lax.scan(step, (flat, *state), jax.random.split(key, steps))
+    return losses, (flat, (hidden, cell))
+
+
+def _unravel(task: Task) -> Callable:
+    return ravel_pytree(task.init(jax.random.key(0))[0])[1]
+
+
 @lru_cache(maxsize=None)
 def make_segment(task: Task, unroll: int, p: float, output_scale: float) -> Callable:
     """jit(theta, flat, state, instance, scale, keys) -> (meta-loss, d meta-loss / d theta, (flat, state, losses)),
     batched over instances (leading axis of everything but theta). The optimizee's parameters are one flat
     vector and the LSTM's state one (LAYERS, n, hidden) pair per instance: the rule is coordinatewise, so this
     is the same computation as `apply_rule` per leaf, in fewer, larger matrix products."""
-
-    unravel = ravel_pytree(task.init(jax.random.key(0))[0])[1]
+    unravel = _unravel(task)
 
     def one(theta, flat, state, instance, scale, key):
-        loss = lambda flat, k: task.loss(unravel(flat), instance, k)  # noqa: E731
-
-        def step(carry, k):
-            flat, hidden, cell = carry
-            grads = jax.lax.stop_gradient(jax.grad(loss)(jax.lax.stop_gradient(flat), k) * scale)
-            updates, hidden, cell = lstm_step(theta, grads, hidden, cell, p, output_scale)
-            flat = flat + updates
-            return (flat, hidden, cell), loss(flat, k)
-
-        (flat, hidden, cell), losses = jax.lax.scan(step, (flat, *state), jax.random.split(key, unroll))
+        losses, (flat, state) = _unroll(task, unravel, theta, flat, state, instance, scale, key, unroll, p,
+                                        output_scale)
         capped = jnp.minimum(jnp.nan_to_num(losses, nan=LOSS_CAP), LOSS_CAP)
-        return jnp.mean(jnp.log(capped + 1e-8)), (flat, (hidden, cell), losses)
+        return capped, (flat, state, losses)
 
     def batched(theta, params, state, instance, scale, keys):
         def total(theta):
-            metas, aux = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0))(theta, params, state, instance, scale, keys)
-            return jnp.mean(metas), aux
+            capped, aux = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0))(theta, params, state, instance, scale, keys)
+            return jnp.mean(jnp.log(jnp.mean(capped, axis=0) + 1e-8)), aux
 
         (meta, aux), grads = jax.value_and_grad(total, has_aux=True)(theta)
         return meta, grads, aux
@@ -88,14 +106,42 @@ def make_segment(task: Task, unroll: int, p: float, output_scale: float) -> Call
     return jax.jit(batched)
 
 
+@lru_cache(maxsize=None)
+def make_validation(task: Task, steps: int, instances: int, seed: int, p: float, output_scale: float) -> Callable:
+    """jit(theta) -> the mean full-data loss of `instances` fixed problems after `steps` updates by the rule.
+
+    The problems (drawn from the meta-training subset with a key meta-training never uses) and
+    their mini-batch sequences are the same at every call, so values are comparable across
+    meta-iterations: this is what picks the weights meta-training returns."""
+    unravel = _unravel(task)
+    key = jax.random.fold_in(jax.random.key(seed), VALIDATION_STREAM)
+    params, instance = jax.vmap(task.init)(jax.random.split(jax.random.fold_in(key, 0), instances))
+    flat = jax.vmap(lambda prm: ravel_pytree(prm)[0])(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), instances)
+
+    def one(theta, flat, instance, key):
+        zeros = jnp.zeros((LAYERS, flat.shape[0], theta["l0_wh"].shape[0]), jnp.float32)
+        _, (flat, _) = _unroll(task, unravel, theta, flat, (zeros, zeros), instance, 1.0, key, steps, p,
+                               output_scale)
+        return task.full_loss(unravel(flat), instance)
+
+    @jax.jit
+    def validate(theta):
+        final = jax.vmap(one, in_axes=(None, 0, 0, 0))(theta, flat, instance, keys)
+        return jnp.mean(jnp.minimum(jnp.nan_to_num(final, nan=LOSS_CAP), LOSS_CAP))
+
+    return validate
+
+
 def _fresh(task: Task, key: jax.Array, cfg: MetaConfig) -> tuple[Any, Any, Any, jax.Array]:
     k_init, k_scale = jax.random.split(key)
-    params, instance = jax.vmap(task.init)(jax.random.split(k_init, cfg.instances))
+    instances = cfg.instances_of(task.name)
+    params, instance = jax.vmap(task.init)(jax.random.split(k_init, instances))
     flat = jax.vmap(lambda prm: ravel_pytree(prm)[0])(params)
-    zeros = jnp.zeros((cfg.instances, LAYERS, flat.shape[1], cfg.hidden), jnp.float32)
+    zeros = jnp.zeros((instances, LAYERS, flat.shape[1], cfg.hidden), jnp.float32)
     state = (zeros, zeros)
     log_s = math.log(cfg.loss_scale)
-    scale = jnp.exp(jax.random.uniform(k_scale, (cfg.instances,), minval=-log_s, maxval=log_s))
+    scale = jnp.exp(jax.random.uniform(k_scale, (instances,), minval=-log_s, maxval=log_s))
     return flat, state, instance, scale
 
 
@@ -114,8 +160,10 @@ def meta_train(cfg: MetaConfig, *, checkpoint: Path | None = None, progress: Pro
     theta = init_weights(cfg.seed, cfg.hidden, cfg.p, cfg.output_scale).as_jax()
     opt_state = meta_opt.init(theta)
     curves: dict[str, Any] = {"meta_loss": {t.name: [] for t in tasks}, "horizon": [],
-                              "final_loss": {t.name: [] for t in tasks}}
-    start, elapsed = 0, 0.0
+                              "final_loss": {t.name: [] for t in tasks}, "validation": []}
+    validate = _validator(tasks, cfg)
+    best: tuple[float, Any] = (math.inf, theta)  # the validation value and weights to return
+    start, elapsed, last_validation = 0, 0.0, 0
     if checkpoint is not None and checkpoint.exists():
         with open(checkpoint, "rb") as f:
             saved = pickle.load(f)
@@ -125,6 +173,8 @@ def meta_train(cfg: MetaConfig, *, checkpoint: Path | None = None, progress: Pro
         theta = jax.tree.map(jnp.asarray, saved["theta"])
         opt_state = jax.tree.map(jnp.asarray, saved["opt_state"])
         start, curves, elapsed = saved["iteration"], saved["curves"], saved["seconds"]
+        best = (saved["best_value"], jax.tree.map(jnp.asarray, saved["best_theta"]))
+        last_validation = saved["last_validation"]
         log(f"meta-train: resuming at iteration {start} of {cfg.iterations}")
 
     update = _update_fn(cfg.lr, cfg.iterations, cfg.clip)
@@ -137,8 +187,12 @@ def meta_train(cfg: MetaConfig, *, checkpoint: Path | None = None, progress: Pro
         for it in range(start, cfg.iterations):
             horizon = cfg.horizon_at(it)
             if step_in_trajectory == 0 or step_in_trajectory >= horizon:
+                if validate is not None and it - last_validation >= cfg.validate_every:
+                    best = _validated(validate, theta, it, best, curves)
+                    last_validation = it
                 if checkpoint is not None and it - last_checkpoint >= cfg.checkpoint_every:
-                    _save_checkpoint(checkpoint, cfg, theta, opt_state, it, curves, time.perf_counter() - began)
+                    _save_checkpoint(checkpoint, cfg, theta, opt_state, it, curves, time.perf_counter() - began,
+                                     best, last_validation)
                     last_checkpoint = it
                 for i, t in enumerate(tasks):
                     live[t.name] = _fresh(t, jax.random.fold_in(jax.random.fold_in(base, it), i), cfg)
@@ -146,7 +200,8 @@ def meta_train(cfg: MetaConfig, *, checkpoint: Path | None = None, progress: Pro
             total_grads, shown = None, {}
             for i, t in enumerate(tasks):
                 params, state, instance, scale = live[t.name]
-                keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(base, 10**7 + it), i), cfg.instances)
+                keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(base, 10**7 + it), i),
+                                        cfg.instances_of(t.name))
                 meta, grads, (params, state, losses) = segments[t.name](theta, params, state, instance, scale, keys)
                 live[t.name] = (params, state, instance, scale)
                 meta = float(meta)
@@ -163,6 +218,10 @@ def meta_train(cfg: MetaConfig, *, checkpoint: Path | None = None, progress: Pro
                 theta, opt_state = update(theta, opt_state, total_grads)
             step_in_trajectory += cfg.unroll
             bar.advance(1, **shown)
+    if validate is not None:
+        best = _validated(validate, theta, cfg.iterations, best, curves)
+        theta = best[1]
+        curves["chosen_iteration"] = min(curves["validation"], key=lambda row: row["value"])["iteration"]
     seconds = time.perf_counter() - began
     curves["seconds"] = seconds
     weights = L2OWeights({name: np.asarray(theta[name]) for name in ARRAYS}, p=cfg.p, output_scale=cfg.output_scale)
@@ -180,10 +239,33 @@ def _update_fn(lr: float, iterations: int, clip: float) -> Callable:
     return jax.jit(apply)
 
 
-def _save_checkpoint(path: Path, cfg: MetaConfig, theta, opt_state, iteration: int, curves, seconds: float) -> None:
+def _validator(tasks: Sequence[Task], cfg: MetaConfig) -> Callable[[Any], dict[str, float]] | None:
+    """theta -> {task: log of the mean final loss of its validation problems at the horizon}; None if off."""
+    if cfg.validate_every <= 0:
+        return None
+    fns = {t.name: make_validation(t, cfg.horizon, cfg.validation_instances, cfg.seed, cfg.p, cfg.output_scale)
+           for t in tasks}
+    return lambda theta: {name: math.log(float(fn(theta)) + 1e-8) for name, fn in fns.items()}
+
+
+def _validated(validate: Callable, theta, iteration: int, best: tuple[float, Any], curves: dict) -> tuple[float, Any]:
+    """Validate `theta`, log it in the curves, and return the better of it and `best`.
+
+    The value is the mean over task kinds of the log of the mean final loss: the mean over
+    problems, as the benchmark judges, and the log so that no kind's loss scale dominates."""
+    per_task = validate(theta)
+    value = float(np.mean(list(per_task.values())))
+    curves["validation"].append({"iteration": iteration, "value": value, "log_final_loss": per_task})
+    return (value, theta) if value < best[0] else best
+
+
+def _save_checkpoint(path: Path, cfg: MetaConfig, theta, opt_state, iteration: int, curves, seconds: float,
+                     best: tuple[float, Any], last_validation: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         pickle.dump({"config": asdict(cfg), "theta": jax.tree.map(np.asarray, theta),
+                     "best_value": best[0], "best_theta": jax.tree.map(np.asarray, best[1]),
+                     "last_validation": last_validation,
                      "opt_state": jax.tree.map(np.asarray, opt_state), "iteration": iteration,
                      "curves": curves, "seconds": seconds}, f)
     os.replace(tmp, path)

@@ -7,8 +7,15 @@ preprocessed into two inputs,
     (log|g| / p, sign g)   if |g| >= e^-p
     (-1, e^p g)            otherwise,
 
-which keeps the magnitude information over many orders while bounding the inputs; the
-LSTM's output, times `output_scale`, is the coordinate's additive update.
+which keeps the magnitude information over many orders while bounding the inputs. The
+paper's LSTM outputs the update itself (times a small `output_scale`); here its output layer
+gives two numbers per coordinate, a direction d and a log-magnitude s, and the update is
+`output_scale * d * exp(s)` (the parametrisation of Metz et al. 2019, "Understanding and
+correcting pathologies in the training of learned optimizers"). An additive output spans
+its range only linearly: it cannot take steps orders of magnitude smaller than at the start,
+so on a problem it could solve exactly (a quadratic) the loss stalls at a floor set by the
+output's jitter. The log-magnitude can follow log|g|, one of the inputs, and the steps
+shrink with the gradient as gradient descent's do.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adl.passes.train.l2o.weights import LAYERS, L2OWeights
+from adl.passes.train.l2o.weights import LAYERS, LOG_MAGNITUDE_RANGE, L2OWeights
 
 Theta = dict  # the LSTM's arrays by name, as jax arrays (a pytree, what meta-training differentiates)
 
@@ -59,8 +66,9 @@ def lstm_step(theta: Theta, g: jax.Array, hidden: jax.Array, cell: jax.Array, p:
         hs.append(h)
         cs.append(c)
         x = h
-    out = (x @ theta["out_w"] + theta["out_b"])[..., 0]
-    return output_scale * out, jnp.stack(hs), jnp.stack(cs)
+    out = x @ theta["out_w"] + theta["out_b"]
+    magnitude = jnp.exp(jnp.clip(out[..., 1], *LOG_MAGNITUDE_RANGE))
+    return output_scale * out[..., 0] * magnitude, jnp.stack(hs), jnp.stack(cs)
 
 
 def init_state(params: Any, hidden: int) -> L2OState:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from adl.passes.train.l2o.weights import ARRAYS, LAYERS, L2OWeights, load_weights
+from adl.passes.train.l2o.weights import ARRAYS, LAYERS, LOG_MAGNITUDE_RANGE, L2OWeights, load_weights
 
 
 def preprocess(g: torch.Tensor, p: float) -> torch.Tensor:
@@ -45,8 +45,9 @@ def lstm_step(theta: dict[str, torch.Tensor], g: torch.Tensor, hidden: torch.Ten
         hs.append(h)
         cs.append(c)
         x = h
-    out = (x @ theta["out_w"] + theta["out_b"])[..., 0]
-    return output_scale * out, torch.stack(hs), torch.stack(cs)
+    out = x @ theta["out_w"] + theta["out_b"]
+    magnitude = torch.exp(torch.clamp(out[..., 1], *LOG_MAGNITUDE_RANGE))
+    return output_scale * out[..., 0] * magnitude, torch.stack(hs), torch.stack(cs)
 
 
 class L2O(torch.optim.Optimizer):

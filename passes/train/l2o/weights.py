@@ -17,14 +17,16 @@ import numpy as np
 from adl.compiler.passes import PassError
 
 SHIPPED = Path(__file__).with_name("weights.npz")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one additive output (the paper's); 2: direction and log-magnitude outputs
 LAYERS = 2
 INPUTS = 2  # the paper's preprocessing: (log-magnitude, sign) or (-1, e^p * g)
+OUTPUTS = 2  # direction d and log-magnitude s of the update d * exp(s) (rule.py)
+LOG_MAGNITUDE_RANGE = (-20.0, 5.0)  # s is clipped to this: exp(s) from 2e-9 to 148
 # name -> shape as a function of the hidden size h; gate order i, f, g, o
 _SHAPES = {
     "l0_wx": lambda h: (INPUTS, 4 * h), "l0_wh": lambda h: (h, 4 * h), "l0_b": lambda h: (4 * h,),
     "l1_wx": lambda h: (h, 4 * h), "l1_wh": lambda h: (h, 4 * h), "l1_b": lambda h: (4 * h,),
-    "out_w": lambda h: (h, 1), "out_b": lambda h: (1,),
+    "out_w": lambda h: (h, OUTPUTS), "out_b": lambda h: (OUTPUTS,),
 }
 ARRAYS = tuple(_SHAPES)
 
@@ -59,7 +61,7 @@ def init_weights(seed: int, hidden: int = 20, p: float = 10.0, output_scale: flo
     for layer in range(LAYERS):
         arrays[f"l{layer}_b"][hidden:2 * hidden] += 1.0  # remember by default
     arrays["out_w"] *= 0.1  # start with small steps, so the first unrolls do not diverge
-    arrays["out_b"][:] = 0.0
+    arrays["out_b"][:] = 0.0  # and a magnitude factor exp(0) = 1
     return L2OWeights(arrays, p=p, output_scale=output_scale)
 
 
@@ -90,7 +92,8 @@ def load_weights(path: str | os.PathLike[str] | None = None) -> L2OWeights:
         raise L2OWeightsError(f"{what} lacks {', '.join(missing)}: not written by the l2o meta-training")
     if int(contents["format_version"]) != FORMAT_VERSION:
         raise L2OWeightsError(f"{what} has format version {int(contents['format_version'])}, "
-                              f"this adl reads version {FORMAT_VERSION}")
+                              f"this adl reads version {FORMAT_VERSION}; meta-train new weights "
+                              "(adl l2o meta-train, docs/l2o.md)")
     hidden = contents["l0_wh"].shape[0] if contents["l0_wh"].ndim == 2 else -1
     for name, shape in _SHAPES.items():
         if contents[name].shape != shape(hidden):
