@@ -271,8 +271,7 @@ def kernel_record(kernels: Sequence[dict[str, Any]], layers: Sequence[LayerDesc]
     and return the manifest's `kernels` summary: what was attributed, the rest, the kernels' sum."""
     from adl.backends.tvm.kernel_profile import KernelTime, attribute_kernels
 
-    times = [KernelTime(k["name"], tuple((tuple(shape), dtype) for shape, dtype in k["args"]), k["median_s"])
-             for k in kernels]
+    times = [KernelTime.from_dict(k) for k in kernels]
     attribution = attribute_kernels(times, layers)
     measured = {layer.name: seconds for layer, seconds in zip(layers, attribution.per_layer)}
     for row in per_layer:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +41,12 @@ class KernelTime:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "args": [[list(shape), dtype] for shape, dtype in self.args],
                 "median_s": self.median_s}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> KernelTime:
+        """The inverse of `as_dict` (the manifest's and the profile record's JSON form)."""
+        return cls(record["name"], tuple((tuple(shape), dtype) for shape, dtype in record["args"]),
+                   record["median_s"])
 
 
 def profile_library(path: str | Path, input_shape: Sequence[int], *, threads: int | None, repeats: int = 30,

@@ -33,10 +33,13 @@ REWARDS = ("acc", "flops")
 STATE_DIM = 12
 
 
-def accuracy_of(score: Any) -> float:
-    """The accuracy of what an environment's `evaluate` returns: an accuracy, or a score with
-    `accuracy` (and `loss`, which breaks ties between policies; `search.PolicyScore`)."""
-    return float(getattr(score, "accuracy", score))
+@dataclass(frozen=True)
+class PolicyScore:
+    """How a pruned network does on the validation images: top-1 accuracy (the reward) and
+    mean cross-entropy (what breaks ties between policies of equal accuracy)."""
+
+    accuracy: float
+    loss: float
 
 
 class BudgetError(ValueError):
@@ -107,7 +110,8 @@ class Decision:
 class AmcEnv:
     state_dim = STATE_DIM
 
-    def __init__(self, graph: ChannelGraph, resources: Resources, evaluate: Callable[[torch.nn.Module], Any], *,
+    def __init__(self, graph: ChannelGraph, resources: Resources, evaluate: Callable[[torch.nn.Module], PolicyScore],
+                 *,
                  reward: str = "acc", min_keep: float = 0.2, multiple: int = 1, criterion: str = "l1",
                  reconstruct: Callable | None = None) -> None:
         if reward not in REWARDS:
@@ -202,13 +206,10 @@ class AmcEnv:
         """Prune to `counts`, score it, and describe it (the reward included)."""
         model = self.build(counts)
         score = self.evaluate(model)
-        accuracy = accuracy_of(score)
         flops = float(self.resources.table.flops_per_layer(counts).sum())
-        reward = accuracy if self.reward_kind == "acc" else -(1.0 - accuracy) * math.log(flops)
-        loss = getattr(score, "loss", None)
-        return {"reward": reward, "accuracy": accuracy, "counts": [int(c) for c in counts],
-                "cost": self.resources.cost(counts, list(self.resources.fractions)) | {"flops": flops},
-                **({"loss": float(loss)} if loss is not None else {})}
+        reward = score.accuracy if self.reward_kind == "acc" else -(1.0 - score.accuracy) * math.log(flops)
+        return {"reward": reward, "accuracy": score.accuracy, "loss": score.loss, "counts": [int(c) for c in counts],
+                "cost": self.resources.cost(counts, list(self.resources.fractions)) | {"flops": flops}}
 
     def build(self, counts: np.ndarray) -> torch.nn.Module:
         keep = self.graph.select({d.group: int(counts[d.group]) for d in self.decisions

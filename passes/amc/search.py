@@ -14,7 +14,7 @@ import torch
 
 from adl.compiler.layers import LayerDesc
 from adl.compiler.progress import Progress, SilentProgress
-from adl.passes.amc.env import AmcEnv, Resources, accuracy_of
+from adl.passes.amc.env import AmcEnv, PolicyScore, Resources
 from adl.passes.amc.graph import ChannelGraph
 from adl.passes.amc.reconstruct import Reconstructor
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, Episode, search
@@ -52,15 +52,6 @@ def validation_split(dataset: Any, samples: int, seed: int) -> tuple[np.ndarray,
     return np.ascontiguousarray(dataset.x_train[order]), np.asarray(dataset.y_train[order])
 
 
-@dataclass(frozen=True)
-class PolicyScore:
-    """How a pruned network does on the validation images: top-1 accuracy (the reward) and
-    mean cross-entropy (what breaks ties between policies of equal accuracy)."""
-
-    accuracy: float
-    loss: float
-
-
 def accuracy_on(x: np.ndarray, y: np.ndarray) -> Callable[[torch.nn.Module], PolicyScore]:
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -74,15 +65,21 @@ def accuracy_on(x: np.ndarray, y: np.ndarray) -> Callable[[torch.nn.Module], Pol
     return evaluate
 
 
-def best_policy(history: Sequence[Episode]) -> Episode:
-    """The episode to keep: the highest reward, and among equal rewards the lowest validation loss.
+def policy_rank(episode: Episode) -> tuple[float, float]:
+    """What ranks episodes (`ddpg.search(..., rank=policy_rank)`): the highest reward, and among
+    equal rewards the lowest validation loss.
 
     The validation images are training images the network has learned: most good policies
     score the same handful of errors (0.998 on 500 images, reached 10+ times in a 400-episode
     search on digits), and the paper's reward cannot tell them apart. The loss still can: the
     policy that moved the network's outputs least is the better start for fine-tuning. (The
     first of the tied episodes was kept before.)"""
-    return max(history, key=lambda episode: (episode.reward, -episode.info.get("loss", 0.0)))
+    return episode.reward, -episode.info["loss"]
+
+
+def best_policy(history: Sequence[Episode]) -> Episode:
+    """The first episode of the highest `policy_rank`."""
+    return max(history, key=policy_rank)
 
 
 def make_env(model: torch.nn.Module, dataset: Any, config: AmcConfig,
@@ -100,7 +97,7 @@ def run_amc(model: torch.nn.Module, dataset: Any, config: AmcConfig, *,
             progress: Progress = SilentProgress(), env: AmcEnv | None = None) -> AmcResult:
     """Search a policy (DDPG, or the uniform baseline) and prune `model` with it."""
     env = env or make_env(model, dataset, config, latency)
-    unpruned = accuracy_of(env.evaluate(env.graph.module))
+    unpruned = env.evaluate(env.graph.module).accuracy
     history: list[dict[str, Any]] = []
     if config.strategy == "uniform":
         counts = env.uniform_counts()
@@ -119,8 +116,8 @@ def run_amc(model: torch.nn.Module, dataset: Any, config: AmcConfig, *,
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
-                result = search(env, agent, config.episodes, on_episode)
-        counts = np.array(best_policy(result.history).info["counts"], np.float64)
+                result = search(env, agent, config.episodes, on_episode, rank=policy_rank)
+        counts = np.array(result.best.info["counts"], np.float64)
     info = env.finish(counts)
     return AmcResult(counts=counts, ratios=env.ratios(counts), model=env.build(counts), info=info,
                      unpruned_accuracy=unpruned, history=history)

@@ -17,7 +17,7 @@ from adl.compiler.folding import fold_batchnorm
 from adl.compiler.layers import LayerDesc, describe_model
 from adl.compiler.progress import Progress, SilentProgress
 from adl.passes.haq.budget import BitPolicy, enforce_budget, quantized_layers
-from adl.passes.haq.env import HaqEnv, best_episode
+from adl.passes.haq.env import HaqEnv, episode_rank
 from adl.passes.haq.model import quantize_model
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, Episode, search
 from adl.passes.train.loop import evaluate
@@ -99,6 +99,6 @@ def run_haq(model: torch.nn.Module, layers: list[LayerDesc], data: SearchData, c
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            result = search(env, agent, config.episodes, on_episode)
-    chosen = best_episode(result.history)
+            result = search(env, agent, config.episodes, on_episode, rank=episode_rank)
+    chosen = result.best
     return HaqResult(chosen.info["policy"], chosen.info["proposed"], chosen.info["accuracy"], full, history)

@@ -241,9 +241,11 @@ def run_episode(env: Environment, agent: DDPGAgent, episode: int | None) -> tupl
 
 
 def search(env: Environment, agent: DDPGAgent, episodes: int,
-           on_episode: Callable[[Episode, Episode], None] = lambda episode, best: None) -> SearchResult:
+           on_episode: Callable[[Episode, Episode], None] = lambda episode, best: None,
+           rank: Callable[[Episode], Any] = lambda episode: episode.reward) -> SearchResult:
     """Run `episodes` episodes (the first `agent.config.warmup` random), updating the agent after each
-    one past the warm-up (one update per transition, as AMC); the best episode by reward wins."""
+    one past the warm-up (one update per transition, as AMC). The best episode is the first with the
+    highest `rank` (default: the reward; a pass breaks ties between equal rewards by its own key)."""
     history: list[Episode] = []
     best: Episode | None = None
     for index in range(episodes):
@@ -253,7 +255,7 @@ def search(env: Environment, agent: DDPGAgent, episodes: int,
             for _ in transitions:
                 agent.update()
         history.append(record)
-        if best is None or record.reward > best.reward:
+        if best is None or rank(record) > rank(best):
             best = record
         on_episode(record, best)
     assert best is not None, "search needs at least one episode"

@@ -30,6 +30,13 @@ def test_compute_and_pooling_kernels_go_to_their_layers_in_order_the_rest_is_oth
     assert result.kernels_s == pytest.approx(3.6e-6)
 
 
+def test_a_kernel_time_survives_its_json_form():
+    import json
+
+    kernel = KernelTime("fused_conv2d_add", (((1, 8, 8, 8), "float32"), ((8,), "int8")), 3.5e-6)
+    assert KernelTime.from_dict(json.loads(json.dumps(kernel.as_dict()))) == kernel
+
+
 def test_counts_that_disagree_are_not_guessed():
     kernels = [_kernel("fused_conv2d_a", 1.0), _kernel("fused_conv2d_b", 1.0), _kernel("fused_conv2d_c", 1.0),
                _kernel("fused_matmul", 0.2), _kernel("mean", 0.3)]

@@ -18,7 +18,7 @@ from adl.compiler.spec import TargetSpec
 from adl.hwmodels.roofline import RooflineModel
 from adl.models.zoo import BasicBlock, InvertedResidual, _conv_bn, build_model
 from adl.passes.amc import AmcPass
-from adl.passes.amc.env import AmcEnv, BudgetError, Resources, keep_grid
+from adl.passes.amc.env import AmcEnv, BudgetError, PolicyScore, Resources, keep_grid
 from adl.passes.amc.graph import ChannelGraph, PruningError
 from adl.passes.amc.reconstruct import Reconstructor
 
@@ -209,7 +209,8 @@ def test_the_pass_refuses_an_unsupported_model_with_a_pass_error(tmp_path):
         AmcPass(flops=0.5).run(Module(spec=ctx.spec, model=bad, facts=frozenset({"trained"})), ctx)
 
 
-def make_env(model: nn.Module, budgets: dict[str, float], evaluate=lambda m: 0.5, **kwargs) -> AmcEnv:
+def make_env(model: nn.Module, budgets: dict[str, float], evaluate=lambda m: PolicyScore(0.5, 1.0),
+             **kwargs) -> AmcEnv:
     graph = ChannelGraph(model, (1, *SHAPE[1:]))
     target = TargetSpec("host")
     roofline = RooflineModel(gflops=1.0, bandwidth=1.0, overhead=0.0)  # a compute-bound target
@@ -260,7 +261,7 @@ def test_an_unreachable_budget_is_refused_and_uniform_pruning_meets_the_budget()
 
 
 def test_among_policies_of_equal_accuracy_the_one_with_the_lowest_validation_loss_is_kept():
-    from adl.passes.amc.search import PolicyScore, accuracy_on, best_policy
+    from adl.passes.amc.search import accuracy_on, best_policy
     from adl.passes.rl.ddpg import Episode
 
     def episode(index: int, reward: float, loss: float) -> Episode:

@@ -3,6 +3,8 @@ decays its noise, soft-updates its targets and normalises rewards with a moving 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,23 @@ def test_the_agent_learns_a_state_dependent_action():
     random_rewards = [e.reward for e in result.history[:30]]  # the warm-up: uniform random actions
     assert greedy.reward >= 0.9 and greedy.reward > np.mean(random_rewards) + 0.2
     assert result.best.reward >= greedy.reward - 0.05
+
+
+def test_a_rank_key_decides_the_best_episode_and_what_the_progress_callback_sees():
+    class Ties(Targets):  # every episode earns reward 1; the info tells them apart
+        def step(self, action: float) -> Step:
+            step = super().step(action)
+            return dataclasses.replace(step, reward=1.0) if step.done else step
+
+    seen = []
+    result = search(Ties(), DDPGAgent(3, small_config(warmup=20)), 12,
+                    on_episode=lambda episode, best: seen.append(best.index),
+                    rank=lambda episode: (episode.reward, -episode.info["error"]))
+    errors = [episode.info["error"] for episode in result.history]
+    assert result.best.index == int(np.argmin(errors))
+    assert seen == [int(np.argmin(errors[:i + 1])) for i in range(12)]
+    by_reward = search(Ties(), DDPGAgent(3, small_config(warmup=20)), 3)
+    assert by_reward.best.index == 0  # the default rank, the reward: the first of equals
 
 
 def test_warmup_actions_are_uniform_and_exploration_stays_in_bounds():
