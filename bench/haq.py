@@ -31,7 +31,7 @@ from adl.compiler.spec import TargetSpec
 from adl.data import load_dataset
 from adl.hwmodels.bitserial import BitSerialModel
 from adl.passes.haq.budget import BitPolicy, cost_function, quantized_layers
-from adl.passes.haq.env import HaqEnv, best_episode
+from adl.passes.haq.env import HaqEnv, episode_rank
 from adl.passes.haq.model import quantize_model
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search
 from adl.passes.train.loop import evaluate
@@ -94,9 +94,9 @@ def main() -> int:
         env = HaqEnv(layers, validation_accuracy, latency, budget, low=LOW, high=HIGH, full_precision_accuracy=full)
         agent = DDPGAgent(env.state_dim, DDPGConfig(warmup=args.warmup, seed=0))
         t = time.perf_counter()
-        result = search(env, agent, args.episodes)
+        result = search(env, agent, args.episodes, rank=episode_rank)
         search_seconds = time.perf_counter() - t
-        chosen = best_episode(result.history)
+        chosen = result.best
         best = chosen.info["policy"]
         log(f"{preset}: search {search_seconds:.0f} s, best reward {chosen.reward:+.4f} (episode {chosen.index}), "
             f"policy w{best.weight_bits} a{best.act_bits}")

@@ -77,11 +77,6 @@ def policy_rank(episode: Episode) -> tuple[float, float]:
     return episode.reward, -episode.info["loss"]
 
 
-def best_policy(history: Sequence[Episode]) -> Episode:
-    """The first episode of the highest `policy_rank`."""
-    return max(history, key=policy_rank)
-
-
 def make_env(model: torch.nn.Module, dataset: Any, config: AmcConfig,
              latency: Callable[[Sequence[LayerDesc]], float] | None = None) -> AmcEnv:
     graph = ChannelGraph(model, (1, *dataset.input_shape))

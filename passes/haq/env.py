@@ -110,8 +110,3 @@ def episode_rank(episode: Any) -> tuple[float, float]:
     bitserial edge preset in bench/haq.py, for a speedup nobody asked for).
     """
     return episode.reward, episode.info["cost"]
-
-
-def best_episode(history: Sequence[Any]) -> Any:
-    """The first episode of the highest `episode_rank`."""
-    return max(history, key=episode_rank)

@@ -261,15 +261,15 @@ def test_an_unreachable_budget_is_refused_and_uniform_pruning_meets_the_budget()
 
 
 def test_among_policies_of_equal_accuracy_the_one_with_the_lowest_validation_loss_is_kept():
-    from adl.passes.amc.search import accuracy_on, best_policy
+    from adl.passes.amc.search import accuracy_on, policy_rank
     from adl.passes.rl.ddpg import Episode
 
     def episode(index: int, reward: float, loss: float) -> Episode:
         return Episode(index, [], reward, {"accuracy": reward, "loss": loss, "counts": [index]}, 0.0)
 
     history = [episode(0, 0.99, 0.02), episode(1, 0.998, 0.09), episode(2, 0.998, 0.04), episode(3, 0.998, 0.07)]
-    assert best_policy(history).index == 2
-    assert best_policy(history + [episode(4, 0.999, 0.5)]).index == 4  # the reward comes first
+    assert max(history, key=policy_rank).index == 2
+    assert max(history + [episode(4, 0.999, 0.5)], key=policy_rank).index == 4  # the reward comes first
     # the pass's evaluator reports both, and the environment records the loss with the reward
     torch.manual_seed(0)
     x = torch.randn(32, *SHAPE[1:]).numpy()

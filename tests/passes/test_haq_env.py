@@ -12,7 +12,7 @@ from adl.compiler.layers import describe_model  # noqa: E402
 from adl.compiler.spec import TargetSpec  # noqa: E402
 from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
 from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function  # noqa: E402
-from adl.passes.haq.env import FEATURES, HaqEnv, best_episode, bits_of  # noqa: E402
+from adl.passes.haq.env import FEATURES, HaqEnv, bits_of, episode_rank  # noqa: E402
 from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search  # noqa: E402
 from adl.passes.train.loop import evaluate as top1  # noqa: E402
@@ -78,13 +78,13 @@ def test_a_short_search_ends_every_episode_within_budget(trained):
     assert step.info["proposed"] == BitPolicy.uniform(n, 8) and step.info["cost"] <= budget
 
     agent = DDPGAgent(env.state_dim, DDPGConfig(warmup=3, batch_size=8, hidden=(32, 32), seed=0))
-    result = search(env, agent, episodes=6)
+    result = search(env, agent, episodes=6, rank=episode_rank)
     for episode in result.history:
         assert episode.info["cost"] <= budget
         policy = episode.info["policy"]
         assert min(policy.weight_bits + policy.act_bits) >= 2 and max(policy.weight_bits + policy.act_bits) <= 8
         assert episode.reward == pytest.approx(episode.info["accuracy"] - full)
-    best = best_episode(result.history)
+    best = result.best
     assert best.reward == max(e.reward for e in result.history)
     assert best.info["cost"] == max(e.info["cost"] for e in result.history if e.reward == best.reward)
     impossible = HaqEnv(layers, evaluate, cost, 0.99 * cost(BitPolicy.uniform(n, 2)), full_precision_accuracy=full)

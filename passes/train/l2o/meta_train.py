@@ -115,8 +115,7 @@ def make_validation(task: Task, steps: int, instances: int, seed: int, p: float,
     meta-iterations: this is what picks the weights meta-training returns."""
     unravel = _unravel(task)
     key = jax.random.fold_in(jax.random.key(seed), VALIDATION_STREAM)
-    params, instance = jax.vmap(task.init)(jax.random.split(jax.random.fold_in(key, 0), instances))
-    flat = jax.vmap(lambda prm: ravel_pytree(prm)[0])(params)
+    flat, instance = _draw(task, jax.random.fold_in(key, 0), instances)
     keys = jax.random.split(jax.random.fold_in(key, 1), instances)
 
     def one(theta, flat, instance, key):
@@ -133,11 +132,16 @@ def make_validation(task: Task, steps: int, instances: int, seed: int, p: float,
     return validate
 
 
+def _draw(task: Task, key: jax.Array, instances: int) -> tuple[jax.Array, Any]:
+    """`instances` problems of `task`: their initial parameters as flat vectors (instances, n), and the instances."""
+    params, instance = jax.vmap(task.init)(jax.random.split(key, instances))
+    return jax.vmap(lambda prm: ravel_pytree(prm)[0])(params), instance
+
+
 def _fresh(task: Task, key: jax.Array, cfg: MetaConfig) -> tuple[Any, Any, Any, jax.Array]:
     k_init, k_scale = jax.random.split(key)
     instances = cfg.instances_of(task.name)
-    params, instance = jax.vmap(task.init)(jax.random.split(k_init, instances))
-    flat = jax.vmap(lambda prm: ravel_pytree(prm)[0])(params)
+    flat, instance = _draw(task, k_init, instances)
     zeros = jnp.zeros((instances, LAYERS, flat.shape[1], cfg.hidden), jnp.float32)
     state = (zeros, zeros)
     log_s = math.log(cfg.loss_scale)
