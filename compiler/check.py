@@ -61,13 +61,16 @@ TASKS: dict[str, tuple[Option, ...]] = {
 
 _SPLIT = Option("split", "fraction", 0.8, "fraction of samples used for training (the rest is the test split)",
                 low=0.0, high=1.0)
-_SEED = Option("seed", "int", 0, "seed of the train/test split", low=0)
+_SEED = Option("seed", "int", 0, "seed of the train/test and validation splits", low=0)
+_VALIDATION = Option("validation", "fraction", 0.0,
+                     "fraction of the training split held out, never trained on: amc and haq score their "
+                     "policies on it (0: they score on training images)", low=0.0, high=1.0)
 _PATH = Option("path", "path", doc='where the data lies, e.g. `path = "data/x.npz"` (relative to the spec)')
 DATA_SOURCES: dict[str, tuple[Option, ...]] = {
-    "digits": (_SPLIT, _SEED),
-    "npz": (_PATH, _SPLIT, _SEED),
-    "cifar10": (_PATH,),
-    "images": (_PATH, _SPLIT, _SEED,
+    "digits": (_SPLIT, _SEED, _VALIDATION),
+    "npz": (_PATH, _SPLIT, _SEED, _VALIDATION),
+    "cifar10": (_PATH, _SEED, _VALIDATION),
+    "images": (_PATH, _SPLIT, _SEED, _VALIDATION,
                Option("image_size", "int_list", None, "resize every image to [H, W]", low=1),
                Option("grayscale", "bool", False, "read images as one channel")),
 }
@@ -219,8 +222,12 @@ class _Checker:
             self.error("'split' must leave samples for both training and testing (0 < split < 1)",
                        setting.value.span)
             return None
+        if values.get("validation", 0.0) >= 1:
+            setting = next(s for s in settings if s.key == "validation")
+            self.error("'validation' must leave samples for training (0 <= validation < 1)", setting.value.span)
+            return None
         return DataSpec(source=source, path=path, split=values.get("split", 0.8), seed=values.get("seed", 0),
-                        image_size=size, grayscale=values.get("grayscale", False), span=block.span)
+                        validation=values.get("validation", 0.0), image_size=size, grayscale=values.get("grayscale", False), span=block.span)
 
     def model(self, block: ast.Block) -> ModelSpec | None:
         family, settings = self._head_choice(block, MODEL_FAMILIES, "model family")

@@ -49,7 +49,7 @@ def load_data(spec: Spec):
     d = spec.data
     try:
         return load_dataset(d.source, path=d.path, split=d.split, seed=d.seed, classes=spec.task.classes,
-                            image_size=d.image_size, grayscale=d.grayscale)
+                            image_size=d.image_size, grayscale=d.grayscale, validation=d.validation)
     except DataError as err:
         raise AdlError.at(str(err), d.span, filename=spec.filename, source=spec.source) from None
 

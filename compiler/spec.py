@@ -41,6 +41,7 @@ class DataSpec:
     path: str | None  # absolute; relative paths are resolved against the spec's folder
     split: float  # fraction of samples used for training; the rest is the test split
     seed: int
+    validation: float = 0.0  # fraction of the training split held out (`Dataset.x_val`)
     image_size: tuple[int, int] | None = None  # resize images to (H, W); `images` only
     grayscale: bool = False  # `images` only
     span: Span | None = field(default=None, compare=False)

@@ -27,8 +27,9 @@ def load_dataset(
     classes: int | None = None,
     image_size: tuple[int, int] | None = None,
     grayscale: bool = False,
+    validation: float = 0.0,
 ) -> Dataset:
-    """Load `source` and split it into training and test sets.
+    """Load `source` and split it into training and test sets (and a validation split).
 
     Sources:
       - "digits": scikit-learn's 8x8 digits, x of shape (N, 1, 8, 8), values 0..16. No `path`.
@@ -43,7 +44,9 @@ def load_dataset(
 
     digits, npz and images are split by `split` (the training fraction, in (0, 1)), class by
     class, deterministically for a given `seed`. `classes`, when given, must cover every
-    label. `image_size` and `grayscale` apply only to "images".
+    label. `image_size` and `grayscale` apply only to "images". `validation` > 0 holds that
+    fraction of the training split out as `x_val`/`y_val` (class by class, seeded by `seed`):
+    what `train` never sees, so the passes after it can score their choices honestly.
 
     Raises DataError (with `key` naming the offending option) for any problem with the data
     or the options.
@@ -63,6 +66,14 @@ def load_dataset(
     elif image_size is not None and not _is_size(image_size):
         raise DataError(f"image_size must be two positive integers (H, W), got {image_size!r}", key="image_size")
 
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 <= validation < 1:
+        raise DataError(f"validation must be a fraction in [0, 1), got {validation!r}", key="validation")
+    dataset = _load(source, path, split, seed, classes, image_size, grayscale)
+    return dataset.with_validation(validation, seed) if validation > 0 else dataset
+
+
+def _load(source: str, path: str | os.PathLike[str] | None, split: float, seed: int, classes: int | None,
+          image_size: tuple[int, int] | None, grayscale: bool) -> Dataset:
     if source not in _NEEDS_PATH:
         if path is not None:
             raise DataError(f"source {source!r} takes no path", key="path")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,16 +41,57 @@ class Dataset:
     value_range: tuple[float, float]  # nominal range of raw inputs
     mean: tuple[float, ...]  # per-channel mean of x_train (one value for flat vectors)
     std: tuple[float, ...]  # per-channel std of x_train, 1.0 where a channel is constant
+    # Held out of the training split (`with_validation`): never trained on, it scores choices
+    # made after training (amc's and haq's policies). Empty unless the spec asks for it.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    @property
+    def has_validation(self) -> bool:
+        return self.y_val is not None and len(self.y_val) > 0
+
+    def scoring_sample(self, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images that score choices made after training (amc's and haq's policies): up to
+        `samples` of the validation split, which the network never trained on; without one, a
+        seeded subset of the training split (AMC's and HAQ's practice). Never the test split.
+
+        Training images are a weak judge on small data: the network has fit them, so most good
+        policies score the same (0.998 on digits) and a reward cannot rank them."""
+        x, y = (self.x_val, self.y_val) if self.has_validation else (self.x_train, self.y_train)
+        order = np.random.default_rng(seed).permutation(len(y))[:samples]
+        return np.ascontiguousarray(x[order]), np.ascontiguousarray(y[order])
+
+    def with_validation(self, fraction: float, seed: int) -> "Dataset":
+        """This dataset with `fraction` of its training split held out as the validation split,
+        class by class (a class of one training sample stays in training), deterministically for
+        `seed`. The normalisation statistics are those of the remaining training samples."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise DataError(f"validation must be a fraction strictly between 0 and 1, got {fraction!r}",
+                            key="validation")
+        if self.has_validation:
+            raise DataError("this dataset already has a validation split", key="validation")
+        # The validation draw must not repeat the train/test draw of the same seed.
+        train, val = stratified_split(self.y_train, 1 - fraction, seed + 1)
+        if len(val) < MIN_SPLIT_SAMPLES or len(train) < MIN_SPLIT_SAMPLES:
+            raise DataError(f"validation = {fraction:g} of {len(self.y_train)} training samples leaves "
+                            f"{len(val)} for validation and {len(train)} for training; each needs at least "
+                            f"{MIN_SPLIT_SAMPLES}", key="validation")
+        x_train = np.ascontiguousarray(self.x_train[train])
+        mean, std = channel_stats(x_train)
+        return replace(self, x_train=x_train, y_train=np.ascontiguousarray(self.y_train[train]),
+                       x_val=np.ascontiguousarray(self.x_train[val]), y_val=np.ascontiguousarray(self.y_train[val]),
+                       mean=mean, std=std)
 
     def fingerprint(self) -> str:
-        """sha256 hex digest of the four arrays (dtype, shape and bytes) and `classes`.
+        """sha256 hex digest of the arrays (dtype, shape and bytes) and `classes`.
 
         Stable across runs and platforms (bytes are hashed little-endian), so it can key a
         checkpoint cache: any change to the data, the split or the class count changes it.
         """
         h = hashlib.sha256()
         h.update(f"classes={self.classes};".encode())
-        for field in ("x_train", "y_train", "x_test", "y_test"):
+        fields = ("x_train", "y_train", "x_test", "y_test") + (("x_val", "y_val") if self.has_validation else ())
+        for field in fields:
             a = getattr(self, field)
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
             h.update(f"{field}:{a.dtype.str}:{a.shape};".encode())
@@ -59,7 +100,8 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (
-            f"Dataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"Dataset(name={self.name!r}, train={len(self.y_train)}, "
+            f"{f'validation={len(self.y_val)}, ' if self.has_validation else ''}test={len(self.y_test)}, "
             f"classes={self.classes}, input_shape={self.input_shape}, "
             f"value_range={self.value_range})"
         )

@@ -11,7 +11,8 @@ additions, depthwise convolutions, concatenations and BatchNorms tie channels to
 DDPG agent (`adl.passes.rl.ddpg`) walks the groups and picks each one's keep fraction
 (`env.py`), every action clipped so that the budget stays reachable; each episode's pruned
 network (channels kept by filter norm, the next layer refitted by least squares,
-`reconstruct.py`) is scored on held-out training images without fine-tuning. The best policy
+`reconstruct.py`) is scored without fine-tuning on the data's validation split (or, without
+one, on training images). The best policy
 is applied -- a smaller dense network, no masks -- and fine-tuned with the `train` loop. The
 per-group keep ratios, costs before and after and the search history go into the metrics
 (and so into the manifest). Budgets are fractions of the unpruned network's FLOPs, parameters
@@ -26,7 +27,7 @@ from typing import Any
 from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
-from adl.passes.train import finetune, finetune_options
+from adl.passes.train import finetune, finetune_options, scoring_images_note
 
 POLICY_FILE = "amc_policy.json"
 
@@ -51,7 +52,8 @@ class AmcPass(Pass):
         Option("reconstruct", "bool", True, "refit the next layer's weights by least squares (AMC)"),
         Option("min_keep", "fraction", 0.2, "no group keeps fewer than this fraction of its channels", low=0.01),
         Option("multiple", "int", 8, "kept channel counts are multiples of this (SIMD lanes: see docs/amc.md)", low=1),
-        Option("val_samples", "int", 500, "training images held out to score policies", low=10),
+        Option("val_samples", "int", 500, "images that score policies: from the data's validation split, "
+               "else from the training split", low=10),
         *finetune_options(10, 0.001, "fine-tuning the pruned network"),
     )
     requires = ("trained",)
@@ -83,7 +85,7 @@ class AmcPass(Pass):
                            warmup=self.config["warmup"], reward=self.config["reward"],
                            criterion=self.config["criterion"], reconstruct=self.config["reconstruct"],
                            min_keep=self.config["min_keep"], multiple=self.config["multiple"],
-                           val_samples=min(self.config["val_samples"], len(dataset.x_train)), seed=ctx.seed)
+                           val_samples=self.config["val_samples"], seed=ctx.seed)
         torch.set_num_threads(max(1, ctx.spec.target.cores or 1))
         model = module.model
         try:
@@ -104,6 +106,7 @@ class AmcPass(Pass):
                                saved["unpruned_accuracy"], saved["history"])
             ctx.log("amc: reusing the policy found before the interruption")
         else:
+            ctx.log(scoring_images_note("amc", dataset, config.val_samples))
             result = run_amc(model, dataset, config, progress=ctx.progress, env=env)
             tmp = policy_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"counts": [int(c) for c in result.counts], "info": result.info,

@@ -45,9 +45,8 @@ class AmcResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # per episode
 
 
-def validation_split(dataset: Any, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded subset of the training split scores policies (AMC holds out training images; the
-    test split stays untouched until the end)."""
+def training_sample(dataset: Any, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded subset of the training split (what least-squares reconstruction fits on)."""
     order = np.random.default_rng(seed).permutation(len(dataset.x_train))[:samples]
     return np.ascontiguousarray(dataset.x_train[order]), np.asarray(dataset.y_train[order])
 
@@ -80,9 +79,10 @@ def policy_rank(episode: Episode) -> tuple[float, float]:
 def make_env(model: torch.nn.Module, dataset: Any, config: AmcConfig,
              latency: Callable[[Sequence[LayerDesc]], float] | None = None) -> AmcEnv:
     graph = ChannelGraph(model, (1, *dataset.input_shape))
-    x_val, y_val = validation_split(dataset, config.val_samples, config.seed)
+    x_val, y_val = dataset.scoring_sample(config.val_samples, config.seed)
     resources = Resources(graph.layer_table(), config.budgets, latency)
-    reconstructor = Reconstructor(graph, x_val, seed=config.seed) if config.reconstruct else None
+    reconstructor = (Reconstructor(graph, training_sample(dataset, config.val_samples, config.seed)[0],
+                                   seed=config.seed) if config.reconstruct else None)
     return AmcEnv(graph, resources, accuracy_on(x_val, y_val), reward=config.reward, min_keep=config.min_keep,
                   multiple=config.multiple, criterion=config.criterion, reconstruct=reconstructor)
 

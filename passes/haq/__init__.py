@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
-from adl.passes.train import finetune, finetune_options
+from adl.passes.train import finetune, finetune_options, scoring_images_note
 
 POLICY_FILE = "haq_policy.json"
 PACKED_FILE = "weights.packed.npz"
@@ -55,7 +55,8 @@ class HaqPass(Pass):
                choices=("minmax", "percentile", "kl")),
         Option("mode", "name", "linear", "linear: per-channel integer codes; kmeans: shared centroids "
                "(HAQ's second mode, not lowered to integer arithmetic)", choices=("linear", "kmeans")),
-        Option("val_samples", "int", 500, "training images held out to score policies", low=10),
+        Option("val_samples", "int", 500, "images that score policies: from the data's validation split, "
+               "else from the training split", low=10),
         *finetune_options(5, 0.0005, "quantization-aware fine-tuning"),
     )
     requires = ("trained",)
@@ -103,7 +104,7 @@ class HaqPass(Pass):
         config = HaqConfig(low=low, high=high, episodes=self.config["episodes"], warmup=self.config["warmup"],
                            strategy="fixed" if self.config["search"] == "fixed" else "ddpg",
                            calibration=self.config["calibration"], mode=self.config["mode"],
-                           val_samples=min(self.config["val_samples"], len(dataset.y_train)), seed=ctx.seed)
+                           val_samples=self.config["val_samples"], seed=ctx.seed)
         data = SearchData.split(dataset, config.val_samples, config.calibration_samples, config.seed)
 
         policy_path = ctx.state_dir() / POLICY_FILE
@@ -113,6 +114,7 @@ class HaqPass(Pass):
                                saved["accuracy"], saved["full_precision_accuracy"], saved["history"])
             ctx.log("haq: reusing the policy found before the interruption")
         else:
+            ctx.log(scoring_images_note("haq", dataset, config.val_samples))
             result = run_haq(model, layers, data, config, cost, budget, resource=resource, progress=ctx.progress)
             tmp = policy_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({

@@ -56,11 +56,18 @@ class SearchData:
 
     @classmethod
     def split(cls, dataset: Any, val_samples: int, calibration_samples: int, seed: int) -> "SearchData":
+        """Policies are scored on up to `val_samples` images of the data's validation split (never
+        trained on) or, without one, of the training split; activation ranges are calibrated on
+        other training images."""
         order = np.random.default_rng(seed).permutation(len(dataset.y_train))
-        val, rest = order[:val_samples], order[val_samples:]
-        calibration = rest[:calibration_samples] if len(rest) else order[:calibration_samples]
-        return cls(np.ascontiguousarray(dataset.x_train[val]), np.asarray(dataset.y_train[val]),
-                   torch.from_numpy(np.ascontiguousarray(dataset.x_train[calibration], dtype=np.float32)))
+        if getattr(dataset, "has_validation", False):
+            x_val, y_val = dataset.scoring_sample(val_samples, seed)
+            calibration = order[:calibration_samples]
+        else:
+            val, rest = order[:val_samples], order[val_samples:]
+            x_val, y_val = np.ascontiguousarray(dataset.x_train[val]), np.asarray(dataset.y_train[val])
+            calibration = rest[:calibration_samples] if len(rest) else order[:calibration_samples]
+        return cls(x_val, y_val, torch.from_numpy(np.ascontiguousarray(dataset.x_train[calibration], dtype=np.float32)))
 
 
 def deployed_layers(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[LayerDesc]:

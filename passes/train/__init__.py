@@ -107,3 +107,12 @@ def finetune(model: Any, ctx: PassContext, options: Mapping[str, Any]) -> Any:
     state.mkdir(exist_ok=True)
     return train_model(model, ctx.dataset(), config, seed=ctx.seed, state_dir=state, progress=ctx.progress,
                        threads=ctx.spec.target.cores or 1, log=ctx.log)
+
+
+def scoring_images_note(pass_name: str, dataset: Any, samples: int) -> str:
+    """The log line of a pass that scores its choices after training (amc, haq): on how many
+    images, and whether the network has trained on them."""
+    if getattr(dataset, "has_validation", False):
+        return f"{pass_name}: scoring policies on {min(samples, len(dataset.y_val))} validation images"
+    return (f"{pass_name}: scoring policies on {min(samples, len(dataset.y_train))} training images, which the "
+            f"network has fit (`data {{ validation = 15 % }}` holds images out for a sharper reward)")

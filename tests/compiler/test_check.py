@@ -100,3 +100,19 @@ def test_parse_keeps_comments_out_and_positions_in():
     tree = adl.parse("# c\nspec a # trailing\n", "p.adl")
     (item,) = tree.items
     assert item.name == "a" and (item.span.line, item.span.column) == (2, 6)
+
+
+def test_validation_is_a_data_option_of_every_source():
+    spec = adl.check("task classify { classes = 10 }\ndata digits { validation = 15 % }\nmodel cnn\npipeline { train }",
+                     "v.adl")
+    assert spec.data.validation == 0.15
+    assert adl.check("task classify { classes = 10 }\ndata digits\nmodel cnn\npipeline { train }",
+                     "v.adl").data.validation == 0.0
+
+
+def test_a_validation_split_that_leaves_no_training_points_at_it():
+    with pytest.raises(AdlError) as info:
+        adl.check("task classify { classes = 10 }\ndata digits { validation = 100 % }\nmodel cnn\npipeline { train }",
+                  "v.adl")
+    assert str(info.value).startswith("v.adl:2:28: error: 'validation' must leave samples for training")
+    assert str(info.value).endswith("^~~~~")

@@ -361,7 +361,7 @@ def test_the_pass_prunes_fine_tunes_and_records_its_policy(tmp_path):
 E2E_SPEC = """
 spec tiny_amc
 task classify { classes = 10 }
-data digits { split = 0.8  seed = 0 }
+data digits { split = 0.8  seed = 0  validation = 20 % }
 model cnn(channels = [8, 16], hidden = 16)
 target host { kind = llvm  cores = 1 }
 pipeline {
@@ -382,8 +382,11 @@ def test_adl_compile_with_amc_builds_a_pruned_library(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "amc: scoring policies on 100 validation images" in proc.stderr  # held out of training
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [p["name"] for p in manifest["passes"]] == ["train", "amc", "lower"]
+    assert manifest["data"]["validation_samples"] == 287 and manifest["data"]["train_samples"] == 1151
+    assert all(0 < epoch["val_accuracy"] <= 1 for epoch in manifest["training"]["history"])
     amc = manifest["metrics"]["amc"]
     assert amc["budget_met"] and set(amc["ratios"]) == {"1.0.0", "1.2.0", "1.6"}
     assert manifest["metrics"]["flops"] <= 0.5 * amc["before"]["flops"]

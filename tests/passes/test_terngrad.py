@@ -228,7 +228,7 @@ TERNGRAD = CallValue("terngrad", (("workers", 2), ("clip", 2.5), ("error_feedbac
 def digits():
     from adl.data import load_dataset
 
-    return load_dataset("digits", split=0.8, seed=0, classes=10)
+    return load_dataset("digits", split=0.8, seed=0, classes=10, validation=0.1)  # as SPEC
 
 
 def _model(digits):
@@ -249,7 +249,7 @@ def _train(digits, state_dir: Path, log=lambda message: None):
 SPEC = """
 spec tiny
 task classify { classes = 10 }
-data digits { split = 0.8  seed = 0 }
+data digits { split = 0.8  seed = 0  validation = 10 % }
 model mlp(hidden = [64])
 target host { kind = llvm  cores = 2 }
 pipeline {
@@ -277,6 +277,7 @@ def test_two_workers_learn_digits_through_the_terngrad_hook(uninterrupted):
     history = metrics["train_history"]
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     assert history[-1]["loss"] < history[0]["loss"] / 2
+    assert history[-1]["val_accuracy"] >= 0.85  # scored by the workers on the held-out split
     assert metrics["distributed_hook"] == "terngrad" and metrics["distributed_workers"] == 2
     # 4810 float32 gradients -> 1203 packed bytes + 4 shared scalers, counted at the collectives
     assert metrics["fp32_bytes_per_step"] == 4810 * 4

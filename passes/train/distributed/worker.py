@@ -38,7 +38,7 @@ from torch import nn
 
 from adl.compiler.progress import Progress, SilentProgress
 from adl.passes.train.distributed import hooks
-from adl.passes.train.loop import _save_atomic, epoch_order, make_optimizer, make_scheduler
+from adl.passes.train.loop import _save_atomic, epoch_order, evaluate, make_optimizer, make_scheduler
 
 HEARTBEAT_S = 0.2
 SILENCE_S = 2.0  # a peer whose heartbeat did not move for this long is taken for dead
@@ -61,6 +61,8 @@ class Job:
     seed: int
     state_dir: Path  # per-epoch checkpoints, shared by the ranks of one machine
     timeout_s: float
+    x_val: np.ndarray | None = None  # the data's validation split, scored after every epoch
+    y_val: np.ndarray | None = None
 
 
 @dataclass
@@ -267,6 +269,8 @@ class Trainer:
             self.scheduler.step()
         self.history.append({"epoch": epoch + 1, "loss": float(sums[0] / sums[2]),
                              "train_accuracy": float(sums[1] / sums[2]), "lr": lr})
+        if self.job.y_val is not None and len(self.job.y_val):  # every rank holds the same weights
+            self.history[-1]["val_accuracy"] = evaluate(self.model, self.job.x_val, self.job.y_val)
 
     def _checkpoint(self, epoch: int, hook: hooks.HookHandle) -> None:
         state_dir = self.job.state_dir
