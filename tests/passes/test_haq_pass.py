@@ -161,3 +161,19 @@ def test_adl_compile_with_haq_builds_an_integer_library_with_packed_weights(tmp_
     assert (out / "weights.packed.npz").stat().st_size < haq["weight_bytes"]["int8"] + 4096
     report = (out / "report.md").read_text()
     assert "## `haq`" in report and "integer arithmetic" in report
+
+
+def test_search_data_scores_on_the_validation_split_and_calibrates_on_training_images():
+    from adl.data import load_dataset
+    from adl.passes.haq.search import SearchData
+
+    def rows(x):
+        return {r.tobytes() for r in np.asarray(x).reshape(len(x), -1)}
+
+    held_out = load_dataset("digits", validation=0.2)
+    data = SearchData.split(held_out, 100, 64, seed=0)
+    assert len(data.y_val) == 100 and rows(data.x_val) <= rows(held_out.x_val)
+    assert len(data.calibration) == 64 and rows(data.calibration.numpy()) <= rows(held_out.x_train)
+    plain = load_dataset("digits")  # no validation split: scored on training images, calibrated on others
+    data = SearchData.split(plain, 100, 64, seed=0)
+    assert rows(data.x_val) <= rows(plain.x_train) and len(data.calibration) == 64
