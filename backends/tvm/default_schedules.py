@@ -275,24 +275,38 @@ def _largest_divisor(n: int, limit: int) -> int:
     return 1
 
 
+def _lanes(target, dtype_bits: int) -> int:
+    """SIMD lanes of a ``tvm.target.Target`` for ``dtype_bits``: the vector width the default
+    schedules tile by. (``llvm_get_vector_width`` says 512 for znver3, which has no AVX-512, so
+    x86 is decided by CPU features.)"""
+    from tvm.target.codegen import llvm_get_vector_width, target_has_features
+
+    try:
+        if target_has_features("avx512f", target):
+            bits = 512
+        elif target_has_features("avx", target):
+            bits = 256
+        else:
+            bits = min(llvm_get_vector_width(target), 128)
+    except Exception:  # noqa: BLE001
+        bits = 128
+    return max(1, (bits if bits > 0 else 128) // dtype_bits)
+
+
+def float_lanes(target: dict) -> int:
+    """float32 SIMD lanes of a target dict (this machine's CPU when it names none): 8 on AVX2,
+    16 on AVX-512, 4 on NEON. Channel counts that are multiples of it stay on the default
+    schedules' fast path (docs/amc.md: other counts ran 5-20x slower)."""
+    import tvm
+
+    from adl.backends.tvm.build import native_target
+
+    return _lanes(tvm.target.Target(native_target(dict(target))), 32)
+
+
 def _make_rule():
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.base import ScheduleRule
-    from tvm.target.codegen import llvm_get_vector_width, target_has_features
-
-    def _lanes(target, dtype_bits: int) -> int:
-        """SIMD lanes for ``dtype_bits``. (``llvm_get_vector_width`` says 512 for znver3,
-        which has no AVX-512, so x86 is decided by CPU features.)"""
-        try:
-            if target_has_features("avx512f", target):
-                bits = 512
-            elif target_has_features("avx", target):
-                bits = 256
-            else:
-                bits = min(llvm_get_vector_width(target), 128)
-        except Exception:  # noqa: BLE001
-            bits = 128
-        return max(1, (bits if bits > 0 else 128) // dtype_bits)
 
     def _is_reduction(sch, block_rv) -> bool:
         return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block_rv).iter_vars)

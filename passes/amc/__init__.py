@@ -32,6 +32,18 @@ from adl.passes.train import finetune, finetune_options, scoring_images_note
 POLICY_FILE = "amc_policy.json"
 
 
+def simd_lanes(ctx: PassContext) -> int:
+    """The target's float32 SIMD lanes: channel counts that are multiples of it keep the pruned
+    network on the default schedules' fast path. 8 (AVX2) when TVM cannot tell."""
+    try:
+        from adl.backends.tvm.default_schedules import float_lanes
+
+        return float_lanes(ctx.spec.target.tvm_target())
+    except Exception as err:  # noqa: BLE001 -- an unknown target must not stop pruning
+        ctx.log(f"amc: cannot tell the target's SIMD width ({err}); channel counts in multiples of 8")
+        return 8
+
+
 class AmcPass(Pass):
     name = "amc"
     summary = "channel pruning under a FLOPs, parameter or latency budget, the policy found by DDPG (AMC)"
@@ -51,7 +63,8 @@ class AmcPass(Pass):
                choices=("l1", "l2")),
         Option("reconstruct", "bool", True, "refit the next layer's weights by least squares (AMC)"),
         Option("min_keep", "fraction", 0.2, "no group keeps fewer than this fraction of its channels", low=0.01),
-        Option("multiple", "int", 8, "kept channel counts are multiples of this (SIMD lanes: see docs/amc.md)", low=1),
+        Option("multiple", "int", None, "kept channel counts are multiples of this (default: the target's float32 "
+               "SIMD lanes, 8 on AVX2, 16 on AVX-512; docs/amc.md)", low=1),
         Option("val_samples", "int", 500, "images that score policies: from the data's validation split, "
                "else from the training split", low=10),
         *finetune_options(10, 0.001, "fine-tuning the pruned network"),
@@ -84,7 +97,7 @@ class AmcPass(Pass):
         config = AmcConfig(budgets=budgets, strategy=self.config["search"], episodes=self.config["episodes"],
                            warmup=self.config["warmup"], reward=self.config["reward"],
                            criterion=self.config["criterion"], reconstruct=self.config["reconstruct"],
-                           min_keep=self.config["min_keep"], multiple=self.config["multiple"],
+                           min_keep=self.config["min_keep"], multiple=self.config["multiple"] or simd_lanes(ctx),
                            val_samples=self.config["val_samples"], seed=ctx.seed)
         torch.set_num_threads(max(1, ctx.spec.target.cores or 1))
         model = module.model
@@ -137,7 +150,7 @@ class AmcPass(Pass):
                             f"at {after['flops']:.0f}")
         channels = {env.graph.groups[d.group].name: [int(result.counts[d.group]), d.size] for d in env.decisions}
         return module.evolve(model=pruned).with_metrics(**metrics, amc={
-            "search": config.strategy, "budgets": budgets, "reward": config.reward,
+            "search": config.strategy, "budgets": budgets, "reward": config.reward, "multiple": config.multiple,
             "episodes": config.episodes if config.strategy == "ddpg" else 0,
             "ratios": result.ratios, "channels": channels,
             "before": before, "after": after,

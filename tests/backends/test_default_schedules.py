@@ -146,3 +146,19 @@ def test_rule_ignores_non_cpu_targets():
     sch = rule.apply(func, tvm.target.Target(TARGET), False)
     assert sch is not None
     assert "T.vectorized(T.int64(8))" in sch.mod["main"].script() or "T.vectorized(8)" in sch.mod["main"].script()
+
+
+@pytest.mark.parametrize("target, lanes", [
+    ({"kind": "llvm", "mcpu": "znver3"}, 8),  # AVX2 (LLVM reports a 512-bit width for it: features decide)
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, 16),
+    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}, 4),  # NEON
+])
+def test_float_lanes_follow_the_targets_vector_unit(target, lanes):
+    assert ds.float_lanes(target) == lanes
+
+
+def test_float_lanes_of_the_host_are_what_the_schedules_tile_by():
+    from adl.backends.tvm.build import native_target
+
+    host = {"kind": "llvm", "num-cores": 2}
+    assert ds.float_lanes(host) == ds._lanes(tvm.target.Target(native_target(host)), 32) in (4, 8, 16)

@@ -388,7 +388,7 @@ def test_adl_compile_with_amc_builds_a_pruned_library(tmp_path):
     assert manifest["data"]["validation_samples"] == 287 and manifest["data"]["train_samples"] == 1151
     assert all(0 < epoch["val_accuracy"] <= 1 for epoch in manifest["training"]["history"])
     amc = manifest["metrics"]["amc"]
-    assert amc["budget_met"] and set(amc["ratios"]) == {"1.0.0", "1.2.0", "1.6"}
+    assert amc["budget_met"] and set(amc["ratios"]) == {"1.0.0", "1.2.0", "1.6"} and amc["multiple"] == 4
     assert manifest["metrics"]["flops"] <= 0.5 * amc["before"]["flops"]
     assert manifest["metrics"]["flops"] == amc["after"]["flops"]
     assert manifest["metrics"]["max_abs_diff"] <= 1e-4  # the pruned network lowers and agrees with PyTorch
@@ -397,3 +397,19 @@ def test_adl_compile_with_amc_builds_a_pruned_library(tmp_path):
     assert "## `amc`" in report and "flops <= 50%" in report
     for group, (kept, size) in amc["channels"].items():
         assert f"| {group} | {kept} | {size} | {amc['ratios'][group]:.3f} |" in report
+
+
+@pytest.mark.parametrize("target, lanes, logged", [
+    ({"kind": "llvm", "mcpu": "znver3"}, 8, False),
+    ({"kind": "llvm", "mcpu": "skylake-avx512"}, 16, False),
+    ({"kind": "no-such-kind"}, 8, True),  # TVM cannot tell: 8, and the log says so
+])
+def test_kept_channels_default_to_multiples_of_the_targets_simd_lanes(target, lanes, logged):
+    from types import SimpleNamespace
+
+    from adl.passes.amc import simd_lanes
+
+    logs: list[str] = []
+    ctx = SimpleNamespace(spec=SimpleNamespace(target=SimpleNamespace(tvm_target=lambda: target)), log=logs.append)
+    assert simd_lanes(ctx) == lanes
+    assert bool(logs) == logged and all("SIMD width" in line for line in logs)
