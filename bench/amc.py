@@ -1,21 +1,32 @@
 """AMC channel pruning on digits against uniform L1 pruning and Torch-Pruning's magnitude pruner.
 
-    python bench/amc.py [--quick] [--out FILE] [--seeds N] [--episodes N]
+    python bench/amc.py [--quick] [--out FILE] [--seeds N] [--episodes N] [--finetune-seeds N] [--study N]
 
-A MobileNetV2-style network (width 2, head 256; ~3 MFLOPs) is trained once on digits. For
-each FLOPs budget (50 % and 30 %) and seed, three pruners cut it to the budget: (a) the `amc`
-pass's DDPG search (reward: validation accuracy on held-out training images, without
-fine-tuning; least-squares reconstruction), (b) uniform pruning -- one keep ratio for every
-layer, channels by L1 norm -- through the same machinery, (c) Torch-Pruning's
-`MagnitudePruner` (L1, its pruning ratio bisected to the budget). Every pruned network is then
-fine-tuned identically (the `train` loop: Adam, cosine, same epochs, same seed), as is the
-unpruned network (a control for the extra training). Kept channel counts are multiples of 8
-for all three (the SIMD width; other counts fall off the default schedules' fast path).
-Reported: test accuracy (mean, std over seeds), FLOPs kept, and the batch-1 latency of each
-seed-0 network compiled by the `lower` machinery -- default schedules, and the unpruned and
-the AMC 50 %-FLOPs networks also MetaSchedule-tuned -- each timed with 1 and 2 threads in
-interleaved rounds; like `lower`, a library runs at its fastest thread count, and speedups
-over the unpruned library (tuned against tuned) are per-round ratios, medianed.
+A MobileNetV2-style network (width 2, head 256; ~3 MFLOPs) is trained once on digits, 20 % of
+its training split held out as the validation split (`data digits { validation = 20 % }`).
+For each FLOPs budget (50 % and 30 %) and seed, the pruners cut it to the budget: (a) the
+`amc` pass's DDPG search (reward: accuracy on the validation split without fine-tuning;
+least-squares reconstruction), (a') the same search rewarded on training images instead (the
+pass without a validation split, AMC's own practice: an ablation, not a goal), (b) uniform
+pruning -- one keep ratio for every layer, channels by L1 norm -- through the same machinery,
+(c) Torch-Pruning's `MagnitudePruner` (L1, its pruning ratio bisected to the budget). Every
+pruned network is then fine-tuned identically (the `train` loop on the training split: Adam,
+cosine, same epochs) with `--finetune-seeds` seeds, as is the unpruned network (a control for
+the extra training); a policy's accuracy is the mean over its fine-tunings, a method's the
+mean and spread over search seeds. Kept channel counts are multiples of the host's float32
+SIMD lanes for all (8 on AVX2, 16 on AVX-512; other counts fall off the default schedules'
+fast path).
+
+The policy study (`--study`, at 50 %) asks whether any score a search can see ranks policies by
+what counts, the test accuracy after fine-tuning: for uniform pruning and random policies that
+keep >= 85 % validation accuracy, the validation accuracy before fine-tuning, after one epoch
+and after the full fine-tuning, each against the test accuracy (Spearman).
+
+Latency: the batch-1 latency of each seed-0 network compiled by the `lower` machinery --
+default schedules, and the unpruned and the AMC 50 %-FLOPs networks also MetaSchedule-tuned --
+each timed with 1 and 2 threads in interleaved rounds; like `lower`, a library runs at its
+fastest thread count, and speedups over the unpruned library (tuned against tuned) are
+per-round ratios, medianed.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -39,16 +51,23 @@ import torch  # noqa: E402
 
 from adl.compiler.layers import describe_model  # noqa: E402
 from adl.data import load_dataset  # noqa: E402
+from adl.hwmodels.calibration import host_cpu  # noqa: E402
 from adl.models.zoo import build_model  # noqa: E402
 from adl.backends.tvm.build import TuneRequest  # noqa: E402
+from adl.backends.tvm.default_schedules import float_lanes  # noqa: E402
 from adl.passes.amc.search import AmcConfig, make_env, run_amc  # noqa: E402
 from common import TRAIN_THREADS, log, train  # noqa: E402
 
 MODEL = ("mobilenet", {"width": 2.0, "head": 256})
 BUDGETS = (0.5, 0.3)
-METHODS = ("amc", "uniform", "torch_pruning")
+METHODS = ("amc", "amc_train_images", "uniform", "torch_pruning")
+LOWERED = ("amc", "uniform", "torch_pruning")  # the methods whose seed-0 networks are timed
+VALIDATION = 0.2
 THREADS = 2  # the libraries run on both cores
-MULTIPLE = 8
+# Kept channel counts are multiples of the host's float32 SIMD lanes for every method (what the
+# `amc` pass does by default): 8 on AVX2, 16 on AVX-512. Other counts fall off the default
+# schedules' fast path (5x slower with multiples of 8 on AVX-512).
+MULTIPLE = float_lanes({"kind": "llvm", "num-cores": THREADS})
 
 
 def flops(model: torch.nn.Module, shape) -> int:
@@ -83,6 +102,48 @@ def torch_pruning(model: torch.nn.Module, budget: float, shape) -> tuple[torch.n
     if best is None:
         return None, {"error": f"no pruning ratio below 0.95 meets {budget:.0%} of the FLOPs"}
     return best[0], {"pruning_ratio": best[1], "version": tp.__version__}
+
+
+def policy_study(env, dataset, policies: int, epochs: int, finetune_seeds: int, min_accuracy: float = 0.85) -> dict:
+    """Uniform pruning and random policies of at least `min_accuracy` validation accuracy before
+    fine-tuning, each fine-tuned `finetune_seeds` times: does any score a search could use
+    (validation accuracy before, after one epoch, after the whole fine-tuning) rank them by
+    their test accuracy after fine-tuning?"""
+    from scipy.stats import spearmanr
+
+    from adl.passes.train.loop import evaluate
+
+    rng = np.random.default_rng(7)
+    rows, drawn = [], 0
+    while len(rows) < policies and drawn < 50 * policies:
+        if rows:  # a random episode: actions uniform in [0.3, 1], clipped to the budget by the env
+            drawn += 1
+            env.reset()
+            step = env.step(float(rng.uniform(0.3, 1.0)))
+            while not step.done:
+                step = env.step(float(rng.uniform(0.3, 1.0)))
+            counts = np.array(step.info["counts"], np.float64)
+        else:
+            counts = env.uniform_counts()
+        model = env.build(counts)
+        before = env.evaluate(model).accuracy
+        if rows and before < min_accuracy:
+            continue
+        one_epoch = evaluate(train(copy.deepcopy(model), dataset, 1, 0.001, 0)[0], dataset.x_val, dataset.y_val)
+        tuned = [train(copy.deepcopy(model), dataset, epochs, 0.001, k) for k in range(finetune_seeds)]
+        rows.append({"policy": "uniform" if not rows else "random", "ratios": env.ratios(counts),
+                     "val_before": before, "val_after_one_epoch": one_epoch,
+                     "val_after": statistics.fmean(evaluate(m, dataset.x_val, dataset.y_val) for m, _ in tuned),
+                     "test_after": statistics.fmean(a for _, a in tuned)})
+        log(f"policy {len(rows)}: val {before:.4f} -> {rows[-1]['val_after']:.4f}, test {rows[-1]['test_after']:.4f}")
+    test = [r["test_after"] for r in rows]
+    correlations = {}
+    for score in ("val_before", "val_after_one_epoch", "val_after"):
+        rho, p = spearmanr([r[score] for r in rows], test) if len(rows) > 2 else (float("nan"), float("nan"))
+        correlations[score] = {"spearman": float(rho), "p": float(p)}
+    return {"budget": 0.5, "min_val_before": min_accuracy, "policies": rows, "spearman_with_test_after": correlations,
+            "uniform_rank_by_test": 1 + sum(t > test[0] for t in test[1:]),
+            "test_after_range": [min(test), max(test)]}
 
 
 def summarise(values: list[float]) -> dict:
@@ -134,7 +195,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = {"amc": "tab:red", "uniform": "tab:blue", "torch_pruning": "tab:green"}
+    colors = {"amc": "tab:red", "amc_train_images": "tab:orange", "uniform": "tab:blue", "torch_pruning": "tab:green"}
     unpruned = report["unpruned"]["finetuned_accuracy"]["mean"] * 100
     left.axhline(unpruned, color="gray", ls="--", label="unpruned (same fine-tuning)")
     for i, method in enumerate(METHODS):
@@ -142,7 +203,7 @@ def plot(report: dict, path: Path) -> None:
         for budget in BUDGETS:
             row = report["results"].get(f"{budget:.2f}", {}).get(method)
             if row and "accuracy" in row:
-                xs.append(statistics.fmean(row["flops_kept"]) * 100 + (i - 1) * 0.6)
+                xs.append(statistics.fmean(row["flops_kept"]) * 100 + (i - 1.5) * 0.6)
                 ys.append(row["accuracy"]["mean"] * 100)
                 es.append(row["accuracy"]["std"] * 100)
         if xs:
@@ -173,9 +234,12 @@ def goals(report: dict) -> dict:
     for budget in BUDGETS:
         row = results.get(f"{budget:.2f}", {})
         if "accuracy" in row.get("amc", {}) and "accuracy" in row.get("uniform", {}):
-            gap = (row["amc"]["accuracy"]["mean"] - row["uniform"]["accuracy"]["mean"]) * 100
+            amc, uniform = row["amc"]["accuracy"], row["uniform"]["accuracy"]
+            gap = (amc["mean"] - uniform["mean"]) * 100
+            error = 100 * math.sqrt(sum(a["std"] ** 2 / len(a["values"]) for a in (amc, uniform)))
             out[f"AMC - uniform accuracy at {budget:.0%} FLOPs (points)"] = {"value": gap, "target": 0.0,
-                                                                             "met": gap >= 0.0}
+                                                                             "met": gap >= 0.0,
+                                                                             "standard_error": error}
     half = results.get("0.50", {})
     if "accuracy" in half.get("amc", {}):
         drop = (unpruned - half["amc"]["accuracy"]["mean"]) * 100
@@ -199,6 +263,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="random episodes first (the paper: 100)")
     parser.add_argument("--base-epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunings per pruned network (averaged)")
+    parser.add_argument("--study", type=int, default=30, help="policies in the policy study at 50 %% (0: none)")
     parser.add_argument("--width", type=float, default=MODEL[1]["width"], help="width multiplier of the network")
     parser.add_argument("--head", type=int, default=MODEL[1]["head"], help="channels of the 1x1 head convolution")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
@@ -209,10 +275,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 8, 4, 1, 1
+        args.finetune_seeds, args.study = 1, 3
         args.rounds, args.repeats, args.tune_trials = 2, 20, 0
     torch.set_num_threads(TRAIN_THREADS)
     started = time.perf_counter()
-    dataset = load_dataset("digits")
+    dataset = load_dataset("digits", validation=VALIDATION)
+    training_images = dataclasses.replace(dataset, x_val=None, y_val=None)  # the pass without a validation split
     shape = tuple(dataset.input_shape)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -224,10 +292,14 @@ def main() -> None:
     base_flops = flops(base, shape)
     report: dict = {
         "goals": {},
-        "machine": {"platform": platform.platform(), "threads": THREADS, "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "cpu": host_cpu(), "threads": THREADS,
+                    "float_lanes": MULTIPLE, "torch": torch.__version__},
         "settings": {"model": {"family": family, **options}, "budgets": BUDGETS, "seeds": args.seeds,
                      "episodes": args.episodes, "warmup": args.warmup, "base_epochs": args.base_epochs,
                      "finetune_epochs": args.finetune_epochs, "finetune_optimizer": "adam(lr=0.001), cosine",
+                     "finetune_seeds": args.finetune_seeds, "validation": VALIDATION,
+                     "samples": {"train": len(dataset.y_train), "validation": len(dataset.y_val),
+                                 "test": len(dataset.y_test)},
                      "multiple": MULTIPLE, "reward": "acc", "reconstruct": True, "val_samples": 500,
                      "lowering": ("default schedules; unpruned and amc@0.50 also MetaSchedule "
                                   f"({args.tune_trials} trials/task, <= {args.tune_minutes:g} min per network)"
@@ -243,10 +315,15 @@ def main() -> None:
         report["seconds"] = time.perf_counter() - started
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
+    def finetuned(model: torch.nn.Module, seed: int) -> float:
+        """Mean test accuracy over `--finetune-seeds` identical fine-tunings of `model`."""
+        return statistics.fmean(train(copy.deepcopy(model), dataset, args.finetune_epochs, 0.001,
+                                      seed * 1000 + k)[1] for k in range(args.finetune_seeds))
+
     controls = []
     for seed in range(args.seeds):
         log(f"unpruned + the same fine-tuning, seed {seed}")
-        controls.append(train(copy.deepcopy(base), dataset, args.finetune_epochs, 0.001, seed)[1])
+        controls.append(finetuned(base, seed))
     report["unpruned"]["finetuned_accuracy"] = summarise(controls)
     save()
 
@@ -257,8 +334,9 @@ def main() -> None:
         for seed in range(args.seeds):
             config = AmcConfig(budgets={"flops": budget}, episodes=args.episodes, warmup=args.warmup,
                                multiple=MULTIPLE, seed=seed)
-            env = make_env(base, dataset, config)
+            envs = {"validation": make_env(base, dataset, config), "training": make_env(base, training_images, config)}
             for method in METHODS:
+                env = envs["training" if method == "amc_train_images" else "validation"]
                 t0 = time.perf_counter()
                 extra: dict = {}
                 if method == "torch_pruning":
@@ -268,18 +346,20 @@ def main() -> None:
                         continue
                     val = env.evaluate(pruned).accuracy
                 else:
-                    strategy = "ddpg" if method == "amc" else "uniform"
+                    strategy = "uniform" if method == "uniform" else "ddpg"
                     result = run_amc(base, dataset, dataclasses.replace(config, strategy=strategy), env=env)
                     pruned, val = result.model, result.info["accuracy"]
                     extra = {"ratios": result.ratios}
-                    if method == "amc":
+                    if strategy == "ddpg":
                         extra["best_episode_reward"] = result.info["reward"]
                         extra["rewards"] = [h["reward"] for h in result.history]
                 search_seconds = time.perf_counter() - t0
                 kept = flops(pruned, shape) / base_flops
-                if seed == 0:
+                if seed == 0 and method in LOWERED:
                     seed0_models[f"{method}@{budget:.2f}"] = copy.deepcopy(pruned).eval()
-                tuned, accuracy = train(pruned, dataset, args.finetune_epochs, 0.001, seed)
+                if method == "amc_train_images":  # scored on the validation split like the others, for the table
+                    val = envs["validation"].evaluate(pruned).accuracy
+                accuracy = finetuned(pruned, seed)
                 log(f"{budget:.0%} FLOPs, seed {seed}, {method}: kept {kept:.3f}, val before fine-tuning "
                     f"{val:.3f}, test after {accuracy:.4f} (search {search_seconds:.0f} s)")
                 row = rows[method]
@@ -292,6 +372,13 @@ def main() -> None:
                     row["accuracy"] = summarise(row["accuracy_values"])
                 report["results"][f"{budget:.2f}"] = rows
                 save()
+
+    if args.study:
+        log(f"policy study: {args.study} policies at 50 % FLOPs")
+        study_env = make_env(base, dataset, AmcConfig(budgets={"flops": 0.5}, multiple=MULTIPLE, seed=0))
+        report["policy_study"] = policy_study(study_env, dataset, args.study, args.finetune_epochs,
+                                              args.finetune_seeds)
+        save()
 
     with tempfile.TemporaryDirectory(prefix="adl-bench-amc-") as tmp:
         tune = (TuneRequest(args.tune_trials, args.tune_minutes, root=Path(tmp) / "tuning")
