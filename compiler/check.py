@@ -227,7 +227,8 @@ class _Checker:
             self.error("'validation' must leave samples for training (0 <= validation < 1)", setting.value.span)
             return None
         return DataSpec(source=source, path=path, split=values.get("split", 0.8), seed=values.get("seed", 0),
-                        validation=values.get("validation", 0.0), image_size=size, grayscale=values.get("grayscale", False), span=block.span)
+                        validation=values.get("validation", 0.0), image_size=size,
+                        grayscale=values.get("grayscale", False), span=block.span)
 
     def model(self, block: ast.Block) -> ModelSpec | None:
         family, settings = self._head_choice(block, MODEL_FAMILIES, "model family")

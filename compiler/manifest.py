@@ -36,7 +36,7 @@ def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: S
         "output": {"shape": [1, spec.task.classes], "meaning": "class logits"},
         "data": {"source": spec.data.source, "fingerprint": dataset.fingerprint(),
                  "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test),
-                 "validation_samples": len(dataset.y_val) if getattr(dataset, "has_validation", False) else 0},
+                 "validation_samples": len(dataset.y_val) if dataset.has_validation else 0},
         "pipeline": str(pipeline),
         "library": library,
         "tuning": {"method": spec.target.tune.name, **spec.target.tune.as_dict(),

@@ -57,9 +57,15 @@ class Dataset:
 
         Training images are a weak judge on small data: the network has fit them, so most good
         policies score the same (0.998 on digits) and a reward cannot rank them."""
-        x, y = (self.x_val, self.y_val) if self.has_validation else (self.x_train, self.y_train)
-        order = np.random.default_rng(seed).permutation(len(y))[:samples]
-        return np.ascontiguousarray(x[order]), np.ascontiguousarray(y[order])
+        if not self.has_validation:
+            return self.training_sample(samples, seed)
+        order = np.random.default_rng(seed).permutation(len(self.y_val))[:samples]
+        return np.ascontiguousarray(self.x_val[order]), np.ascontiguousarray(self.y_val[order])
+
+    def training_sample(self, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `samples` training samples, drawn by `seed` (what least-squares reconstruction fits on)."""
+        order = np.random.default_rng(seed).permutation(len(self.y_train))[:samples]
+        return np.ascontiguousarray(self.x_train[order]), np.ascontiguousarray(self.y_train[order])
 
     def with_validation(self, fraction: float, seed: int) -> "Dataset":
         """This dataset with `fraction` of its training split held out as the validation split,

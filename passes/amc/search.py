@@ -45,12 +45,6 @@ class AmcResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # per episode
 
 
-def training_sample(dataset: Any, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded subset of the training split (what least-squares reconstruction fits on)."""
-    order = np.random.default_rng(seed).permutation(len(dataset.x_train))[:samples]
-    return np.ascontiguousarray(dataset.x_train[order]), np.asarray(dataset.y_train[order])
-
-
 def accuracy_on(x: np.ndarray, y: np.ndarray) -> Callable[[torch.nn.Module], PolicyScore]:
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -81,7 +75,7 @@ def make_env(model: torch.nn.Module, dataset: Any, config: AmcConfig,
     graph = ChannelGraph(model, (1, *dataset.input_shape))
     x_val, y_val = dataset.scoring_sample(config.val_samples, config.seed)
     resources = Resources(graph.layer_table(), config.budgets, latency)
-    reconstructor = (Reconstructor(graph, training_sample(dataset, config.val_samples, config.seed)[0],
+    reconstructor = (Reconstructor(graph, dataset.training_sample(config.val_samples, config.seed)[0],
                                    seed=config.seed) if config.reconstruct else None)
     return AmcEnv(graph, resources, accuracy_on(x_val, y_val), reward=config.reward, min_keep=config.min_keep,
                   multiple=config.multiple, criterion=config.criterion, reconstruct=reconstructor)

@@ -60,7 +60,7 @@ class SearchData:
         trained on) or, without one, of the training split; activation ranges are calibrated on
         other training images."""
         order = np.random.default_rng(seed).permutation(len(dataset.y_train))
-        if getattr(dataset, "has_validation", False):
+        if dataset.has_validation:
             x_val, y_val = dataset.scoring_sample(val_samples, seed)
             calibration = order[:calibration_samples]
         else:

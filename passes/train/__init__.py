@@ -112,7 +112,7 @@ def finetune(model: Any, ctx: PassContext, options: Mapping[str, Any]) -> Any:
 def scoring_images_note(pass_name: str, dataset: Any, samples: int) -> str:
     """The log line of a pass that scores its choices after training (amc, haq): on how many
     images, and whether the network has trained on them."""
-    if getattr(dataset, "has_validation", False):
+    if dataset.has_validation:
         return f"{pass_name}: scoring policies on {min(samples, len(dataset.y_val))} validation images"
     return (f"{pass_name}: scoring policies on {min(samples, len(dataset.y_train))} training images, which the "
             f"network has fit (`data {{ validation = 15 % }}` holds images out for a sharper reward)")

@@ -122,7 +122,7 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
                 scheduler.step()
             history.append({"epoch": epoch + 1, "loss": total_loss / len(order),
                             "train_accuracy": correct / len(order), "lr": lr})
-            if getattr(dataset, "has_validation", False):
+            if dataset.has_validation:
                 history[-1]["val_accuracy"] = evaluate(model, dataset.x_val, dataset.y_val)
             _save_atomic({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict() if scheduler is not None else None,

@@ -78,4 +78,6 @@ def test_scoring_sample_prefers_the_validation_split(digits, held_out):
     x_train, y_train = digits.scoring_sample(100, seed=3)  # no validation split: training images
     assert rows(x_train) <= rows(digits.x_train) and len(y_train) == 100
     assert np.array_equal(digits.scoring_sample(100, seed=3)[1], y_train)
+    assert np.array_equal(digits.training_sample(100, seed=3)[1], y_train)  # the same draw
+    assert rows(held_out.training_sample(100, seed=3)[0]) <= rows(held_out.x_train)  # never validation images
     assert not np.array_equal(digits.scoring_sample(100, seed=4)[1], y_train)

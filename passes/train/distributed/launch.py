@@ -97,7 +97,7 @@ def train_distributed(model: nn.Module, dataset: Any, config: Mapping[str, Any],
     strategy = config["distributed"]
     job = worker.Job(model=model, x_train=dataset.x_train, y_train=dataset.y_train, config=dict(config), seed=seed,
                      state_dir=Path(state_dir), timeout_s=float(strategy.get("timeout", 60.0)),
-                     x_val=getattr(dataset, "x_val", None), y_val=getattr(dataset, "y_val", None))
+                     x_val=dataset.x_val, y_val=dataset.y_val)
     if attached():
         outcome = _run_attached(job, progress, log)
     else:
