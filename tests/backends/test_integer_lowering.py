@@ -50,6 +50,30 @@ class IntegerNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def near_rounding_ties(model: nn.Module, x: np.ndarray, ulps: int = 4) -> np.ndarray:
+    """(N,) bool: the samples with a quantized activation within `ulps` float32 ulps of a rounding tie
+    of round(x / s). There the library and PyTorch may pick codes one apart: the library fuses
+    acc * rescale + bias and the multiplication by 1/s into its kernels (FMA, one rounding), PyTorch
+    rounds each op, and an ulp decides which way the tie goes."""
+    near = np.zeros(len(x), bool)
+
+    def check(module, inputs):
+        codes = inputs[0].detach().numpy().astype(np.float64) * module.inverse_scale
+        distance = np.abs(codes - np.floor(codes) - 0.5)  # to the nearest tie, in codes
+        slack = ulps * np.finfo(np.float32).eps * np.abs(codes)  # `ulps` float32 ulps of x / s
+        near[:] |= (distance <= slack).reshape(len(codes), -1).any(1)
+
+    handles = [m.register_forward_pre_hook(check) for m in model.modules()
+               if isinstance(m, (IntegerConv2d, IntegerLinear))]
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return near
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     model = IntegerNet().eval()
@@ -75,7 +99,13 @@ def test_the_library_agrees_with_the_eager_integer_model(built):
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     out = CompiledLibrary(path, info.input_shape, num_threads=1).run(x)
-    assert np.abs(out - expected).max() < 1e-4
+    # the integer parts are exact and the float32 parts (rescale, mean) round within ~1e-7 of logits < 0.4
+    # (measured 3e-8, and 0 for a target without FMA); a sample with an activation within a few ulps of a
+    # rounding tie may get a code one apart (up to 0.2 * |w| ~ 0.04 on a logit, through the 4-bit fc): like
+    # `lower`, hold those to the top-1 class only (the smallest top-2 margin here is 0.05)
+    near = near_rounding_ties(model, x)
+    assert near.sum() <= len(x) // 4, f"{near.sum()} of {len(x)} samples near a tie: too few left to compare"
+    assert np.abs(out - expected)[~near].max() < 1e-4
     assert np.array_equal(out.argmax(1), expected.argmax(1))
 
 

@@ -17,7 +17,7 @@ task classify { classes = 10 }
 data digits { split = 0.8  seed = 0 }
 model cnn(channels = [8, 16], hidden = 32)
 TARGET
-constraints { accuracy >= 50 % }
+constraints { accuracy >= 40 % }
 pipeline { train { epochs = 2 } lower { repeats = 10 } }
 """
 
@@ -71,7 +71,9 @@ def test_a_compile_for_an_rpc_device_measures_there_and_prices_with_its_table(se
     assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["metrics"]["latency"]["where"] == f"rpc://{tracker} key=board"
-    assert manifest["metrics"]["accuracy"] >= 0.5
+    # 2 epochs reach 0.52..0.68 over 15 seeds (mean 0.63, sd 0.045; another CPU's rounding is another
+    # trajectory): 0.4 is 5 sd below that and far above chance (0.10 +- 0.016); so is the spec's budget
+    assert manifest["metrics"]["accuracy"] >= 0.4
     cost = manifest["cost_model"]
     assert cost["name"] == "measured" and cost["predicted_latency_s"] > 0 and cost["measured_over_predicted"] > 0
     (table,) = (tmp_path / "lut").glob("*.json")

@@ -35,7 +35,10 @@ def test_nas_finds_an_architecture_that_the_pipeline_trains_and_lowers(tmp_path)
     nas = manifest["metrics"]["nas"]
     assert nas["strategy"] == "proxyless" and len(nas["genotype"]["blocks"]) == 2 and len(nas["history"]) == 2
     assert nas["budget_met"] is True and nas["predicted_latency_s"] <= 50e-3 and nas["latency_budget_s"] == 50e-3
-    assert manifest["metrics"]["accuracy"] > 0.1
+    # chance is 0.10 +- 0.016 on 359 test samples, so > 0.1 could not tell learning from guessing; over 12 seeds
+    # (another CPU's rounding is another trajectory) this search + 2 epochs reached 0.29..0.51 (mean 0.41, sd
+    # 0.07; this seed 0.29): 0.18 is chance + 5 standard errors and the mean - 3 sd
+    assert manifest["metrics"]["accuracy"] > 0.18
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## `nas`" in report and "Strategy `proxyless`" in report
     for block, op in enumerate(nas["genotype"]["blocks"]):
@@ -67,7 +70,9 @@ def test_a_darts_cell_search_is_trained_and_lowered_through_tvm(tmp_path):
     assert [len(node) for node in nas["genotype"]["normal"]] == [2, 2]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "normal cell:" in report and ", ".join(nas["genotype"]["reduce"][1]) in report
-    assert manifest["metrics"]["accuracy"] > 0.1  # the library agreed with PyTorch (lower verifies it) and learned
+    # the library agreed with PyTorch (lower verifies it) and learned: over 8 seeds 0.84..0.94 (mean 0.89,
+    # sd 0.03); chance is 0.10 +- 0.016
+    assert manifest["metrics"]["accuracy"] > 0.5
 
 
 def test_single_path_strategies_refuse_the_cell_space_before_searching(tmp_path, capsys):

@@ -107,6 +107,8 @@ def test_the_pruned_model_computes_the_masked_original(name):
         keep = random_keep(graph, seed)
         pruned, masked = graph.prune(keep), graph.masked(keep)
         with torch.no_grad():
+            # the same sums without the masked (zero) terms, which oneDNN may block and order differently:
+            # float32 rounding of outputs below 1, ~1e-7 (often exactly equal)
             np.testing.assert_allclose(pruned(x).numpy(), masked(x).numpy(), atol=1e-5, rtol=1e-4)
             assert not np.allclose(masked(x).numpy(), model(x).numpy(), atol=1e-4)  # pruning did change something
         assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
@@ -326,7 +328,9 @@ def test_least_squares_reconstruction_refits_the_next_layer():
         kept = (torch.tensor([0, 2, 3, 5, 7, 8, 11])[:, None] * 9 + torch.arange(9)).reshape(-1)
         expected = torch.linalg.lstsq(patches[:, kept], outputs).solution.T.reshape(6, 7, 3, 3)
     refitted = reconstructor("2", model[2].weight.detach(), torch.tensor([0, 2, 3, 5, 7, 8, 11]))
-    np.testing.assert_allclose(refitted.numpy(), expected.float().numpy(), atol=2e-3)
+    # both solve in float64 (rounding ~1e-13); they differ by the closed form's ridge, 1e-6 x the Gram matrix's
+    # mean diagonal, which moves the weights (|w| <= 0.19) by ~1e-6 x the condition: measured 7.8e-7
+    np.testing.assert_allclose(refitted.numpy(), expected.float().numpy(), rtol=0, atol=1e-5)
     assert refit < 0.7 * plain
 
 

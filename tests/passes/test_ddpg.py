@@ -4,6 +4,7 @@ decays its noise, soft-updates its targets and normalises rewards with a moving 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -47,9 +48,15 @@ def test_the_agent_learns_a_state_dependent_action():
     agent = DDPGAgent(3, small_config())
     result = search(Targets(), agent, 200)
     greedy, _ = run_episode(Targets(), agent, None)
-    np.testing.assert_allclose(greedy.actions, TARGETS, atol=0.2)
+    # A run that rounds differently (another CPU's matmuls) follows another trajectory; over 30 seeds
+    # 200 episodes end 0.03..0.24 from the targets (mean 0.13, sd 0.05) with rewards 0.91..1.00 (mean
+    # 0.97, sd 0.02), always ordered like the targets. The best state-independent policy (0.517 everywhere)
+    # earns 0.849 and is unordered: the order and a reward >= 0.88 (mean - 4 sd) tell learning apart.
+    a = greedy.actions
+    assert a[0] < a[2] < a[1], a  # ordered like TARGETS: the action depends on the state
+    np.testing.assert_allclose(greedy.actions, TARGETS, atol=0.3)  # mean + 3 sd
     random_rewards = [e.reward for e in result.history[:30]]  # the warm-up: uniform random actions
-    assert greedy.reward >= 0.9 and greedy.reward > np.mean(random_rewards) + 0.2
+    assert greedy.reward >= 0.88 and greedy.reward > np.mean(random_rewards) + 0.2
     assert result.best.reward >= greedy.reward - 0.05
 
 
@@ -75,7 +82,8 @@ def test_warmup_actions_are_uniform_and_exploration_stays_in_bounds():
     state = np.eye(3, dtype=np.float32)[0]
     warm = [agent.act(state, 0) for _ in range(2000)]
     assert 0.2 <= min(warm) and max(warm) <= 0.9
-    assert np.mean(warm) == pytest.approx(0.55, abs=0.02)  # uniform on [0.2, 0.9]
+    # uniform on [0.2, 0.9]: sd 0.7 / sqrt(12) = 0.20, standard error of 2000 draws 0.0045; 0.02 is 4.4 of them
+    assert np.mean(warm) == pytest.approx(0.55, abs=0.02)
     explored = [agent.act(state, 10) for _ in range(500)]
     assert 0.2 <= min(explored) and max(explored) <= 0.9
     assert agent.sigma(10) == pytest.approx(0.3) and agent.sigma(20) == pytest.approx(0.3 * 0.98 ** 10)
@@ -85,9 +93,18 @@ def test_warmup_actions_are_uniform_and_exploration_stays_in_bounds():
 def test_truncated_normal_matches_its_moments_and_bounds():
     rng = np.random.default_rng(0)
     samples = np.array([truncated_normal(0.5, 0.1, 0.0, 1.0, rng) for _ in range(4000)])
-    assert samples.mean() == pytest.approx(0.5, abs=0.01) and samples.std() == pytest.approx(0.1, abs=0.01)
+    # 5 standard errors: of the mean sigma / sqrt(n) = 0.0016, of the standard deviation sigma / sqrt(2n) = 0.0011
+    assert samples.mean() == pytest.approx(0.5, abs=5 * 0.1 / math.sqrt(4000))
+    assert samples.std() == pytest.approx(0.1, abs=5 * 0.1 / math.sqrt(2 * 4000))
     edge = np.array([truncated_normal(1.2, 0.2, 0.0, 1.0, rng) for _ in range(2000)])
-    assert edge.max() <= 1.0 and edge.min() >= 0.0 and edge.mean() > 0.8
+    # N(1.2, 0.2^2) truncated to [0, 1] has mean mu - sigma (pdf(b) - pdf(a)) / (cdf(b) - cdf(a)) = 0.895 and
+    # sd 0.089 (clipping instead of truncating would give 0.98): 5 standard errors of 2000 draws, 0.01
+    a, b = (0.0 - 1.2) / 0.2, (1.0 - 1.2) / 0.2
+    pdf = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    cdf = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    assert edge.max() <= 1.0 and edge.min() >= 0.0
+    truncated_mean = 1.2 - 0.2 * (pdf(b) - pdf(a)) / (cdf(b) - cdf(a))
+    assert edge.mean() == pytest.approx(truncated_mean, abs=5 * 0.089 / math.sqrt(2000))
     assert truncated_normal(7.0, 0.01, 0.0, 1.0, rng) == 1.0
 
 

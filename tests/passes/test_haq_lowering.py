@@ -38,6 +38,9 @@ def test_integer_conv_computes_what_the_fake_quantized_conv_simulates(conv, bits
     x = torch.randn(2, conv["in_channels"], 9, 9) * 2
     # an asymmetric range, so the zero point is not in the middle and padding must use it
     fake, integer = fake_and_integer(layer, *bits, lo=-1.0, hi=3.0)
+    # the integer sum is exact, the fake one rounds ~27 products of |.| < 1 in float32: ~1e-6 on |y| < 4. The
+    # two quantize x / s and x * (1/s), which pick codes one apart within ~1e-7 of a rounding tie; the inputs
+    # here are >= 1e-4 codes from one (measured), a margin no float32 rounding closes
     with torch.no_grad():
         assert torch.allclose(integer(x), fake(x), atol=1e-5, rtol=1e-5)
 
@@ -113,6 +116,9 @@ def test_deployable_model_runs_in_integer_arithmetic_where_it_can_and_says_why_n
     assert "wider than int8" in decisions[2].reason
     with torch.no_grad():
         agree = (deployed(samples).argmax(1) == fake(samples).argmax(1)).float().mean()
+        # equal to float32 rounding (~1e-7 on |y| < 0.6) unless an activation is requantized one code apart
+        # (s * |w| ~ 1e-2): the nearest one to a rounding tie is 1.3e-4 codes away, 20x what the two paths'
+        # different float32 convolutions move it (measured 6e-6 codes)
         assert torch.allclose(deployed(samples), fake(samples), atol=1e-4)
     assert agree == 1.0
 

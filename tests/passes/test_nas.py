@@ -72,8 +72,10 @@ def test_gumbel_max_samples_follow_the_softmax_and_the_gate_is_one_with_a_gradie
     indices = np.asarray(jax.vmap(lambda k: gumbel_gates([alpha], k, 1.0)[0][0])(keys))
     frequencies = np.bincount(indices, minlength=4) / len(indices)
     expected = np.asarray(jax.nn.softmax(alpha))
-    # binomial standard error at n = 4000 is <= 0.008: allow 4 of them
-    np.testing.assert_allclose(frequencies, expected, atol=0.032)
+    # each frequency is binomial: standard error sqrt(p (1 - p) / n), 0.008 for p = 0.47 down to 0.004 for
+    # p = 0.06 at n = 4000; 4 of them each (a false alarm with probability ~2.5e-4 over the four)
+    stderr = np.sqrt(expected * (1 - expected) / len(indices))
+    assert np.all(np.abs(frequencies - expected) <= 4 * stderr), (frequencies, expected)
 
     index, gates = gumbel_gates([alpha], jax.random.PRNGKey(2), 0.5)
     assert float(gates[0]) == pytest.approx(1.0)
@@ -209,8 +211,10 @@ def test_the_derived_module_is_recalibrated_so_that_eval_mode_normalises_like_th
     with torch.no_grad():
         ours = model(torch.from_numpy(x)).numpy()
     theirs = np.asarray(NET.derived_forward(params, jnp.asarray(x), [1, 2]))
-    # running variances are unbiased (n / (n - 1)), the supernet's batch variance is not
-    np.testing.assert_allclose(ours, theirs, rtol=2e-2, atol=2e-2)
+    # running variances are unbiased (n / (n - 1)), the supernet's batch variance is not: with n >= 256 * 4 * 4
+    # values per channel each of the 7 BatchNorms scales by ~1 - 1/(2n) = 1 - 1.2e-4, ~1e-3 in all (measured
+    # 9.3e-4; float32 rounding adds ~1e-6); statistics left at their initial values are off by > 0.1 (below)
+    np.testing.assert_allclose(ours, theirs, rtol=5e-3, atol=5e-3)
     untouched = NET.space.build(NET.architecture([1, 2])).eval()
     with torch.no_grad():
         assert np.max(np.abs(untouched(torch.from_numpy(x)).numpy() - theirs)) > 0.1
@@ -238,8 +242,10 @@ def test_the_shared_weights_learn_under_uniformly_sampled_paths():
     y = digits.target.astype(np.int32)
     config = SearchConfig(strategy="random", epochs=10, batch_size=32, lr=0.03, random_samples=1)
     result = Search(NET, LATENCY, config).run(x[:600], y[:600], x[600:900], y[600:900])
-    # measured 0.43 (a path trained alone: 0.74); without BatchNorm the supernet stayed at 0.10
-    assert result.history[-1]["val_accuracy"] > 0.3
+    # without BatchNorm the supernet stayed at 0.10, chance (+- 0.017 on 300 samples); a path trained alone
+    # reaches 0.74. Over 14 seeds (another CPU's rounding is another trajectory) 0.26..0.55, mean 0.40, sd
+    # 0.07: 0.2 is chance + 6 standard errors and the mean - 2.7 sd
+    assert result.history[-1]["val_accuracy"] > 0.2
 
 
 def test_warmup_epochs_train_the_weights_and_leave_the_architecture_alone():

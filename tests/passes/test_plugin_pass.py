@@ -53,7 +53,10 @@ def test_a_compile_runs_the_plugin_pass_between_train_and_lower(installed_pass, 
     t = manifest["metrics"]["temperature"]
     assert t["t"] > 0 and t["fitted_on"] + t["judged_on"] == manifest["data"]["test_samples"]
     assert manifest["metrics"]["max_abs_diff"] <= 1e-4  # the folded temperature is in the library
-    assert abs(manifest["metrics"]["accuracy"] - manifest["metrics"]["torch_accuracy"]) < 1e-9
+    # the library's logits are within max_abs_diff of PyTorch's, so a sample's class can differ only where
+    # its two top logits are within 2e-4 of each other: allow one such near-tie among the test samples
+    one_sample = 1 / manifest["data"]["test_samples"]
+    assert abs(manifest["metrics"]["accuracy"] - manifest["metrics"]["torch_accuracy"]) <= one_sample + 1e-12
     assert "## `temperature`" in (out / "report.md").read_text()
     assert t["after"]["nll"] <= t["before"]["nll"] + 1e-3  # one parameter fitted on 180 samples generalises
     assert "adl_temperature.py" in (tmp_path / "out.d").read_text()  # a plug-in's source is a dependency
