@@ -6,7 +6,9 @@ reference in docs/ and ``adl check`` read from one place.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -19,7 +21,7 @@ from adl.compiler.spec import (
 )
 from adl.dsl import ast
 from adl.dsl.errors import AdlError, Diagnostic
-from adl.dsl.parser import parse
+from adl.dsl.parser import MAX_SPEC_BYTES, parse
 
 if TYPE_CHECKING:
     from adl.hwmodels.registry import CostModelRegistry
@@ -55,13 +57,21 @@ class CostModelCalls(Mapping[str, Sequence[Option]]):
         return len(self.registry())
 
 
+# Upper bounds: generous, but a network within them can still be built and trained.
+MAX_CLASSES = 100_000
+MAX_WIDTH = 65_536  # channels, hidden units
+MAX_KERNEL = 31
+MAX_EXPAND = 64
+MAX_IMAGE_SIDE = 8192
+MAX_SEED = 2**32 - 1  # what numpy's and torch's seeds take
+
 TASKS: dict[str, tuple[Option, ...]] = {
-    "classify": (Option("classes", "int", doc="number of classes, e.g. `classes = 10`", low=2),),
+    "classify": (Option("classes", "int", doc="number of classes, e.g. `classes = 10`", low=2, high=MAX_CLASSES),),
 }
 
 _SPLIT = Option("split", "fraction", 0.8, "fraction of samples used for training (the rest is the test split)",
                 low=0.0, high=1.0)
-_SEED = Option("seed", "int", 0, "seed of the train/test and validation splits", low=0)
+_SEED = Option("seed", "int", 0, "seed of the train/test and validation splits", low=0, high=MAX_SEED)
 _VALIDATION = Option("validation", "fraction", 0.0,
                      "fraction of the training split held out, never trained on: amc and haq score their "
                      "policies on it (0: they score on training images)", low=0.0, high=1.0)
@@ -71,27 +81,30 @@ DATA_SOURCES: dict[str, tuple[Option, ...]] = {
     "npz": (_PATH, _SPLIT, _SEED, _VALIDATION),
     "cifar10": (_PATH, _SEED, _VALIDATION),
     "images": (_PATH, _SPLIT, _SEED, _VALIDATION,
-               Option("image_size", "int_list", None, "resize every image to [H, W]", low=1),
+               Option("image_size", "int_list", None, "resize every image to [H, W]", low=1, high=MAX_IMAGE_SIDE),
                Option("grayscale", "bool", False, "read images as one channel")),
 }
 
 MODEL_FAMILIES: dict[str, tuple[Option, ...]] = {
-    "mlp": (Option("hidden", "int_list", (64,), "widths of the hidden layers", low=1),),
-    "cnn": (Option("channels", "int_list", (16, 32), "output channels of each conv-BN-ReLU-pool stage", low=1),
-            Option("hidden", "int", 64, "width of the hidden fully connected layer (0: none)", low=0),
-            Option("kernel", "int", 3, "convolution kernel size", low=1)),
+    "mlp": (Option("hidden", "int_list", (64,), "widths of the hidden layers", low=1, high=MAX_WIDTH),),
+    "cnn": (Option("channels", "int_list", (16, 32), "output channels of each conv-BN-ReLU-pool stage", low=1,
+                   high=MAX_WIDTH),
+            Option("hidden", "int", 64, "width of the hidden fully connected layer (0: none)", low=0, high=MAX_WIDTH),
+            Option("kernel", "int", 3, "convolution kernel size", low=1, high=MAX_KERNEL)),
     "mobilenet": (Option("kernels", "int_list", (3, 3, 3, 3), "depthwise kernel of each inverted-residual block",
-                         low=1),
-                  Option("expand", "int_list", (1, 6, 6, 6), "expansion ratio of each block", low=1),
+                         low=1, high=MAX_KERNEL),
+                  Option("expand", "int_list", (1, 6, 6, 6), "expansion ratio of each block", low=1, high=MAX_EXPAND),
                   Option("channels", "int_list", None, "output channels of each block "
-                         "(default: 16, 24, 24, 32, 32, 48, ... for as many blocks as `kernels`)", low=1),
+                         "(default: 16, 24, 24, 32, 32, 48, ... for as many blocks as `kernels`)", low=1,
+                         high=MAX_WIDTH),
                   Option("strides", "int_list", None, "stride of each block (default: 1, 2, 1, 2, 1, 1, ...)",
                          low=1, high=2),
-                  Option("width", "float", 1.0, "width multiplier applied to all channels", low=0.05),
-                  Option("stem", "int", 16, "channels of the stem convolution", low=1),
-                  Option("head", "int", 64, "channels of the final 1x1 convolution", low=1)),
-    "resnet": (Option("blocks", "int_list", (2, 2, 2, 2), "basic blocks per stage (ResNet-18: [2, 2, 2, 2])", low=1),
-               Option("widths", "int_list", (64, 128, 256, 512), "channels of each stage", low=1)),
+                  Option("width", "float", 1.0, "width multiplier applied to all channels", low=0.05, high=64.0),
+                  Option("stem", "int", 16, "channels of the stem convolution", low=1, high=MAX_WIDTH),
+                  Option("head", "int", 64, "channels of the final 1x1 convolution", low=1, high=MAX_WIDTH)),
+    "resnet": (Option("blocks", "int_list", (2, 2, 2, 2), "basic blocks per stage (ResNet-18: [2, 2, 2, 2])", low=1,
+                      high=64),
+               Option("widths", "int_list", (64, 128, 256, 512), "channels of each stage", low=1, high=MAX_WIDTH)),
 }
 
 TARGET_OPTIONS: tuple[Option, ...] = (
@@ -103,9 +116,9 @@ TARGET_OPTIONS: tuple[Option, ...] = (
            "none, or metaschedule(trials = N per new task, minutes = M for the whole session)",
            calls={"none": (),
                   "metaschedule": (Option("trials", "int", 64, "measured candidates per task not yet in the "
-                                          "tuning database", low=1),
+                                          "tuning database", low=1, high=1_000_000),
                                    Option("minutes", "float", None, "stop tuning after this many minutes "
-                                          "(what was measured by then is used)", low=0.0))}),
+                                          "(what was measured by then is used)", low=0.0, high=10_080.0))}),
     Option("cost", "call", CallValue("roofline"),
            "the cost model that prices the target for passes and the manifest, e.g. "
            "roofline(gflops = 150, bandwidth = 25, overhead = 4 us) or bitserial(preset = edge); "
@@ -204,12 +217,9 @@ class _Checker:
             return None
         path = values.get("path")
         if path is not None:
-            resolved = (self.base_dir / path).resolve()
-            if not resolved.exists():
-                setting = next(s for s in settings if s.key == "path")
-                self.error(f"data path '{path}' does not exist", setting.value.span, f"looked for {resolved}")
+            path = self._data_path(path, next(s for s in settings if s.key == "path").value.span)
+            if path is None:
                 return None
-            path = str(resolved)
         size = values.get("image_size")
         if size is not None and len(size) not in (1, 2):
             setting = next(s for s in settings if s.key == "image_size")
@@ -229,6 +239,23 @@ class _Checker:
         return DataSpec(source=source, path=path, split=values.get("split", 0.8), seed=values.get("seed", 0),
                         validation=values.get("validation", 0.0), image_size=size,
                         grayscale=values.get("grayscale", False), span=block.span)
+
+    def _data_path(self, path: str, span: ast.Span) -> str | None:
+        """`path` resolved against the spec's folder, if something is there; else an error at `span`."""
+        try:
+            resolved = (self.base_dir / path).resolve()
+            found = resolved.exists()
+        except ValueError:  # a NUL byte
+            self.error(f"data path '{path}' cannot be used: it contains a NUL byte", span)
+            return None
+        except (OSError, RuntimeError) as err:  # too long, a symbolic link loop (RuntimeError before 3.13)
+            why = err.strerror if isinstance(err, OSError) and err.strerror else os.strerror(errno.ELOOP)
+            self.error(f"data path '{path}' cannot be used: {why}", span)
+            return None
+        if not found:
+            self.error(f"data path '{path}' does not exist", span, f"looked for {resolved}")
+            return None
+        return str(resolved)
 
     def model(self, block: ast.Block) -> ModelSpec | None:
         family, settings = self._head_choice(block, MODEL_FAMILIES, "model family")
@@ -276,8 +303,10 @@ class _Checker:
         rpc = values["rpc"]
         if rpc is not None:
             host, _, port = rpc.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                self.error(f'rpc must be "host:port", e.g. "127.0.0.1:9190"; got "{rpc}"', settings["rpc"].value.span)
+            valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
+            if not host or not valid_port:
+                shown = rpc if len(rpc) <= 60 else rpc[:57] + "..."
+                self.error(f'rpc must be "host:port", e.g. "127.0.0.1:9190"; got "{shown}"', settings["rpc"].value.span)
                 return False
         elif values["key"] is not None:
             self.error("`key` names a device at an RPC tracker: set `rpc` to the tracker's \"host:port\"",
@@ -429,14 +458,34 @@ def load_target(settings: str, filename: str = "<target>",
 
 def load_spec_file(path: str | os.PathLike[str], registry: PassRegistry | None = None,
                    cost_models: "CostModelRegistry | None" = None) -> Spec:
-    path = Path(path)
+    """Read, parse and check a spec file."""
+    return load_spec(read_spec_text(path), str(path), registry, cost_models)
+
+
+def read_spec_text(path: str | os.PathLike[str]) -> str:
+    """A spec file's text, or an `AdlError`: unreadable (no position), over MAX_SPEC_BYTES, not UTF-8 (at the byte).
+
+    Reads at most MAX_SPEC_BYTES + 1 bytes, so /dev/zero or a huge file costs nothing.
+    """
+    filename = str(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise AdlError.at(f"cannot read spec: {err.strerror if isinstance(err, OSError) else err}", None,
-                          filename=str(path)) from None
-    return load_spec(text, str(path), registry, cost_models)
+        with open(path, "rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
+    except OSError as err:
+        raise AdlError.at(f"cannot read spec: {err.strerror or type(err).__name__}", None, filename=filename) from None
+    except ValueError:  # open() refuses a NUL byte in a path
+        raise AdlError.at("cannot read spec: the path contains a NUL byte", None, filename=filename) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise AdlError.at(f"spec is larger than {MAX_SPEC_BYTES >> 20} MiB", None, filename=filename)
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        before = data[:err.start].decode("utf-8")
+        where = ast.Span.point(before.count("\n") + 1, len(before) - before.rfind("\n"))
+        raise AdlError.at(f"spec is not UTF-8 text: cannot decode byte 0x{data[err.start]:02x}", where,
+                          filename=filename, source=data.decode("utf-8", errors="replace")) from None
 
 
-__all__ = ["check", "load_spec", "load_spec_file", "load_target", "TASKS", "DATA_SOURCES", "MODEL_FAMILIES",
-           "TARGET_OPTIONS"]
+__all__ = ["check", "load_spec", "load_spec_file", "read_spec_text", "load_target", "TASKS", "DATA_SOURCES",
+           "MODEL_FAMILIES", "TARGET_OPTIONS"]

@@ -35,6 +35,8 @@ QUANTITY_WORDS = {
 }
 
 REQUIRED = object()
+NUMERIC_KINDS = ("int", "float", "fraction", "time", "bytes", "flops", "count", "int_list", "int_range")
+INT_LIMIT = 2**31 - 1  # the bound of an integer option that declares no `high` of its own
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -70,6 +72,23 @@ class Option:
     def required(self) -> bool:
         return self.default is REQUIRED
 
+    @property
+    def upper_bound(self) -> float | None:
+        """The declared `high`, or `INT_LIMIT` for an integer option that declares none."""
+        return INT_LIMIT if self.high is None and self.kind in ("int", "int_list", "int_range") else self.high
+
+    def describe_range(self) -> str:
+        """The accepted values of a number, e.g. ``1..1000`` or ``>= 0``; ``-`` where there is no bound
+        or the option is not a number."""
+        low, high = self.low, self.upper_bound
+        if self.kind not in NUMERIC_KINDS or (low is None and high is None):
+            return "-"
+        if low is None:
+            return f"<= {format_value(high)}"
+        if high is None:
+            return f">= {format_value(low)}"
+        return f"{format_value(low)}..{format_value(high)}"
+
     def describe_default(self) -> str:
         if self.required:
             return "(required)"
@@ -93,10 +112,11 @@ def _number_value(value: ast.Value, opt: Option) -> ast.Number:
 
 
 def _in_bounds(number: float, opt: Option, span: ast.Span, shown: str) -> None:
+    high = opt.upper_bound
     if opt.low is not None and number < opt.low:
         raise _fail(f"'{opt.name}' must be at least {format_value(opt.low)}, got {shown}", span)
-    if opt.high is not None and number > opt.high:
-        raise _fail(f"'{opt.name}' must be at most {format_value(opt.high)}, got {shown}", span)
+    if high is not None and number > high:
+        raise _fail(f"'{opt.name}' must be at most {format_value(high)}, got {shown}", span)
 
 
 def quantity_of(number: ast.Number, quantity: str, what: str) -> float:
@@ -114,8 +134,11 @@ def quantity_of(number: ast.Number, quantity: str, what: str) -> float:
     if unit_quantity != quantity:
         raise _fail(f"wrong unit '{number.unit}' for {what}: expected {QUANTITY_WORDS[quantity]}",
                     number.span)
+    value = float(number.value) * factor
+    if not math.isfinite(value):  # 1e300 GB
+        raise _fail(f"{what} is out of range: {number.text}", number.span)
     # 15 significant digits: 70 % is 0.7, not 0.7000000000000001 (which would print in pass strings)
-    return float(f"{number.value * factor:.15g}")
+    return float(f"{value:.15g}")
 
 
 def coerce(value: ast.Value, opt: Option) -> Any:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
+import re
+import sys
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -13,6 +16,9 @@ from adl.dsl.ast import Span
 from adl.dsl.errors import AdlError
 
 BLOCK_KEYWORDS = ("spec", "task", "data", "model", "target", "constraints", "pipeline")
+MAX_DEPTH = 32  # lists and calls nest at most this deep (the tree is transformed recursively)
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of text; 1 MiB is far past any real one
+BOM = "\ufeff"
 
 # How a terminal is named in an error message.
 _TERMINAL_WORDS = {
@@ -43,24 +49,66 @@ def _parser() -> Lark:
 
 
 def parse(text: str, filename: str = "<spec>") -> ast.SpecFile:
-    """Parse a whole spec into its AST (no semantic checks)."""
-    tree = _run(text, filename, "start")
-    items = _ToAst(text).transform(tree)
+    """Parse a whole spec into its AST (no semantic checks). A leading byte-order mark is skipped."""
+    text = text.removeprefix(BOM)
+    if len(text) > MAX_SPEC_BYTES:  # characters: at least as many bytes
+        raise AdlError.at(f"spec is larger than {MAX_SPEC_BYTES >> 20} MiB", None, filename=filename)
+    items = _transform(_run(text, filename, "start"), text, filename)
     return ast.SpecFile(items=tuple(items.children if isinstance(items, Tree) else items),
                         filename=filename, source=text)
 
 
 def parse_pipeline_text(text: str, filename: str = "<pipeline>") -> tuple[ast.Stage, ...]:
     """Parse the textual pipeline form, e.g. ``nas{strategy=proxyless},train,lower``."""
-    tree = _run(text, filename, "pipeline_text")
-    return tuple(_ToAst(text).transform(tree).children)
+    return tuple(_transform(_run(text, filename, "pipeline_text"), text, filename).children)
 
 
 def _run(text: str, filename: str, start: str) -> Tree:
+    _check_nesting(text, filename)
     try:
         return _parser().parse(text, start=start)
     except UnexpectedInput as err:
         raise _syntax_error(err, text, filename) from None
+
+
+def _transform(tree: Tree, text: str, filename: str):
+    """The AST of a parse tree; an `AdlError` raised by a rule (a number out of range) passes through."""
+    try:
+        return _ToAst(text, filename).transform(tree)
+    except VisitError as err:
+        if isinstance(err.orig_exc, AdlError):
+            raise err.orig_exc from None
+        raise
+
+
+# brackets outside strings and comments (an unterminated string runs to the end of its line)
+_BRACKETS = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[\[\]()]')
+
+
+def _check_nesting(text: str, filename: str) -> None:
+    """Refuse lists and calls nested deeper than MAX_DEPTH before parsing.
+
+    Parsing such text is slow and transforming its tree overflows Python's stack; a scan of
+    the brackets is cheap. The caret is on the first bracket too deep.
+    """
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        bracket = match.group()
+        if bracket in "[(":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line, column = _line_column(text, match.start())
+                raise AdlError.at(f"nesting deeper than {MAX_DEPTH} levels", Span.point(line, column),
+                                  filename=filename, source=text,
+                                  note=f"lists and calls may nest at most {MAX_DEPTH} deep")
+        elif bracket in "])":
+            depth = max(0, depth - 1)
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset, counting lines as the parser does (at \\n)."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset) + 1, offset - line_start + 1
 
 
 def _span_of(node: Tree | Token) -> Span:
@@ -84,20 +132,28 @@ def _unquote(literal: str) -> str:
     return "".join(out)
 
 
-def _number(token: Token) -> int | float:
+def _number(token: Token, source: str, filename: str) -> int | float:
+    """The value of a NUMBER token; one past a 64-bit float's range (1e999, 400 digits) is an error at it."""
     text = str(token)
+    value = float(text)
+    if not math.isfinite(value):
+        raise AdlError.at("number out of range", _span_of(token), filename=filename, source=source,
+                          note=f"numbers must be finite and at most {sys.float_info.max:.1e} in magnitude")
     if any(c in text for c in ".eE"):
-        return float(text)
-    return int(text)
+        return value
+    # below 1.8e308, so at most 309 digits once leading zeros go (int() refuses more than 4300)
+    digits = int(text.lstrip("+-").lstrip("0") or "0")
+    return -digits if text.startswith("-") else digits
 
 
 @v_args(meta=True)
 class _ToAst(Transformer):
     """One method per grammar rule; each builds the AST node with its span."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, filename: str) -> None:
         super().__init__()
         self._source = source
+        self._filename = filename
 
     @staticmethod
     def _span(meta) -> Span:
@@ -157,10 +213,12 @@ class _ToAst(Transformer):
     def quantity(self, meta, children):
         number, *unit = children
         text = self._source_text(meta)
-        return ast.Number(_number(number), str(unit[0]) if unit else None, self._span(meta), text)
+        value = _number(number, self._source, self._filename)
+        return ast.Number(value, str(unit[0]) if unit else None, self._span(meta), text)
 
     def range(self, meta, children):
-        low, high = (ast.Number(_number(t), None, _span_of(t), str(t)) for t in children)
+        low, high = (ast.Number(_number(t, self._source, self._filename), None, _span_of(t), str(t))
+                     for t in children)
         return ast.RangeValue(low, high, self._span(meta))
 
     def string(self, meta, children):
@@ -181,10 +239,10 @@ class _ToAst(Transformer):
         return tuple(children)
 
     def _source_text(self, meta) -> str:
-        lines = self._source.splitlines()
-        if meta.line == meta.end_line and meta.line <= len(lines):
-            return lines[meta.line - 1][meta.column - 1:meta.end_column - 1]
-        return ""
+        """The node's text as written (spread over lines: joined by single spaces); a slice of the
+        source, so that the texts of all numbers cost time linear in the source's length."""
+        text = self._source[meta.start_pos:meta.end_pos]
+        return text if meta.line == meta.end_line else " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,13 +301,15 @@ def _last_unclosed_brace(text: str) -> tuple[int, int] | None:
 
 
 def _offset(text: str, token: Token) -> int:
-    lines = text.split("\n")
-    return sum(len(line) + 1 for line in lines[:token.line - 1]) + token.column - 1
+    return token.start_pos if token.start_pos is not None else len(text)
 
 
 def _end_span(text: str) -> Span:
-    lines = text.splitlines() or [""]
-    return Span.point(len(lines), len(lines[-1]) + 1)
+    """Just past the last character (of the last line: a final newline starts none)."""
+    lines = text.split("\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    return Span.point(len(lines), len(lines[-1].removesuffix("\r")) + 1)
 
 
 def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AdlError:

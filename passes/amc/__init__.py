@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from adl.compiler.files import atomic_write_text
 from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
@@ -55,18 +56,18 @@ class AmcPass(Pass):
                low=0.0, high=1.0),
         Option("search", "name", "ddpg", "ddpg (the AMC agent) or uniform (one keep ratio for every layer)",
                choices=("ddpg", "uniform")),
-        Option("episodes", "int", 300, "search episodes (each prunes and scores one network)", low=1),
-        Option("warmup", "int", 100, "episodes of random actions before the agent acts", low=0),
+        Option("episodes", "int", 300, "search episodes (each prunes and scores one network)", low=1, high=1_000_000),
+        Option("warmup", "int", 100, "episodes of random actions before the agent acts", low=0, high=1_000_000),
         Option("reward", "name", "acc", "acc: validation accuracy; flops: -error * log(FLOPs)",
                choices=("acc", "flops")),
         Option("criterion", "name", "l1", "which channels a group keeps: largest L1 or L2 filter norm",
                choices=("l1", "l2")),
         Option("reconstruct", "bool", True, "refit the next layer's weights by least squares (AMC)"),
-        Option("min_keep", "fraction", 0.2, "no group keeps fewer than this fraction of its channels", low=0.01),
+        Option("min_keep", "fraction", 0.2, "no group keeps fewer than this fraction of its channels", low=0.01, high=1.0),
         Option("multiple", "int", None, "kept channel counts are multiples of this (default: the target's float32 "
-               "SIMD lanes, 8 on AVX2, 16 on AVX-512; docs/amc.md)", low=1),
+               "SIMD lanes, 8 on AVX2, 16 on AVX-512; docs/amc.md)", low=1, high=1024),
         Option("val_samples", "int", 500, "images that score policies: from the data's validation split, "
-               "else from the training split", low=10),
+               "else from the training split", low=10, high=10_000_000),
         *finetune_options(10, 0.001, "fine-tuning the pruned network"),
     )
     requires = ("trained",)
@@ -121,10 +122,9 @@ class AmcPass(Pass):
         else:
             ctx.log(scoring_images_note("amc", dataset, config.val_samples))
             result = run_amc(model, dataset, config, progress=ctx.progress, env=env)
-            tmp = policy_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"counts": [int(c) for c in result.counts], "info": result.info,
-                                       "unpruned_accuracy": result.unpruned_accuracy, "history": result.history}))
-            tmp.replace(policy_path)
+            atomic_write_text(policy_path, json.dumps({
+                "counts": [int(c) for c in result.counts], "info": result.info,
+                "unpruned_accuracy": result.unpruned_accuracy, "history": result.history}))
 
         pruned = result.model
         before = self._costs(env, env.resources.table.full_counts, ctx)

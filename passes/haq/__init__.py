@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from adl.compiler.files import atomic_path, atomic_write_text
 from adl.compiler.module import Module
 from adl.compiler.options import Option
 from adl.compiler.passes import Pass, PassContext, PassError
@@ -49,14 +50,14 @@ class HaqPass(Pass):
                f"(default: the spec's latency budget, else {DEFAULT_FRACTION})", low=0.0, high=1.0),
         Option("search", "name", "ddpg", "ddpg (the HAQ agent) or fixed (highest width, lowered until it fits)",
                choices=("ddpg", "fixed")),
-        Option("episodes", "int", 300, "search episodes (each quantizes and scores one network)", low=1),
-        Option("warmup", "int", 100, "episodes of random actions before the agent acts", low=0),
+        Option("episodes", "int", 300, "search episodes (each quantizes and scores one network)", low=1, high=1_000_000),
+        Option("warmup", "int", 100, "episodes of random actions before the agent acts", low=0, high=1_000_000),
         Option("calibration", "name", "percentile", "how activation ranges are calibrated",
                choices=("minmax", "percentile", "kl")),
         Option("mode", "name", "linear", "linear: per-channel integer codes; kmeans: shared centroids "
                "(HAQ's second mode, not lowered to integer arithmetic)", choices=("linear", "kmeans")),
         Option("val_samples", "int", 500, "images that score policies: from the data's validation split, "
-               "else from the training split", low=10),
+               "else from the training split", low=10, high=10_000_000),
         *finetune_options(5, 0.0005, "quantization-aware fine-tuning"),
     )
     requires = ("trained",)
@@ -116,13 +117,11 @@ class HaqPass(Pass):
         else:
             ctx.log(scoring_images_note("haq", dataset, config.val_samples))
             result = run_haq(model, layers, data, config, cost, budget, resource=resource, progress=ctx.progress)
-            tmp = policy_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({
+            atomic_write_text(policy_path, json.dumps({
                 "policy": [list(result.policy.weight_bits), list(result.policy.act_bits)],
                 "proposed": [list(result.proposed.weight_bits), list(result.proposed.act_bits)],
                 "accuracy": result.accuracy, "full_precision_accuracy": result.full_precision_accuracy,
                 "history": result.history}))
-            tmp.replace(policy_path)
         chosen = cost(result.policy)
         ctx.log(f"haq: {resource} {chosen / highest:.1%} of {high}-bit; validation accuracy "
                 f"{result.full_precision_accuracy:.4f} -> {result.accuracy:.4f} before fine-tuning")
@@ -135,9 +134,8 @@ class HaqPass(Pass):
         fake.eval()
         deployed, decisions, packed = deployable_model(fake, ctx.spec.target.kind)
         packed_path = ctx.output_dir() / PACKED_FILE
-        with open(packed_path.with_suffix(".tmp"), "wb") as handle:
-            np.savez(handle, **packed)
-        packed_path.with_suffix(".tmp").replace(packed_path)
+        with atomic_path(packed_path) as tmp:
+            np.savez(tmp, **packed)
 
         x_test = torch.from_numpy(np.ascontiguousarray(dataset.x_test, dtype=np.float32))
         with torch.inference_mode():

@@ -29,19 +29,19 @@ CELL_OPS = ("sep3", "sep5", "dil3", "dil5", "max3", "avg3", "skip", "none")
 SPACES: dict[str, tuple[Option, ...]] = {
     "mobilenet": (
         Option("blocks", "int", 4, "inverted-residual blocks searched", low=1, high=32),
-        Option("kernels", "int_list", (3, 5, 7), "depthwise kernel sizes a block may take"),
-        Option("expand", "int_list", (1, 3, 6), "expansion ratios a block may take"),
-        Option("width", "float", 1.0, "width multiplier of every block (not searched)", low=0.1),
+        Option("kernels", "int_list", (3, 5, 7), "depthwise kernel sizes a block may take", low=1, high=31),
+        Option("expand", "int_list", (1, 3, 6), "expansion ratios a block may take", low=1, high=64),
+        Option("width", "float", 1.0, "width multiplier of every block (not searched)", low=0.1, high=64.0),
         Option("skip", "bool", True, "blocks that keep their shape may be identity (depth search)"),
-        Option("stem", "int", 16, "channels of the stem convolution", low=1),
-        Option("head", "int", 64, "channels of the 1x1 head convolution", low=1),
+        Option("stem", "int", 16, "channels of the stem convolution", low=1, high=65536),
+        Option("head", "int", 64, "channels of the 1x1 head convolution", low=1, high=65536),
     ),
     "cells": (
         Option("nodes", "int", 4, "intermediate nodes per cell", low=1, high=8),
         Option("ops", "name_list", ("sep3", "sep5", "dil3", "max3", "avg3", "skip", "none"),
                "candidate ops of every edge", choices=CELL_OPS, noun="op"),
         Option("cells", "int", 3, "cells stacked (those at 1/3 and 2/3 reduce)", low=1, high=20),
-        Option("channels", "int", 8, "channels of the first cell's nodes", low=2),
+        Option("channels", "int", 8, "channels of the first cell's nodes", low=2, high=65536),
     ),
 }
 
@@ -55,22 +55,22 @@ class NasPass(Pass):
                calls=SPACES),
         Option("strategy", "name", "proxyless", "search strategy",
                choices=("darts", "gdas", "proxyless", "random")),
-        Option("epochs", "int", 30, "passes over the search's training part", low=1),
-        Option("batch_size", "int", 64, "samples per step", low=1),
+        Option("epochs", "int", 30, "passes over the search's training part", low=1, high=100_000),
+        Option("batch_size", "int", 64, "samples per step", low=1, high=65536),
         Option("lr", "float", None, "learning rate of the supernet's weights (Adam); default 0.01 for darts "
-               "(every op learns every step), 0.03 for single-path strategies (an op learns when sampled)", low=0.0),
+               "(every op learns every step), 0.03 for single-path strategies (an op learns when sampled)", low=0.0, high=100.0),
         Option("warmup", "int", None, "epochs training the weights alone on uniformly sampled paths before any "
-               "architecture step (ProxylessNAS's warm-up); default a third of the epochs, 0 for darts", low=0),
-        Option("arch_lr", "float", 0.01, "learning rate of the architecture parameters (Adam)", low=0.0),
-        Option("latency_weight", "float", 0.1, "lambda of lambda * log(expected latency)", low=0.0),
+               "architecture step (ProxylessNAS's warm-up); default a third of the epochs, 0 for darts", low=0, high=100_000),
+        Option("arch_lr", "float", 0.01, "learning rate of the architecture parameters (Adam)", low=0.0, high=100.0),
+        Option("latency_weight", "float", 0.1, "lambda of lambda * log(expected latency)", low=0.0, high=1e6),
         Option("budget", "bool", True, "also hold the expected latency under the spec's latency budget (a hinge)"),
         Option("order", "name", "first", "darts: first- or second-order (unrolled) architecture gradient",
                choices=("first", "second")),
         Option("estimator", "name", "two_path", "proxyless: architecture gradient estimator",
                choices=("two_path", "reinforce")),
-        Option("tau_max", "float", 10.0, "gdas: initial Gumbel-softmax temperature", low=1e-3),
-        Option("tau_min", "float", 0.1, "gdas: final temperature", low=1e-3),
-        Option("random_samples", "int", 50, "random: architectures scored with the shared weights", low=1),
+        Option("tau_max", "float", 10.0, "gdas: initial Gumbel-softmax temperature", low=1e-3, high=1e6),
+        Option("tau_min", "float", 0.1, "gdas: final temperature", low=1e-3, high=1e6),
+        Option("random_samples", "int", 50, "random: architectures scored with the shared weights", low=1, high=1_000_000),
     )
     requires = ()
     ensures = ("model", "architecture")

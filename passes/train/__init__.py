@@ -16,16 +16,16 @@ from adl.compiler.spec import CallValue
 from adl.passes.train.distributed import STRATEGIES
 
 OPTIMIZERS: dict[str, tuple[Option, ...]] = {
-    "adam": (Option("lr", "float", 0.003, "learning rate", low=0.0),
-             Option("weight_decay", "float", 0.0, "L2 penalty", low=0.0)),
-    "adamw": (Option("lr", "float", 0.003, "learning rate", low=0.0),
-              Option("weight_decay", "float", 0.01, "decoupled weight decay", low=0.0)),
-    "sgd": (Option("lr", "float", 0.05, "learning rate", low=0.0),
+    "adam": (Option("lr", "float", 0.003, "learning rate", low=0.0, high=100.0),
+             Option("weight_decay", "float", 0.0, "L2 penalty", low=0.0, high=1.0)),
+    "adamw": (Option("lr", "float", 0.003, "learning rate", low=0.0, high=100.0),
+              Option("weight_decay", "float", 0.01, "decoupled weight decay", low=0.0, high=1.0)),
+    "sgd": (Option("lr", "float", 0.05, "learning rate", low=0.0, high=100.0),
             Option("momentum", "float", 0.9, "momentum", low=0.0, high=1.0),
-            Option("weight_decay", "float", 0.0005, "L2 penalty", low=0.0),
+            Option("weight_decay", "float", 0.0005, "L2 penalty", low=0.0, high=1.0),
             Option("nesterov", "bool", True, "Nesterov momentum")),
     "l2o": (Option("weights", "path", "", "learned optimizer's weights (.npz); default: the shipped ones"),
-            Option("scale", "float", 1.0, "multiplier of the learned update (the schedule anneals it)", low=0.0)),
+            Option("scale", "float", 1.0, "multiplier of the learned update (the schedule anneals it)", low=0.0, high=100.0)),
 }
 
 
@@ -33,14 +33,14 @@ class TrainPass(Pass):
     name = "train"
     summary = "train the model on the spec's training split (PyTorch, CPU) and measure test accuracy"
     options = (
-        Option("epochs", "int", 30, "passes over the training split", low=1),
-        Option("batch_size", "int", 64, "samples per step", low=1),
+        Option("epochs", "int", 30, "passes over the training split", low=1, high=100_000),
+        Option("batch_size", "int", 64, "samples per step", low=1, high=65536),
         Option("optimizer", "call", CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
                "adam(...), adamw(...), sgd(...) or l2o(...) (a learned optimizer, docs/l2o.md)",
                calls=OPTIMIZERS),
         Option("schedule", "name", "cosine", "learning-rate schedule over the epochs",
                choices=("cosine", "constant")),
-        Option("label_smoothing", "fraction", 0.0, "label smoothing of the cross-entropy loss", high=0.5),
+        Option("label_smoothing", "fraction", 0.0, "label smoothing of the cross-entropy loss", low=0.0, high=0.5),
         Option("distributed", "call", CallValue("none"),
                "data-parallel workers: terngrad(workers, clip, error_feedback, timeout) or "
                "ddp(workers, compress = none|fp16|powersgd, rank, timeout); see docs/distributed.md",
@@ -89,8 +89,8 @@ class TrainPass(Pass):
 def finetune_options(epochs: int, lr: float, what: str) -> tuple[Option, ...]:
     """The options of a compression pass's fine-tuning (`finetune`, `batch_size`, `optimizer`),
     read by `finetune`; `what` names the fine-tuning in the option's help."""
-    return (Option("finetune", "int", epochs, f"epochs of {what} (0: none)", low=0),
-            Option("batch_size", "int", 64, "fine-tuning samples per step", low=1),
+    return (Option("finetune", "int", epochs, f"epochs of {what} (0: none)", low=0, high=100_000),
+            Option("batch_size", "int", 64, "fine-tuning samples per step", low=1, high=65536),
             Option("optimizer", "call", CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
                    "fine-tuning optimizer: adam(...), adamw(...), sgd(...) or l2o(...)", calls=OPTIMIZERS))
 

@@ -40,7 +40,8 @@ def test_python_dash_m_is_the_same_command():
 def test_passes_lists_every_pass_with_options(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
-    for text in ("train:", "lower:", "nas:", "amc:", "haq:", "epochs", "optimizer", "repeats", "tolerance", "requires: model"):
+    for text in ("train:", "lower:", "nas:", "amc:", "haq:", "epochs", "optimizer", "repeats", "tolerance",
+                 "requires: model", "range", "1..1000000"):
         assert text in out
 
 

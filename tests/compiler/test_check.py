@@ -82,10 +82,12 @@ def test_unreadable_spec_is_a_clean_error(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     from adl.compiler.check import load_spec_file
 
-    with pytest.raises(AdlError, match="cannot read spec"):
+    with pytest.raises(AdlError) as error:
         load_spec_file(path)
-    with pytest.raises(AdlError, match="cannot read spec"):
+    assert error.value.render().splitlines()[0] == f"{path}:1:1: error: spec is not UTF-8 text: cannot decode byte 0xff"
+    with pytest.raises(AdlError) as error:
         load_spec_file(tmp_path / "missing.adl")
+    assert error.value.render() == f"{tmp_path / 'missing.adl'}: error: cannot read spec: No such file or directory"
 
 
 def test_check_imports_no_torch_tvm_or_jax():

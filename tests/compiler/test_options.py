@@ -50,6 +50,31 @@ def test_bounds_are_enforced():
         coerce(ast.ListValue((num(1), num(3)), SPAN), Option("strides", "int_list", high=2))
 
 
+def test_an_integer_option_without_a_bound_of_its_own_stops_at_int_limit():
+    assert coerce(num(2**31 - 1), Option("dm", "int")) == 2**31 - 1
+    with pytest.raises(OptionError, match=r"^'dm' must be at most 2147483647, got 2147483648$"):
+        coerce(num(2**31), Option("dm", "int"))
+    with pytest.raises(OptionError, match="at most 2147483647"):
+        coerce(ast.ListValue((num(1), num(2**64)), SPAN), Option("hidden", "int_list"))
+    assert coerce(num(2**40), Option("big", "int", high=2**40)) == 2**40  # a declared bound wins
+
+
+@pytest.mark.parametrize("option, shown", [
+    (Option("epochs", "int", low=1, high=1000), "1..1000"),
+    (Option("dm", "int"), "<= 2147483647"),
+    (Option("lr", "float", low=0.0), ">= 0.0"),
+    (Option("scale", "float"), "-"),
+    (Option("schedule", "name", choices=("cosine",)), "-"),
+])
+def test_the_accepted_range_is_described_as_it_is_enforced(option, shown):
+    assert option.describe_range() == shown
+
+
+def test_a_quantity_past_the_float_range_is_an_error():
+    with pytest.raises(OptionError, match=r"^'x' is out of range: 1e\+300 GB$"):
+        coerce(num(1e300, "GB"), Option("x", "bytes"))
+
+
 @pytest.mark.parametrize("kind, value, text", [
     ("time", 2e-4, "0.0002s"), ("bytes", 64000.0, "64000.0B"), ("int_range", (2, 8), "2..8"),
     ("path", "a b.npz", '"a b.npz"'), ("bool", True, "true"), ("int_list", (3, 5), "[3,5]"),

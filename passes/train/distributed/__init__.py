@@ -16,18 +16,18 @@ from adl.compiler.options import Option
 _WORKERS = Option("workers", "int", 2, "worker processes started on this machine (under torchrun: its world size)",
                   low=1, high=256)
 _TIMEOUT = Option("timeout", "time", 60.0, "a worker that stops answering fails the others within this time",
-                  low=1.0)
+                  low=1.0, high=86_400.0)
 
 STRATEGIES: dict[str, tuple[Option, ...]] = {
     "none": (),
     "terngrad": (_WORKERS,
                  Option("clip", "float", 2.5, "clip gradients to c standard deviations before ternarizing (0 = off)",
-                        low=0.0),
+                        low=0.0, high=1000.0),
                  Option("error_feedback", "bool", False, "carry each worker's ternarization error to its next step"),
                  _TIMEOUT),
     "ddp": (_WORKERS,
             Option("compress", "name", "none", "none (fp32 all-reduce), fp16 or powersgd (torch's hooks)",
                    choices=("none", "fp16", "powersgd")),
-            Option("rank", "int", 1, "PowerSGD's matrix approximation rank", low=1),
+            Option("rank", "int", 1, "PowerSGD's matrix approximation rank", low=1, high=1024),
             _TIMEOUT),
 }
