@@ -56,7 +56,8 @@ def _train_only(argv: list[str], rank: int) -> None:
     from adl.cli import _parser
     from adl.compiler.check import load_spec_file
     from adl.compiler.checkpoint import CheckpointStore, root_key
-    from adl.compiler.driver import default_out_dir, initial_module, load_data, make_cost_model, run_pipeline
+    from adl.compiler.driver import (default_out_dir, initial_module, load_data, make_cost_model, prepare_cache,
+                                     run_pipeline)
     from adl.compiler.passes import PassContext
     from adl.compiler.pipeline import Pipeline
 
@@ -72,7 +73,7 @@ def _train_only(argv: list[str], rank: int) -> None:
     else:
         raise SystemExit(f"adl.train: the pipeline `{pipeline}` has no distributed `train` pass")
     out_dir = Path(args.out) if args.out else default_out_dir(spec)
-    cache_dir = (Path(args.cache) if args.cache else out_dir.parent / ".adl-cache") / f"rank{rank}"
+    cache_dir = prepare_cache(Path(args.cache) if args.cache else out_dir.parent / ".adl-cache") / f"rank{rank}"
     dataset = load_data(spec)
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=args.seed, load_dataset=lambda: dataset,
                       log=lambda message: print(f"rank {rank}: {message}", file=sys.stderr),

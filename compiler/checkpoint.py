@@ -1,16 +1,23 @@
-"""Per-pass checkpoints, keyed by a content hash of everything upstream, written atomically."""
+"""Per-pass checkpoints, keyed by a content hash of everything upstream, written atomically.
+
+A checkpoint is a sealed pickle (see `adl.compiler.seal`: a `Module` holds an arbitrary torch
+model, so it can only be a pickle, and a pickle this user's adl did not write is refused before
+it is unpickled). Beside the module it records the sha256 of every output file the module names
+(`Module.files`: the library, packed weights), so a file changed or truncated since is noticed
+when the checkpoint would be reused: the checkpoint is dropped and its pass runs again.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
 import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from adl.compiler import seal
+from adl.compiler.files import sha256_file
 from adl.compiler.module import Module
 from adl.compiler.spec import Spec
 
@@ -23,30 +30,51 @@ class CheckpointStore:
         return self.root / "checkpoints" / f"{key[:32]}.pkl"
 
     def load(self, key: str) -> Module | None:
-        """The module saved under `key`, or None; an unreadable file is reported and ignored."""
+        """The module saved under `key`, or None; a file that is foreign, unreadable or whose output
+        files changed is reported, deleted and treated as absent."""
         path = self.path(key)
         if not path.exists():
             return None
-        try:
-            with path.open("rb") as f:
-                module = pickle.load(f)
-        except Exception as err:
-            warnings.warn(f"adl: ignoring corrupt checkpoint {path} ({type(err).__name__}: {err})", stacklevel=2)
+        saved = self._read(path)
+        if saved is None:
+            return None
+        module, digests = saved
+        problem = _changed_output(module.files, digests)
+        if problem is not None:
+            warnings.warn(f"adl: cached output {problem}; rebuilding", stacklevel=2)
             path.unlink(missing_ok=True)
             return None
-        if not isinstance(module, Module) or any(not Path(p).exists() for p in module.files.values()):
-            return None  # a checkpoint whose output files were cleaned away is as good as none
         return module
 
+    @staticmethod
+    def _read(path: Path) -> tuple[Module, dict[str, str]] | None:
+        try:
+            saved = seal.load(path)
+            module, digests = saved["module"], saved["sha256"]
+            if not isinstance(module, Module) or not isinstance(digests, dict):
+                raise TypeError("not a checkpoint of this adl")
+        except seal.BadSeal:
+            warnings.warn(f"adl: refusing checkpoint {path}: not written by this user's adl (bad seal)", stacklevel=3)
+        except Exception as err:
+            warnings.warn(f"adl: ignoring corrupt checkpoint {path} ({type(err).__name__}: {err})", stacklevel=3)
+        else:
+            return module, digests
+        path.unlink(missing_ok=True)
+        return None
+
     def save(self, key: str, module: Module) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            pickle.dump(module, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        digests = {path: sha256_file(path) for path in module.files.values()}
+        seal.dump({"module": module, "sha256": digests}, self.path(key))
+
+
+def _changed_output(files: Mapping[str, str], digests: Mapping[str, str]) -> str | None:
+    """What is wrong with the first output file that differs from its recorded sha256, or None."""
+    for path in files.values():
+        if not Path(path).is_file():
+            return f"{path} is missing"
+        if digests.get(path) != sha256_file(path):
+            return f"{path} changed since it was written"
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from adl.compiler.files import atomic_write_text
 from adl.compiler.options import Option
 from adl.compiler.spec import CallValue, Spec
 
@@ -82,8 +83,4 @@ def render_depfile(output: str | os.PathLike[str], deps: Sequence[Path]) -> str:
 
 def write_depfile(path: str | os.PathLike[str], output: str | os.PathLike[str], deps: Sequence[Path]) -> None:
     """Write the depfile atomically (a build tool never reads half of one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_depfile(output, deps))
-    os.replace(tmp, path)
+    atomic_write_text(path, render_depfile(output, deps))

@@ -14,11 +14,11 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from adl.compiler.files import atomic_write_text
 from adl.compiler.spec import TargetSpec
 
 
@@ -77,9 +77,5 @@ def load_calibration(target: TargetSpec) -> dict[str, Any] | None:
 def save_calibration(target: TargetSpec, parameters: dict[str, Any]) -> Path:
     """Store `parameters` for `target` (atomically); returns the file."""
     path = calibration_path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"identity": target_identity(target), **parameters}, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"identity": target_identity(target), **parameters}, indent=1))
     return path

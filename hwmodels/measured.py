@@ -33,13 +33,13 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
+from adl.compiler.files import atomic_write_text
 from adl.compiler.layers import LayerDesc, group_layers
 from adl.compiler.options import Option
 from adl.compiler.spec import TargetSpec
@@ -113,15 +113,7 @@ class LatencyTable:
             self.overhead = overhead or self.overhead
             data = {"schema": SCHEMA, "identity": self.identity, "entries": dict(sorted(self.entries.items())),
                     "overhead": None if self.overhead is None else vars(self.overhead)}
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            atomic_write_text(self.path, json.dumps(data, indent=1))
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """Fixtures shared across the test folders.
 
-Every test runs with ``ADL_CACHE_DIR`` pointing at a private folder, so the user's roofline
-calibrations and latency tables neither leak into nor get written by the tests.
+Every test runs with ``ADL_CACHE_DIR`` and ``ADL_KEY_DIR`` pointing at private folders, so the
+user's roofline calibrations, latency tables and cache key neither leak into nor get written by
+the tests.
 
 `servers`: on loopback, a TVM RPC tracker with one RPC server registered under the key
 "board", and a second RPC server reached directly (no tracker), as subprocesses of their own
@@ -155,14 +156,42 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_measurement_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Tests never read or write the user's calibrations and latency tables (~/.cache/adl)."""
-    saved = os.environ.get("ADL_CACHE_DIR")
-    os.environ["ADL_CACHE_DIR"] = str(tmp_path_factory.mktemp("adl-cache"))
+    """Tests never read or write the user's calibrations, latency tables (~/.cache/adl) or
+    cache-sealing key (~/.config/adl/cache.key)."""
+    names = {"ADL_CACHE_DIR": "adl-cache", "ADL_KEY_DIR": "adl-key"}
+    saved = {name: os.environ.get(name) for name in names}
+    for name, folder in names.items():
+        os.environ[name] = str(tmp_path_factory.mktemp(folder))
     yield
-    if saved is None:
-        os.environ.pop("ADL_CACHE_DIR", None)
-    else:
-        os.environ["ADL_CACHE_DIR"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def private_key_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache-sealing key of this test's own (`ADL_KEY_DIR`), created on first use."""
+    folder = tmp_path / "key"
+    monkeypatch.setenv("ADL_KEY_DIR", str(folder))
+    return folder
+
+
+class _Planted:
+    """Unpickling it creates `marker`: what the code of a pickle planted in a cache would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture
+def planted() -> Callable[[Path], object]:
+    """`planted(marker)`: an object whose pickle, when loaded, creates the file `marker`."""
+    return _Planted
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ torch and tvm are imported when a build starts, not when this module is imported
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 import warnings
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from adl.compiler.files import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -59,6 +60,7 @@ class BuildInfo:
     tuning: dict | None = None  # TuningReport.as_dict() when MetaSchedule tuning was asked for
     cross_compiled: bool = False  # built for another machine: it cannot run here
     target: dict | None = None  # the TVM target used (the host's mcpu filled in when none was given)
+    notes: tuple[str, ...] = ()  # what made the library less than it could be (shown by `lower`)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def build_library(
 
     ``example_input`` has the batch axis first; only its first sample is used (the library is
     compiled for batch 1). ``target`` is a TVM target dict, e.g. ``{"kind": "llvm", "num-cores": 2}``.
-    The library is written atomically (a temporary file in the same folder, then ``os.replace``).
+    The library is written atomically (`adl.compiler.files.atomic_path`: a temporary file in the same folder, then a rename).
     The model itself is not modified.
 
     Raises :class:`LoweringError` naming the failed step (the original error is its
@@ -149,7 +151,7 @@ def build_library(
 
     import tvm
 
-    from adl.compiler.folding import fold_batchnorm
+    from adl.compiler.folding import fold_batchnorm_or_explain
     from adl.backends.tvm.integer_ops import import_exported
 
     out_path = Path(out_path)
@@ -158,10 +160,7 @@ def build_library(
     start = time.perf_counter()
     fcompile = cross_compiler_for(target)
     report = None
-    try:
-        model = fold_batchnorm(model)
-    except Exception:  # torch.fx cannot trace every model torch.export can; folding is only an optimisation
-        pass
+    model, unfolded = fold_batchnorm_or_explain(model)
 
     with _eval_mode(model):
         with _step(STEP_EXPORT):
@@ -198,20 +197,12 @@ def build_library(
             report = report.as_dict() | choice
 
     with _step(STEP_EXPORT_LIBRARY):
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        # Same folder (so os.replace is atomic), same suffix (export_library picks the format by it).
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=f".tmp{out_path.suffix}", dir=out_path.parent)
-        os.close(fd)
-        try:
+        # Same folder (so the rename is atomic), same suffix (export_library picks the format by it).
+        with atomic_path(out_path) as tmp:
             if fcompile is None:
-                executable.export_library(tmp_name)
+                executable.export_library(str(tmp))
             else:
-                executable.export_library(tmp_name, fcompile=fcompile)
-            os.replace(tmp_name, out_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+                executable.export_library(str(tmp), fcompile=fcompile)
 
     return BuildInfo(
         input_name=input_name,
@@ -224,6 +215,7 @@ def build_library(
         tuning=report,
         cross_compiled=fcompile is not None,
         target=target,
+        notes=(unfolded,) if unfolded else (),
     )
 
 
@@ -264,7 +256,7 @@ def _faster(default, tuned, input_shape, threads: int | None, cross: bool, folde
         for name, executable in (("default", default), ("metaschedule", tuned)):
             paths[name] = Path(tmp) / f"{name}.so"
             executable.export_library(str(paths[name]))
-        choices = fastest_thread_counts(paths, input_shape, threads or 1, rounds=3)
+        choices = fastest_thread_counts(paths, input_shape, _local_threads(threads), rounds=3)
     times = {name: c.median_s[c.threads] for name, c in choices.items()}
     chosen_threads = {name: c.threads for name, c in choices.items()}
     chosen = min(times, key=times.get)
@@ -273,22 +265,49 @@ def _faster(default, tuned, input_shape, threads: int | None, cross: bool, folde
         "variant_threads": chosen_threads}
 
 
+def _local_threads(cores: int | None) -> int:
+    """Threads to time a library with here: the target's cores, at most this machine's (a TVM
+    thread pool of more workers than cores gains nothing and is slow to shut down)."""
+    from adl.backends.tvm.lower_pass import available_cores
+
+    return max(1, min(cores or 1, available_cores()))
+
+
+def cross_compiler_name(target: dict) -> str | None:
+    """The GNU cross compiler a target's triple needs, e.g. ``aarch64-linux-gnu-g++``; None when
+    the triple is this machine's architecture (or there is none): linked natively."""
+    import platform
+
+    triple = target.get("mtriple")
+    if not triple or triple.split("-")[0] == platform.machine():
+        return None
+    return f"{triple}-g++"
+
+
+def missing_cross_compiler(target: dict) -> str | None:
+    """Why the target cannot be linked here (its cross compiler is not installed), or None.
+    Imports nothing: the driver asks before any pass runs."""
+    import shutil
+
+    compiler = cross_compiler_name(target)
+    if compiler is None or shutil.which(compiler) is not None:
+        return None
+    return (f"cross-compiling for {target['mtriple']} needs {compiler}, which is not installed "
+            f"(Debian: apt-get install g++-{target['mtriple']})")
+
+
 def cross_compiler_for(target: dict) -> Any:
     """The link step for a target triple other than this machine's (None: link natively).
 
     Uses the GNU cross toolchain named after the triple, e.g. ``aarch64-linux-gnu-g++`` from
     Debian's ``g++-aarch64-linux-gnu``.
     """
-    import platform
-    import shutil
-
-    triple = target.get("mtriple")
-    if not triple or triple.split("-")[0] == platform.machine():
+    compiler = cross_compiler_name(target)
+    if compiler is None:
         return None
-    compiler = f"{triple}-g++"
-    if shutil.which(compiler) is None:
-        raise LoweringError(f"cross-compiling for {triple} needs {compiler}, which is not installed "
-                            f"(Debian: apt-get install g++-{triple})", STEP_EXPORT_LIBRARY)
+    problem = missing_cross_compiler(target)
+    if problem is not None:
+        raise LoweringError(problem, STEP_EXPORT_LIBRARY)
     from tvm.support import cc
 
     return cc.cross_compiler(compiler)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adl.backends.tvm.intrinsics import install, install_for_workers
+from adl.compiler.files import atomic_write_text
 from adl.compiler.progress import Progress, SilentProgress
 
 DEFAULT_ROOT_ENV = "ADL_TUNING_DIR"
@@ -80,9 +81,7 @@ def repair_database(folder: Path) -> int:
             if name == RECORD_FILE:
                 workloads = _count_lines(folder / WORKLOAD_FILE)
                 good = [g for g in good if json.loads(g)[0] < workloads]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(f"{g}\n" for g in good))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(f"{g}\n" for g in good))
     if dropped:
         warnings.warn(f"adl: repaired tuning database {folder}: dropped {dropped} torn line(s)", stacklevel=2)
     return dropped
@@ -202,9 +201,7 @@ class _Ledger:
         for task_mod in task_mods:
             key = self._key(task_mod)
             self.entries[key] = max(trials, self.entries.get(key, 0))
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=0, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
 
 
 def measured_trials(database, task_mod, cap: int) -> int:

@@ -38,7 +38,7 @@ strategies run their sampled paths through `paths.PathRunner`, block by block.
 from __future__ import annotations
 
 import dataclasses
-import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -48,11 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adl.compiler import seal
 from adl.passes.nas.cells import CellSupernet
 from adl.passes.nas.paths import PathRunner
 from adl.passes.nas.supernet import Params, Supernet, cross_entropy, probabilities
 
 STRATEGIES = ("darts", "gdas", "proxyless", "random")
+STATE_FILE = "search.pkl"  # the resume state, a sealed pickle
 
 
 def default_lr(strategy: str) -> float:
@@ -388,18 +390,23 @@ class Search:
 
     @staticmethod
     def _save(state_dir: Path | None, state: dict) -> None:
-        if state_dir is None:
-            return
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_dir / "search.pkl.tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(jax.device_get(state), f)
-        tmp.replace(state_dir / "search.pkl")
+        """The resume state, as a sealed pickle (optax states are namedtuples; see `adl.compiler.seal`)."""
+        if state_dir is not None:
+            seal.dump(jax.device_get(state), state_dir / STATE_FILE)
 
     @staticmethod
     def _load(state_dir: Path | None) -> dict | None:
-        path = state_dir / "search.pkl" if state_dir is not None else None
+        """The saved resume state; None if there is none, or (with a warning) if this user's adl did
+        not write it (refused before unpickling) or it cannot be read."""
+        path = state_dir / STATE_FILE if state_dir is not None else None
         if path is None or not path.exists():
             return None
-        with open(path, "rb") as f:
-            return jax.tree.map(lambda v: jnp.asarray(v) if isinstance(v, np.ndarray) else v, pickle.load(f))
+        try:
+            state = seal.load(path)
+        except seal.BadSeal:
+            warnings.warn(f"adl: refusing search state {path}: not written by this user's adl (bad seal)", stacklevel=2)
+            return None
+        except Exception as err:
+            warnings.warn(f"adl: ignoring unreadable search state {path} ({type(err).__name__}: {err})", stacklevel=2)
+            return None
+        return jax.tree.map(lambda v: jnp.asarray(v) if isinstance(v, np.ndarray) else v, state)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -11,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from adl.compiler.files import atomic_path
+from adl.compiler.passes import PassError
 from adl.compiler.progress import Progress
 from adl.compiler.spec import CallValue
 
@@ -22,6 +27,34 @@ class TrainResult:
     model: nn.Module
     test_accuracy: float
     history: list[dict[str, float]]  # one entry per epoch: loss, train accuracy, lr
+
+
+class TrainingDiverged(PassError):
+    """The loss or the weights stopped being finite numbers: the step size is too large."""
+
+
+DIVERGED = "training diverged; lower the learning rate"
+
+
+def _diverged(what: str, value: float, epoch: int, lr: float) -> TrainingDiverged:
+    kind = "NaN" if math.isnan(value) else "infinite"
+    return TrainingDiverged(f"train: the {what} became {kind} at epoch {epoch} (lr = {lr:g}): {DIVERGED}")
+
+
+def check_finite_loss(loss: float, epoch: int, lr: float) -> float:
+    """`loss`, if it is a finite number; else `TrainingDiverged`."""
+    if not math.isfinite(loss):
+        raise _diverged("loss", loss, epoch, lr)
+    return loss
+
+
+def check_finite_weights(model: nn.Module, epoch: int, lr: float) -> None:
+    """`TrainingDiverged` naming the first parameter or buffer (BatchNorm's running statistics
+    included) that holds a NaN or an infinity: the loss can stay finite a while after that."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            value = float(tensor[~torch.isfinite(tensor)].flatten()[0])
+            raise _diverged(f"weights (in {name})", value, epoch, lr)
 
 
 def make_optimizer(params, spec: CallValue) -> torch.optim.Optimizer:
@@ -52,9 +85,41 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Save tensors and plain containers only: `_load_state` reads with ``weights_only=True``."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    """The saved training state; a file holding anything but tensors and plain containers (a
+    pickle planted in the cache) is refused by torch's weights-only unpickler, never run."""
+    return torch.load(path, weights_only=True)
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler | None, log: Callable[[str], None]
+            ) -> tuple[int, list[dict[str, float]]]:
+    """Load the state saved at `path` into model, optimizer and scheduler; returns (epochs done,
+    history). A torn or foreign file is reported and leaves them as they were: (0, [])."""
+    fresh = copy.deepcopy((model.state_dict(), optimizer.state_dict(),
+                           scheduler.state_dict() if scheduler is not None else None))
+    try:
+        state = _load_state(path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        return int(state["epoch"]), list(state["history"])
+    except pickle.UnpicklingError:  # torch's weights-only unpickler met a Python object to build
+        log(f"train: refusing training state {path}: it holds more than tensors (adl did not write it); "
+            "starting over")
+    except Exception as err:
+        log(f"train: ignoring unreadable training state {path} ({type(err).__name__}: {err}); starting over")
+    model.load_state_dict(fresh[0])
+    optimizer.load_state_dict(fresh[1])
+    if scheduler is not None:
+        scheduler.load_state_dict(fresh[2])
+    return 0, []
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]
@@ -87,17 +152,9 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
 
     state_path = state_dir / STATE_FILE
     if state_path.exists():
-        try:
-            state = torch.load(state_path, weights_only=False)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history = _resume(state_path, model, optimizer, scheduler, log)
+        if start_epoch:
             log(f"train: resuming after epoch {start_epoch} of {epochs}")
-        except Exception as err:  # a torn or foreign file: start over rather than fail
-            log(f"train: ignoring unreadable training state {state_path} ({err}); starting over")
-            start_epoch, history = 0, []
 
     x_train = torch.from_numpy(dataset.x_train)
     y_train = torch.from_numpy(dataset.y_train)
@@ -107,6 +164,7 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
             torch.manual_seed(seed * 100_003 + epoch)
             order = epoch_order(seed, epoch, len(x_train))
             model.train()
+            lr = optimizer.param_groups[0]["lr"]
             total_loss, correct = 0.0, 0
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
@@ -115,9 +173,9 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total_loss += float(loss.detach()) * len(idx)
+                total_loss += check_finite_loss(float(loss.detach()), epoch + 1, lr) * len(idx)
                 correct += int((logits.argmax(1) == y_train[idx]).sum())
-            lr = optimizer.param_groups[0]["lr"]
+            check_finite_weights(model, epoch + 1, lr)
             if scheduler is not None:
                 scheduler.step()
             history.append({"epoch": epoch + 1, "loss": total_loss / len(order),

@@ -101,6 +101,7 @@ def test_outputs_match_torch(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
     got = library.run(x)
     assert got.shape == (20, CLASSES) and got.dtype == np.float32
     expected = torch_outputs(model, x)
+    # logits |z| < 2 carry < 1e-6 of float32 rounding (measured against float64), whatever the order
     assert np.max(np.abs(got - expected)) <= 1e-4
     assert max_abs_difference(model, out_path, x) <= 1e-4
     # float64 inputs are cast; a single sample gives a batch of one

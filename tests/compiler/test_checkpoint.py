@@ -1,17 +1,23 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 
 import adl
+from adl.compiler import seal
 from adl.compiler.checkpoint import CheckpointStore, root_key, spec_fingerprint
 from adl.compiler.module import Module, PassRecord
+
+pytestmark = pytest.mark.usefixtures("private_key_dir")
+
 
 SPEC = "spec a\ntask classify { classes = 10 }\ndata digits\nmodel cnn\npipeline { train lower }"
 
 
 def test_round_trip_and_atomic_files(tmp_path):
+    tmp_path = tmp_path / "cache"
     store = CheckpointStore(tmp_path)
     module = Module(spec=adl.check(SPEC)).with_metrics(accuracy=0.9).establish("trained")
     module = module.evolve(log=(PassRecord("train", "train", "k", 1.0),))
@@ -24,11 +30,22 @@ def test_round_trip_and_atomic_files(tmp_path):
 
 def test_a_corrupt_checkpoint_warns_and_is_ignored(tmp_path):
     store = CheckpointStore(tmp_path)
-    store.path("abc").parent.mkdir(parents=True)
-    store.path("abc").write_bytes(b"not a pickle")
+    seal.dump(b"not a pickle of a module", store.path("abc"))
     with pytest.warns(UserWarning, match="corrupt checkpoint"):
         assert store.load("abc") is None
     assert not store.path("abc").exists()
+
+
+
+def test_a_planted_pickle_is_refused_not_run(tmp_path, planted):
+    store = CheckpointStore(tmp_path)
+    marker = tmp_path / "marker"
+    store.path("abc").parent.mkdir(parents=True)
+    store.path("abc").write_bytes(pickle.dumps(planted(marker)))
+    refused = r"refusing checkpoint .*abc\.pkl: not written by this user's adl \(bad seal\)"
+    with pytest.warns(UserWarning, match=refused):
+        assert store.load("abc") is None
+    assert not marker.exists() and not store.path("abc").exists()
 
 
 def test_a_checkpoint_whose_files_vanished_is_not_reused(tmp_path):
@@ -38,7 +55,19 @@ def test_a_checkpoint_whose_files_vanished_is_not_reused(tmp_path):
     store.save("k", Module(spec=adl.check(SPEC)).with_files(library=str(library)))
     assert store.load("k") is not None
     library.unlink()
-    assert store.load("k") is None
+    with pytest.warns(UserWarning, match=r"cached output .*model\.so is missing; rebuilding"):
+        assert store.load("k") is None
+
+
+def test_a_checkpoint_whose_output_changed_is_dropped(tmp_path):
+    store = CheckpointStore(tmp_path)
+    library = tmp_path / "model.so"
+    library.write_bytes(b"\x7fELF a whole library")
+    store.save("k", Module(spec=adl.check(SPEC)).with_files(library=str(library)))
+    library.write_bytes(b"\x7fELF a wh")  # truncated
+    with pytest.warns(UserWarning, match=r"cached output .*model\.so changed since it was written; rebuilding"):
+        assert store.load("k") is None
+    assert not store.path("k").exists()
 
 
 def test_fingerprint_ignores_formatting_but_not_meaning():

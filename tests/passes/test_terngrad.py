@@ -50,8 +50,9 @@ def test_stochastic_ternary_is_unbiased_and_its_error_shrinks_as_one_over_sqrt_n
         assert set(draws.unique().tolist()) <= {-scaler, 0.0, scaler}
         assert _unbiased_within(draws, grad, scaler)
         errors[samples] = float((draws.mean(0) - grad).pow(2).mean().sqrt())
-    # 16x the draws: the RMS error falls ~4x (1/sqrt(n)), not to zero and not staying put
-    assert 2.5 < errors[1_000] / errors[16_000] < 6.0
+    # 16x the draws: the RMS error falls ~4x (1/sqrt(n)), not to zero and not staying put. Each RMS is over
+    # 400 coordinates of unequal variance, so the ratio scatters by sd 0.22 (simulated): 4 +- 5 sd (measured 3.56)
+    assert 2.9 < errors[1_000] / errors[16_000] < 5.1
 
 
 def test_the_unbiasedness_check_rejects_a_biased_ternarizer():
@@ -165,6 +166,8 @@ def test_error_feedback_carries_what_ternarization_left_out(single_process_group
         torch.nn.functional.cross_entropy(ddp(x), y).backward()
         applied += model.weight.grad
     weight_residual = handle.state.residuals[0].view_as(true)  # parameter 0: the weight
+    # exact up to float32 rounding: 50 accumulations of |applied| <= 7 (ulp 4.8e-7) and of the residual,
+    # <= 50 * 4.8e-7 = 2.4e-5 in the worst case (measured 1e-6); without the carried residual it is off by 0.6
     assert torch.allclose(applied, steps * true - weight_residual, atol=1e-4)
     assert float(weight_residual.abs().max()) > 0  # there was something to carry
     assert handle.state_dict()["terngrad"]["residuals"]  # saved with each checkpoint
@@ -273,7 +276,9 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.slow
 def test_two_workers_learn_digits_through_the_terngrad_hook(uninterrupted):
     metrics = uninterrupted.metrics
-    assert metrics["torch_accuracy"] >= 0.90  # fp32 Adam reaches ~0.95 in these 6 epochs
+    # fp32 Adam reaches ~0.95 in these 6 epochs; through TernGrad 0.936..0.942 (held out: 0.944..0.958) over
+    # 4 seeds, where the standard errors of 359 and 143 samples are 0.013 and 0.019
+    assert metrics["torch_accuracy"] >= 0.90
     history = metrics["train_history"]
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     assert history[-1]["loss"] < history[0]["loss"] / 2
@@ -337,6 +342,7 @@ def test_torchrun_runs_the_same_training_as_the_local_launcher(tmp_path, uninter
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "manifest.json").read_text())["metrics"]
     assert metrics["distributed_hook"] == "terngrad" and metrics["distributed_workers"] == 2
+    # the same machine, seeds and one thread per rank: bit-identical training, so the very same test accuracy
     assert metrics["accuracy"] == pytest.approx(uninterrupted.metrics["torch_accuracy"], abs=1e-9)
     assert (tmp_path / ".adl-cache" / "rank1").is_dir()  # rank 1 kept its own checkpoints
 
@@ -356,3 +362,18 @@ def test_the_watchdog_ends_a_worker_stuck_outside_any_collective():
     assert proc.returncode == 3
     assert "rank 0: no progress for 1 s in starting" in proc.stderr
     assert time.monotonic() - began < 25  # not the 30 s sleep
+
+
+
+@pytest.mark.slow
+def test_a_planted_worker_checkpoint_is_refused_not_run(digits, tmp_path, planted):
+    import pickle
+
+    marker = tmp_path / "ran"
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    for name in ("dist-e0001.shared.pt", "dist-e0001.rank0.pt", "dist-e0001.rank1.pt"):
+        (state_dir / name).write_bytes(pickle.dumps(planted(marker)))
+    with pytest.raises(PassError, match=r"refusing checkpoint .*dist-e0001\..*not written by this user's adl"):
+        _train(digits, state_dir)
+    assert not marker.exists()

@@ -30,10 +30,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from adl.compiler import seal
 from adl.compiler.passes import PassError
 from adl.compiler.progress import Progress
 from adl.passes.train.distributed import worker
-from adl.passes.train.loop import TrainResult, evaluate
+from adl.passes.train.loop import DIVERGED, TrainResult, evaluate
 
 ATTACH_ENV = "ADL_DISTRIBUTED"  # "torchrun": join the process group of the surrounding torchrun
 POLL_S = 0.1
@@ -138,7 +139,7 @@ def _run_local(job: worker.Job, workers: int, progress: Progress, log: Callable[
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     job_path = run_dir / "job.pt"
-    torch.save(job, job_path)
+    seal.dump(job, job_path)
     store = dist.TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=job.timeout_s))
     procs: list[subprocess.Popen] = []
@@ -156,7 +157,7 @@ def _run_local(job: worker.Job, workers: int, progress: Progress, log: Callable[
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    saved = torch.load(worker.result_path(run_dir), weights_only=False)
+    saved = seal.load(worker.result_path(run_dir))
     return saved["result"]
 
 
@@ -200,6 +201,9 @@ def _failure_message(procs: list[subprocess.Popen], codes: list[int | None], run
         elif code != 0:
             tail = (run_dir / f"worker{rank}.log").read_text(errors="replace").strip().splitlines()[-3:]
             died.append(f"worker rank {rank} exited with status {code}: {' | '.join(tail)}")
+    diverged = next((r for r in reports if DIVERGED in r), None)
+    if diverged is not None and not died:  # every rank saw the same loss: no rank to blame, nothing to resume
+        return diverged
     head = "; ".join(died) if died else "a worker failed"
     return f"distributed training failed: {head}" + "".join(f"\n  {r}" for r in reports) + \
         f"\n  (worker logs: {run_dir}; rerun to resume from the last completed epoch)"

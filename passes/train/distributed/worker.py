@@ -36,9 +36,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from adl.compiler import seal
 from adl.compiler.progress import Progress, SilentProgress
 from adl.passes.train.distributed import hooks
-from adl.passes.train.loop import _save_atomic, epoch_order, evaluate, make_optimizer, make_scheduler
+from adl.passes.train.loop import (TrainingDiverged, check_finite_loss, check_finite_weights, epoch_order,
+                                   evaluate, make_optimizer, make_scheduler)
 
 HEARTBEAT_S = 0.2
 SILENCE_S = 2.0  # a peer whose heartbeat did not move for this long is taken for dead
@@ -216,9 +218,10 @@ class Trainer:
         if epoch == 0:
             return 0
         shared_path, own_path = _paths(state_dir, epoch, self.rank)
-        box = [torch.load(shared_path, weights_only=False) if self.rank == 0 else None]
+        # sealed (HMAC under this user's key): a file adl did not write is refused before unpickling
+        box = [self._load_checkpoint(shared_path) if self.rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
-        shared, own = box[0], torch.load(own_path, weights_only=False)
+        shared, own = box[0], self._load_checkpoint(own_path)
         if shared["world"] != self.world:
             raise WorkerFailure(f"rank {self.rank}: checkpoint {shared_path} is of {shared['world']} workers, "
                                 f"not {self.world}")
@@ -267,20 +270,36 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step()
+        self._check_finite(float(sums[0] / sums[2]), epoch + 1, lr)
         self.history.append({"epoch": epoch + 1, "loss": float(sums[0] / sums[2]),
                              "train_accuracy": float(sums[1] / sums[2]), "lr": lr})
         if self.job.y_val is not None and len(self.job.y_val):  # every rank holds the same weights
             self.history[-1]["val_accuracy"] = evaluate(self.model, self.job.x_val, self.job.y_val)
 
+    def _check_finite(self, loss: float, epoch: int, lr: float) -> None:
+        """Divergence ends training on every rank alike: the loss is all-reduced, the weights shared."""
+        try:
+            check_finite_loss(loss, epoch, lr)
+            check_finite_weights(self.model, epoch, lr)
+        except TrainingDiverged as err:
+            raise WorkerFailure(str(err)) from None
+
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
+        try:
+            return seal.load(path)
+        except seal.BadSeal:
+            raise WorkerFailure(f"rank {self.rank}: refusing checkpoint {path}: not written by this user's adl "
+                                f"(bad seal); delete {path.parent} to train from the start") from None
+
     def _checkpoint(self, epoch: int, hook: hooks.HookHandle) -> None:
         state_dir = self.job.state_dir
         shared_path, own_path = _paths(state_dir, epoch, self.rank)
         if self.rank == 0:
-            _save_atomic({"epoch": epoch, "world": self.world, "model": self.model.state_dict(),
+            seal.dump({"epoch": epoch, "world": self.world, "model": self.model.state_dict(),
                           "optimizer": self.optimizer.state_dict(),
                           "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                           "history": self.history}, shared_path)
-        _save_atomic({"epoch": epoch, "hook": hook.state_dict(), "bytes": self.counter.steps,
+        seal.dump({"epoch": epoch, "hook": hook.state_dict(), "bytes": self.counter.steps,
                       "step_seconds": self.step_seconds}, own_path)
         dist.barrier()  # every rank has epoch `epoch` on disk: older files may go
         for old in range(epoch - 1, 0, -1):
@@ -356,7 +375,7 @@ def result_path(run_dir: Path) -> Path:
 def main(argv: list[str]) -> int:
     job_path, rank, world, host, port = Path(argv[0]), int(argv[1]), int(argv[2]), argv[3], int(argv[4])
     run_dir = job_path.parent
-    job: Job = torch.load(job_path, weights_only=False)
+    job: Job = seal.load(job_path)
     try:
         store = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=job.timeout_s))
         result = run(job, rank, world, host, port, store=store, log=lambda message: print(message, flush=True),
@@ -367,7 +386,7 @@ def main(argv: list[str]) -> int:
         print(message, file=sys.stderr, flush=True)
         return 1
     if rank == 0:
-        _save_atomic({"result": result}, result_path(run_dir))
+        seal.dump({"result": result}, result_path(run_dir))
     return 0
 
 

@@ -21,7 +21,8 @@ weights of two seeds can differ several-fold on the problems the rule is judged 
 
 A checkpoint is written at trajectory boundaries; a rerun with the same arguments resumes
 from it and ends with bit-identical weights (all randomness derives from the seed and the
-iteration number).
+iteration number). The checkpoint is a sealed pickle (`adl.compiler.seal`): one this user's
+adl did not write is refused before it is unpickled.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import pickle
 import sys
 import time
 from functools import lru_cache
@@ -44,6 +43,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from adl.compiler import seal
 from adl.compiler.progress import Progress, SilentProgress
 from adl.passes.train.l2o.config import MetaConfig, add_arguments, config_from_args
 from adl.passes.train.l2o.rule import lstm_step
@@ -169,8 +169,7 @@ def meta_train(cfg: MetaConfig, *, checkpoint: Path | None = None, progress: Pro
     best: tuple[float, Any] = (math.inf, theta)  # the validation value and weights to return
     start, elapsed, last_validation = 0, 0.0, 0
     if checkpoint is not None and checkpoint.exists():
-        with open(checkpoint, "rb") as f:
-            saved = pickle.load(f)
+        saved = _load_checkpoint(checkpoint)
         if saved["config"] != asdict(cfg):
             raise ValueError(f"checkpoint {checkpoint} was written with another configuration; "
                              "delete it or rerun with the same arguments")
@@ -265,14 +264,21 @@ def _validated(validate: Callable, theta, iteration: int, best: tuple[float, Any
 
 def _save_checkpoint(path: Path, cfg: MetaConfig, theta, opt_state, iteration: int, curves, seconds: float,
                      best: tuple[float, Any], last_validation: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump({"config": asdict(cfg), "theta": jax.tree.map(np.asarray, theta),
-                     "best_value": best[0], "best_theta": jax.tree.map(np.asarray, best[1]),
-                     "last_validation": last_validation,
-                     "opt_state": jax.tree.map(np.asarray, opt_state), "iteration": iteration,
-                     "curves": curves, "seconds": seconds}, f)
-    os.replace(tmp, path)
+    """The resume state, as a sealed pickle (optax states are namedtuples; see `adl.compiler.seal`)."""
+    seal.dump({"config": asdict(cfg), "theta": jax.tree.map(np.asarray, theta),
+               "best_value": best[0], "best_theta": jax.tree.map(np.asarray, best[1]),
+               "last_validation": last_validation,
+               "opt_state": jax.tree.map(np.asarray, opt_state), "iteration": iteration,
+               "curves": curves, "seconds": seconds}, path)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """The saved resume state; a file this user's adl did not write is refused before unpickling."""
+    try:
+        return seal.load(path)
+    except seal.BadSeal:
+        raise ValueError(f"refusing checkpoint {path}: not written by this user's adl (bad seal); "
+                         "delete it to start over") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
+from adl.compiler.files import atomic_path
 from adl.compiler.passes import PassError
 
 SHIPPED = Path(__file__).with_name("weights.npz")
@@ -66,12 +67,10 @@ def init_weights(seed: int, hidden: int = 20, p: float = 10.0, output_scale: flo
 
 
 def save_weights(weights: L2OWeights, path: str | os.PathLike[str]) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, format_version=np.int64(FORMAT_VERSION), p=np.float64(weights.p),
-             output_scale=np.float64(weights.output_scale),
-             **{name: np.asarray(weights.arrays[name], np.float32) for name in ARRAYS})
-    os.replace(tmp, path)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:  # a file: savez adds no ".npz" to its name
+        np.savez(f, format_version=np.int64(FORMAT_VERSION), p=np.float64(weights.p),
+                 output_scale=np.float64(weights.output_scale),
+                 **{name: np.asarray(weights.arrays[name], np.float32) for name in ARRAYS})
 
 
 def load_weights(path: str | os.PathLike[str] | None = None) -> L2OWeights:
