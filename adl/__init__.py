@@ -62,7 +62,12 @@ def compile(path_or_text: str | os.PathLike[str], *, out_dir: str | os.PathLike[
 
 
 def load(path: str | os.PathLike[str]) -> "Artifact":
-    """Load a compiled artifact directory; runs through the TVM runtime only (no torch)."""
+    """Load a compiled artifact directory; runs through the TVM runtime only (no torch).
+
+    A missing, malformed or tampered artifact (a manifest of the wrong types, a `model.so` whose
+    sha256 is not the manifest's) raises `adl.backends.artifact.ArtifactError`; `predict` raises
+    ValueError for inputs that do not fit the manifest's input (shape, dtype, NaN or inf).
+    """
     from adl.backends.artifact import load as load_artifact
 
     return load_artifact(path)

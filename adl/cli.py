@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--out", type=Path, help="artifact directory (default: build/<spec name>)")
     c.add_argument("--pipeline", help="override the spec's pipeline, e.g. 'train{epochs=5},lower'")
     c.add_argument("--dump-ir", type=Path, metavar="DIR", help="write a dump of the module after each pass")
-    c.add_argument("--seed", type=int, default=0, help="seed for initialisation and training (default 0)")
+    c.add_argument("--seed", type=_seed, default=0, help="seed for initialisation and training (default 0)")
     c.add_argument("--cache", type=Path, metavar="DIR", help="checkpoint folder (default: <out>/../.adl-cache)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.add_argument("--depfile", type=Path, metavar="FILE",
@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seed(text: str) -> int:
+    """An argparse type: an integer in [0, 2**32 - 1], what numpy and torch seed with."""
+    try:
+        value = int(text) if len(text) <= 20 else -1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {2**32 - 1}, got {text[:40]}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from rich.console import Console
@@ -83,17 +94,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print("interrupted; finished passes are checkpointed and a rerun resumes from them")
         return 130
     except Exception as exc:
-        from adl.compiler.passes import PassError
+        from adl.compiler.passes import PassCrash, PassError
         from adl.dsl.errors import AdlError
 
         if args.debug:
             raise
+        exc = _as_adl_error(exc)
         if isinstance(exc, AdlError):
             print(exc.render(), file=sys.stderr)
             return EXIT_SPEC
         from rich.markup import escape  # the message is text: "[train]" in it is not markup
 
-        if isinstance(exc, PassError):
+        if isinstance(exc, PassCrash):  # its message starts "internal error in pass 'x'"
+            err.print(f"[bold red]{escape(str(exc))}[/]", markup=True, soft_wrap=True)
+        elif isinstance(exc, PassError):
             err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         else:
             err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", markup=True,
@@ -102,13 +116,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def _as_adl_error(exc: Exception) -> Exception:
+    """An ArtifactError (a missing, malformed or tampered artifact) as the AdlError it renders as:
+    ``path: error: message``, exit 2. Other exceptions unchanged."""
+    from adl.backends.artifact import ArtifactError
+
+    if isinstance(exc, ArtifactError):
+        return _user_error(exc.path if exc.path is not None else "adl", exc.message)
+    return exc
+
+
 def _cmd_check(args, out, err) -> int:
     from adl.compiler.check import load_spec_file
+    from adl.dsl.errors import printable
 
     spec = load_spec_file(args.spec)
     stages = ",".join(s.pass_name for s in spec.pipeline)
-    out.print(f"{args.spec}: ok: spec '{spec.name}', {spec.data.source} data, target {spec.target.name}, "
-              f"{len(spec.budgets)} budget(s), pipeline {stages}")
+    line = (f"{args.spec}: ok: spec '{spec.name}', {spec.data.source} data, target {spec.target.name}, "
+            f"{len(spec.budgets)} budget(s), pipeline {stages}")
+    out.print(printable(line), markup=False)  # a file name is text, not markup ("[x].adl"), and may not be UTF-8
     return EXIT_OK
 
 
@@ -125,13 +151,13 @@ def _option_table(title: str, options) -> "object":
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_edge=False)
-    for column in ("option", "kind", "default", "meaning"):
+    for column in ("option", "kind", "range", "default", "meaning"):
         table.add_column(column)
     for opt in options:
         kind = opt.kind if opt.kind != "name" else "|".join(opt.choices)
         if opt.kind == "call" and opt.calls:
             kind = " | ".join(f"{name}({', '.join(o.name for o in sub)})" for name, sub in opt.calls.items())
-        table.add_row(opt.name, kind, opt.describe_default(), opt.doc)
+        table.add_row(opt.name, kind, opt.describe_range(), opt.describe_default(), opt.doc)
     return table
 
 
@@ -142,14 +168,18 @@ def _cmd_hw(args, out, err) -> int:
 def _cmd_hw_lut(args, out, err) -> int:
     import time
 
-    from adl.compiler.check import load_spec_file, load_target
+    from adl.compiler.check import load_spec_file
     from adl.compiler.driver import initial_module, load_data
     from adl.compiler.layers import describe_model
     from adl.compiler.progress import RichProgress
     from adl.hwmodels.measured import MeasuredModel, calibrate
 
     spec = load_spec_file(args.space)
-    target = load_target(args.target, filename="TARGET") if args.target else spec.target
+    target = _checked_target(args.target) if args.target else spec.target
+    if not args.target:
+        from adl.compiler.driver import preflight_target
+
+        preflight_target(spec)
     dataset = load_data(spec)
     module = initial_module(spec, dataset, seed=0)
     input_shape = (1, *dataset.input_shape)
@@ -192,6 +222,16 @@ def _cmd_hw_lut(args, out, err) -> int:
     return EXIT_OK
 
 
+def _checked_target(settings: str):
+    """The TARGET argument of `adl hw`, its `mcpu`/`triple` checked against LLVM's lists."""
+    from adl.backends.tvm.llvm_names import check_target_settings
+    from adl.compiler.check import load_target
+
+    target = load_target(settings, filename="TARGET")
+    check_target_settings(target, "TARGET")
+    return target
+
+
 def _session_factory(target):
     """Where a target's code runs: None (this machine) or a function opening its RPC session."""
     if not target.remote:
@@ -203,11 +243,10 @@ def _session_factory(target):
 
 def _cmd_hw_calibrate(args, out, err) -> int:
     from adl.backends.tvm.calibrate import measure_roofline
-    from adl.compiler.check import load_target
     from adl.compiler.progress import RichProgress
     from adl.hwmodels.calibration import save_calibration
 
-    target = load_target(args.target, filename="TARGET")
+    target = _checked_target(args.target)
     values = measure_roofline(target.tvm_target(), threads=target.cores, progress=RichProgress(err),
                               session_factory=_session_factory(target))
     path = save_calibration(target, values)
@@ -289,34 +328,103 @@ def _kb(value) -> str:
 def _cmd_run(args, out, err) -> int:
     import numpy as np
 
-    from adl.backends.artifact import ArtifactError, load
+    from adl.backends.artifact import load
 
+    artifact = load(args.artifact)  # an ArtifactError is rendered by `main`: exit 2
+    x, y = _read_inputs(args.input)
     try:
-        artifact = load(args.artifact)
-        x, y = _read_inputs(args.input)
-        predictions = artifact.predict(x)
-    except (ArtifactError, ValueError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-        return EXIT_SPEC
-    if args.output:
-        np.save(args.output, predictions)
+        batch = artifact.check_input(x)
+        if len(batch) == 0:
+            raise ValueError(f"x holds no samples (shape {x.shape})")
+        labels = None if y is None else _labels(y, len(batch), x.shape)
+    except ValueError as exc:
+        raise _user_error(args.input, str(exc)) from None
+    if args.output is not None:
+        _check_writable(args.output)
+    predictions = artifact.predict(batch)
+    if args.output is not None:
+        _write(args.output, lambda f: np.save(f, predictions))
     shown = " ".join(str(int(p)) for p in predictions[:20]) + (" ..." if len(predictions) > 20 else "")
     out.print(f"{len(predictions)} prediction(s): {shown}")
-    if y is not None:
-        accuracy = float(np.mean(predictions == y))
-        out.print(f"accuracy: {100 * accuracy:.2f} % ({int(np.sum(predictions == y))}/{len(y)})")
+    if labels is not None:
+        right = int(np.sum(predictions == labels))
+        out.print(f"accuracy: {100 * right / len(labels):.2f} % ({right}/{len(labels)})")
     return EXIT_OK
 
 
-def _read_inputs(path: Path):
+def _user_error(path: Path | str, message: str) -> Exception:
+    """A user's mistake about the file `path`: `main` prints ``path: error: message``, exit 2."""
+    from adl.dsl.errors import AdlError
+
+    return AdlError.at(message, None, filename=str(path))
+
+
+def _labels(y, n: int, x_shape: tuple[int, ...]):
+    """The labels `y` of `n` inputs as (n,) int64: (n,) or (n, 1) of whole numbers; ValueError otherwise."""
     import numpy as np
 
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            if "x" not in archive:
-                raise ValueError(f"{path} has no array 'x' (found: {', '.join(archive.files)})")
-            return archive["x"].astype(np.float32), archive["y"] if "y" in archive else None
-    return np.load(path).astype(np.float32), None
+    if y.shape not in ((n,), (n, 1)):
+        raise ValueError(f"labels 'y' of shape {y.shape} do not match inputs 'x' of shape {x_shape}: "
+                         f"expected ({n},) or ({n}, 1)")
+    whole = y.dtype.kind in "iu" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (y == np.round(y)))))
+    if not whole:
+        raise ValueError(f"labels 'y' must be whole class numbers, got dtype {y.dtype}")
+    return y.reshape(n).astype(np.int64)
+
+
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
+def _read_inputs(path: Path):
+    """`(x, y)` from `path`: a .npy (y None) or an .npz with 'x' and optional 'y', told apart by
+    their content, whatever the file's name. Pickled (object) arrays are refused."""
+    import numpy as np
+
+    if not path.is_file():
+        raise _user_error(path, "not a regular file" if path.exists() or path.is_symlink() else "no such file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise _user_error(path, f"cannot read it: {exc.strerror or exc}") from None
+    if not magic.startswith(ZIP_MAGIC) and magic != NPY_MAGIC:
+        what = "the file is empty" if not magic else "neither a .npy nor an .npz file"
+        raise _user_error(path, f"{what}: expected a NumPy array (.npy) or an .npz holding 'x' (and labels 'y')")
+    kind = ".npz" if magic.startswith(ZIP_MAGIC) else ".npy"
+    try:
+        if kind == ".npy":
+            return np.load(path, allow_pickle=False), None
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            arrays = {name: archive[name] for name in ("x", "y") if name in names}
+    except Exception as exc:  # noqa: BLE001 (numpy and zipfile raise many kinds on damaged files)
+        raise _user_error(path, f"not a readable {kind} file: {_first_line(exc)}") from None
+    if "x" not in arrays:
+        found = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise _user_error(path, f"no array 'x' in the .npz (found: {found or 'nothing'})")
+    return arrays["x"], arrays.get("y")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, before any work, an output path whose folder is missing or that is a folder."""
+    if path.is_dir():
+        raise _user_error(path, "is a directory: give the file to write")
+    if not path.parent.is_dir():
+        raise _user_error(path, f"the folder {path.parent} does not exist")
+
+
+def _write(path: Path, save) -> None:
+    """`save(file)` into exactly `path` (np.save and np.savez given a name would append .npy/.npz)."""
+    try:
+        with open(path, "wb") as f:
+            save(f)
+    except OSError as exc:
+        raise _user_error(path, f"cannot write it: {exc.strerror or exc}") from None
 
 
 def _cmd_data(args, out, err) -> int:
@@ -325,12 +433,17 @@ def _cmd_data(args, out, err) -> int:
     from adl.compiler.check import load_spec_file
     from adl.compiler.driver import load_data
 
+    if args.out.is_dir():
+        raise _user_error(args.out, "is a directory: give the .npz file to write, e.g. test.npz")
     spec = load_spec_file(args.spec)
     ds = load_data(spec)
     x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, x=x, y=y)
-    out.print(f"wrote {len(y)} {args.split} samples {tuple(x.shape[1:])} to {args.out}")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _user_error(args.out, f"cannot create the folder {args.out.parent}: {exc.strerror or exc}") from None
+    _write(args.out, lambda f: np.savez(f, x=x, y=y))
+    out.print(f"wrote {len(y)} {args.split} samples {tuple(x.shape[1:])} to {args.out}", markup=False)
     return EXIT_OK
 
 

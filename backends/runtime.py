@@ -30,7 +30,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CompiledLibrary", "LatencyStats", "ThreadChoice", "fastest_thread_count", "fastest_thread_counts"]
+__all__ = ["MAX_THREADS", "CompiledLibrary", "LatencyStats", "ThreadChoice", "check_input", "fastest_thread_count",
+           "fastest_thread_counts"]
+
+# The most threads a library may be asked to use (the spec's `cores` bound). Each TVM worker beyond
+# the machine's cores costs time, at exit too: 64 workers on 2 cores took ~55 s to exit.
+MAX_THREADS = 1024
 
 # threading::ThreadGroup::AffinityMode::kBig in TVM's threading_backend (all cores are "big" on
 # a homogeneous CPU).
@@ -82,6 +87,42 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
+_KINDS = {"f": "floating-point", "i": "signed integer", "u": "unsigned integer", "b": "boolean"}
+
+
+def check_input(x: Any, input_shape: Sequence[int], input_dtype: np.dtype) -> tuple[np.ndarray, bool]:
+    """``(batch, was_single)``: ``x`` as a contiguous batch ``(N, *input_shape[1:])`` of ``input_dtype``.
+
+    ``x`` is a batch or one sample ``input_shape[1:]``. Raises ValueError for a dtype of another
+    kind than ``input_dtype`` (any float dtype is cast to a float input), another shape, or
+    values that are NaN or infinite (after the cast: a float64 beyond float32's range is inf).
+    """
+    arr = np.asarray(x)
+    input_dtype = np.dtype(input_dtype)
+    sample_shape = tuple(input_shape[1:])
+    if arr.dtype.kind != input_dtype.kind or arr.dtype.kind not in _KINDS:
+        raise ValueError(
+            f"expected a {_KINDS.get(input_dtype.kind, str(input_dtype))} input "
+            f"(the library's input dtype is {input_dtype}), got dtype {arr.dtype} with shape {arr.shape}"
+        )
+    if arr.shape == sample_shape:
+        arr, single = arr.reshape((1, *sample_shape)), True
+    elif arr.ndim == len(input_shape) and arr.shape[1:] == sample_shape:
+        single = False
+    else:
+        raise ValueError(
+            f"expected input of shape (N, {', '.join(map(str, sample_shape))}) or a single sample "
+            f"{sample_shape} (the library's input shape is {tuple(input_shape)}); got shape {arr.shape}"
+        )
+    with np.errstate(over="ignore"):
+        batch = np.ascontiguousarray(arr, dtype=input_dtype)
+    if batch.dtype.kind == "f":
+        bad = int(batch.size - np.count_nonzero(np.isfinite(batch)))
+        if bad:
+            raise ValueError(f"x holds {bad} non-finite value{'s' if bad != 1 else ''} (NaN or inf)")
+    return batch, single
+
+
 @dataclass(frozen=True)
 class LatencyStats:
     """Batch-1 latency of one call of the library's ``main``, in seconds."""
@@ -112,11 +153,13 @@ class CompiledLibrary:
     input_shape:
         The library's input shape, batch axis first and equal to 1, e.g. ``(1, 1, 8, 8)``.
     num_threads:
-        Threads the TVM runtime may use for this library's kernels; ``None`` leaves the
-        runtime's setting alone (TVM's own default, or ``TVM_NUM_THREADS``).
+        Threads the TVM runtime may use for this library's kernels, 1 to :data:`MAX_THREADS`;
+        ``None`` leaves the runtime's setting alone (TVM's own default, or ``TVM_NUM_THREADS``).
+        More threads than the machine has cores only slow the library down (and the exit).
     input_dtype:
         The library's input dtype (``"float32"`` for everything adl builds). Inputs of the same
-        kind (any float dtype for a float input) are cast; other kinds are rejected.
+        kind (any float dtype for a float input) are cast; other kinds, and NaN or infinite
+        values, are rejected (ValueError).
     """
 
     def __init__(
@@ -140,8 +183,9 @@ class CompiledLibrary:
         self.input_shape: tuple[int, ...] = shape
         self.input_dtype = np.dtype(input_dtype)
         if num_threads is not None:
-            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-                raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+            valid = isinstance(num_threads, int) and not isinstance(num_threads, bool)
+            if not valid or not 1 <= num_threads <= MAX_THREADS:
+                raise ValueError(f"num_threads must be an int from 1 to {MAX_THREADS} or None, got {num_threads!r}")
             # The pool of a thread reads TVM_NUM_THREADS once, when it is created, and caps the
             # usable workers; make it large enough, config_threadpool picks the exact count.
             os.environ.setdefault("TVM_NUM_THREADS", str(max(num_threads, _available_cores())))
@@ -199,26 +243,6 @@ class CompiledLibrary:
 
     # -- running ---------------------------------------------------------------------------
 
-    def _check_input(self, x: Any) -> tuple[np.ndarray, bool]:
-        """Return ``(batch, was_single)`` with ``batch`` of shape (N, *input_shape[1:])."""
-        arr = np.asarray(x)
-        sample_shape = self.input_shape[1:]
-        if arr.dtype.kind != self.input_dtype.kind or arr.dtype.kind not in "fiub":
-            kind = {"f": "floating-point", "i": "signed integer", "u": "unsigned integer", "b": "boolean"}
-            raise ValueError(
-                f"expected a {kind.get(self.input_dtype.kind, str(self.input_dtype))} input "
-                f"(the library's input dtype is {self.input_dtype}), got dtype {arr.dtype} "
-                f"with shape {arr.shape}"
-            )
-        if arr.shape == sample_shape:
-            return arr.reshape((1, *sample_shape)), True
-        if arr.ndim == len(self.input_shape) and arr.shape[1:] == sample_shape:
-            return arr, False
-        raise ValueError(
-            f"expected input of shape (N, {', '.join(map(str, sample_shape))}) or a single sample "
-            f"{sample_shape} (the library's input shape is {self.input_shape}); got shape {arr.shape}"
-        )
-
     def _call(self, tensor: Any) -> np.ndarray:
         try:
             out = self._main(tensor)
@@ -238,12 +262,12 @@ class CompiledLibrary:
         """Run the library on ``x``.
 
         ``x`` is a batch ``(N, *input_shape[1:])`` or one sample ``input_shape[1:]`` (treated as
-        N = 1). The library is compiled for batch 1, so the samples run one call at a time.
+        N = 1), checked by :func:`check_input`. The library is compiled for batch 1, so the samples
+        run one call at a time.
         Returns the outputs stacked along a new batch axis, float32, e.g. ``(N, classes)``.
         """
-        batch, _ = self._check_input(x)
+        batch, _ = check_input(x, self.input_shape, self.input_dtype)
         self._apply_threads()
-        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         n = batch.shape[0]
         staging = self._tvm.runtime.empty(self.input_shape, str(self.input_dtype), self._device)
         outputs: np.ndarray | None = None

@@ -5,6 +5,7 @@ The only module of `adl.compiler` that imports the layers below it (data, models
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Any, Callable, Sequence
 from adl.compiler import budgets as budget_checks
 from adl.compiler.budget_plan import plan_budgets
 from adl.compiler.checkpoint import CheckpointStore, model_fingerprint, root_key
+from adl.compiler.files import output_lock
 from adl.compiler.layers import LayerDesc
 from adl.compiler.module import Module, PassRecord
-from adl.compiler.passes import BudgetInfeasible, Instrument, Pass, PassContext, PassError, stage_key
+from adl.compiler.passes import BudgetInfeasible, Instrument, Pass, PassContext, PassCrash, PassError, stage_key
 from adl.compiler.pipeline import Pipeline
 from adl.compiler.progress import Progress, SilentProgress
 from adl.compiler.spec import Spec
@@ -124,8 +126,8 @@ def _run_one(p: Pass, module: Module, ctx: PassContext, done: Sequence[str]) -> 
         raise
     except PassError as err:
         raise PassError(f"{where}: {err}") from err
-    except Exception as err:
-        raise PassError(f"{where}: {type(err).__name__}: {err}") from err
+    except Exception as err:  # not a deliberate PassError: a bug in the pass, reported as one
+        raise PassCrash(p.name, done, err) from err
     unmet = [fact for fact in p.ensures if fact not in result.provides()]
     if unmet:
         raise PassError(f"{where}: the pass did not establish {', '.join(unmet)} as it declares")
@@ -146,14 +148,57 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     trained, so passes that need a trained network may come first): how `Pipeline.run`
     compiles a user's own network and data without an .adl file.
     """
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
+    cache_dir = prepare_cache(Path(cache_dir) if cache_dir is not None else out_dir.parent / ".adl-cache")
+    with _lock_output(out_dir, log):
+        return _compile_locked(spec, out_dir, cache_dir, pipeline, seed=seed, dump_ir=dump_ir, progress=progress,
+                               log=log, on_pass=on_pass, depfile=depfile, dataset=dataset, model=model,
+                               trained=trained)
+
+
+def prepare_cache(cache_dir: Path) -> Path:
+    """The cache folder, created private (0700); one that another user owns or may write to, or a
+    cache key that is not private, is an `AdlError` naming it (what a cache holds is trusted)."""
+    from adl.compiler import seal
+    from adl.compiler.files import UnsafeDirectory, private_dir
+
+    try:
+        private_dir(cache_dir)
+        seal.secret_key()
+    except UnsafeDirectory as err:
+        raise AdlError.at(f"refusing cache directory: it {err.reason}", None, filename=str(err.path)) from None
+    except seal.UnsafeKey as err:
+        raise AdlError.at(err.reason, None, filename=str(err.path)) from None
+    except OSError as err:
+        raise AdlError.at(f"cannot create the cache directory: {err.strerror}", None, filename=str(cache_dir)) from None
+    return cache_dir
+
+
+def _lock_output(out_dir: Path, log: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
+    """The output folder's lock, held (waiting, with a log line, while another compile holds it)."""
+    from adl.compiler.files import lock_path
+
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(output_lock(out_dir, on_wait=lambda: log(f"waiting for another compile of {out_dir}")))
+    except OSError as err:
+        raise AdlError.at(f"cannot lock the output folder: {err.strerror}", None,
+                          filename=str(lock_path(out_dir))) from None
+    return held
+
+
+def _compile_locked(spec: Spec, out_dir: Path, cache_dir: Path, pipeline: Pipeline | None, *, seed: int,
+                    dump_ir: Path | None, progress: Progress | None, log: Callable[[str], None],
+                    on_pass: Callable[[PassRecord], None], depfile: Path | None, dataset: Any, model: Any,
+                    trained: bool) -> CompileResult:
+    """`compile_spec` once the output folder's lock is held."""
     from adl.backends.artifact import PASS_FILES, write_artifact
     from adl.compiler.manifest import build_manifest, render_report
     from adl.compiler.report_html import render_html
 
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
-    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".adl-cache"
     pipeline = pipeline if pipeline is not None else Pipeline.from_stages(spec.pipeline)
 
+    preflight_target(spec)
     cost_model = make_cost_model(spec)
     cost_model.progress = progress or SilentProgress()  # a measured model shows its measuring
     plan = plan_budgets(spec, list(pipeline))
@@ -207,9 +252,19 @@ def check_feasible(spec: Spec, pipeline: Pipeline, data: DataShape, cost_model: 
     for p in pipeline:
         try:
             p.check_feasible(spec, data, cost_model)
-        except BudgetInfeasible as err:
-            raise AdlError.at(str(err), getattr(err.budget, "span", None), filename=spec.filename,
-                              source=spec.source, note=err.note) from None
+        except BudgetInfeasible as err:  # a SettingInvalid too: its span is the setting's
+            raise AdlError.at(str(err), err.span, filename=spec.filename, source=spec.source,
+                              note=err.note) from None
+
+
+def preflight_target(spec: Spec) -> None:
+    """The target's `mcpu` and `triple` checked against LLVM's own lists before anything runs
+    (TVM would fall back to a generic CPU, or crash, later): a spec error at the setting."""
+    if spec.target.mcpu is None and spec.target.triple is None:
+        return  # nothing to check, and no TVM to import
+    from adl.backends.tvm.llvm_names import check_target
+
+    check_target(spec)
 
 
 def report_sections(pipeline: Pipeline, module: Module) -> list[tuple[str, list[str]]]:

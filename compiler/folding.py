@@ -41,6 +41,20 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
     return graph_module
 
 
+def fold_batchnorm_or_explain(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """`fold_batchnorm(model)`, or, when torch.fx cannot trace the model (torch.export may still
+    export it), `model` itself and why its BatchNorm stayed unfolded: a note the caller must
+    show, since the library is slower for it. A model without BatchNorm loses nothing: no note."""
+    try:
+        return fold_batchnorm(model), None
+    except Exception as err:  # noqa: BLE001 -- fx raises many types (TraceError, TypeError, ...); reported
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return model, None
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        return model, (f"BatchNorm folding failed ({type(err).__name__}: {reason[:200]}); lowering with "
+                       "BatchNorm unfolded: slower")
+
+
 @torch.no_grad()
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)

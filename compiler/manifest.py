@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 from typing import Any, Sequence
 
 from adl.compiler.budgets import Verdict
@@ -15,13 +17,15 @@ SCHEMA_VERSION = 1
 def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: Sequence[Verdict], *, seed: int,
                    version: str, cost: dict[str, Any] | None = None,
                    budget_plan: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The manifest; `cost` is the driver's `cost_model` record (see `adl.compiler.driver.price`)."""
+    """The manifest; `cost` is the driver's `cost_model` record (see `adl.compiler.driver.price`).
+    `library` (lower's record) gains ``sha256``, of the file the artifact carries, when
+    `adl.backends.artifact.write_artifact` copies it there."""
     spec = module.spec
     metrics = dict(module.metrics)
     library = metrics.pop("library", None)
     layers = metrics.pop("layers", [])
     history = metrics.pop("train_history", [])
-    return {
+    return without_non_finite({
         "schema_version": SCHEMA_VERSION,
         "adl_version": version,
         "spec": {"name": spec.name, "file": "spec.adl",
@@ -50,7 +54,28 @@ def build_manifest(module: Module, pipeline: Pipeline, dataset: Any, verdicts: S
         "passes": [{"name": r.name, "pass": r.pipeline_text, "key": r.key, "seconds": round(r.seconds, 3),
                     "reused": r.reused} for r in module.log],
         "training": {"history": history},
-    }
+    })
+
+
+def without_non_finite(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` with every NaN or infinite number written as null (JSON has neither), and, if
+    there were any, `non_finite` naming each one's place and value, e.g.
+    ``{"metrics.max_abs_diff": "NaN"}``: a measurement that failed shows as one, not as a number."""
+    found: dict[str, str] = {}
+    clean = _finite(manifest, "", found)
+    return {**clean, "non_finite": found} if found else clean
+
+
+def _finite(value: Any, path: str, found: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_finite(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        found[path] = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return None
+    return value
 
 
 LAYER_COLUMNS = ("layer", "op", "input", "output", "kernel", "params", "MACs", "bits (w/a)")
@@ -69,8 +94,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:.4g} us"
+def _us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:.4g} us"
 
 
 def render_report(manifest: dict[str, Any], sections: Sequence[tuple[str, Sequence[str]]] = ()) -> str:

@@ -31,6 +31,24 @@ class PassError(Exception):
     """A pass failed for a reason the user can act on; the message is shown without a traceback."""
 
 
+class PassCrash(PassError):
+    """A pass raised something other than a `PassError`: a bug in that pass, not the user's
+    mistake. The original exception is the `__cause__` (`--debug` shows its traceback)."""
+
+    def __init__(self, pass_name: str, done: Sequence[str], error: BaseException) -> None:
+        after = f" (after [{', '.join(done)}])" if done else ""
+        super().__init__(f"internal error in pass '{pass_name}'{after}: {type(error).__name__}: "
+                         f"{_first_line(error)}; rerun with --debug for the traceback")
+        self.pass_name = pass_name
+        self.__cause__ = error
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an error's text (TVM's run to pages), cut to `limit` characters."""
+    line = next((text.strip() for text in str(error).splitlines() if text.strip()), "")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 class BudgetInfeasible(PassError):
     """No outcome of a pass can meet `budget`: raised by `Pass.check_feasible`, shown by the
     driver as a spec error with a caret at the budget, before any pass runs."""
@@ -39,6 +57,25 @@ class BudgetInfeasible(PassError):
         super().__init__(message)
         self.budget = budget
         self.note = note
+
+    @property
+    def span(self) -> Any:
+        """Where the caret goes: the budget's span."""
+        return getattr(self.budget, "span", None)
+
+
+class SettingInvalid(BudgetInfeasible):
+    """A pass's option that cannot work with the spec (e.g. more threads than the target has
+    cores): raised by `Pass.check_feasible`, shown like `BudgetInfeasible` with the caret at
+    `span` (see `adl.compiler.source_spans`), before any pass runs."""
+
+    def __init__(self, message: str, span: Any, note: str | None = None) -> None:
+        super().__init__(message, budget=None, note=note)
+        self._span = span
+
+    @property
+    def span(self) -> Any:
+        return self._span
 
 
 class Pass:

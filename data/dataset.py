@@ -197,6 +197,23 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(means), tuple(stds)
 
 
+def check_features(x: np.ndarray, what: str) -> None:
+    """DataError for samples without a single value (a zero-sized axis, e.g. x of shape (N, 0))."""
+    if 0 in x.shape[1:]:
+        raise DataError(f"{what} has samples of shape {tuple(x.shape[1:])}: no features to learn from "
+                        "(every axis after the first must be at least 1)", key="path")
+
+
+def check_two_classes(y: np.ndarray, what: str) -> None:
+    """DataError for labels of fewer than two classes: nothing to tell apart."""
+    labels = np.unique(y)
+    if len(labels) == 0:
+        raise DataError(f"{what} has no samples", key="path")
+    if len(labels) < 2:
+        raise DataError(f"{what} has samples of one class only (label {labels[0]}): a classifier needs samples "
+                        "of 2 classes at least", key="path")
+
+
 def make_dataset(
     name: str,
     x_train: np.ndarray,
@@ -207,7 +224,9 @@ def make_dataset(
     value_range: tuple[float, float],
     what: str,
 ) -> Dataset:
-    """Assemble a Dataset with the canonical dtypes, after checking neither split is tiny."""
+    """Assemble a Dataset with the canonical dtypes, after checking that samples have features,
+    that neither split is tiny, and that the labels hold two classes at least."""
+    check_features(x_train, what)
     for split_name, ys in (("training", y_train), ("test", y_test)):
         if len(ys) < MIN_SPLIT_SAMPLES:
             total = len(y_train) + len(y_test)
@@ -217,6 +236,7 @@ def make_dataset(
                 # With enough samples a different split fraction fixes it; otherwise the data must grow.
                 key="split" if total >= 2 * MIN_SPLIT_SAMPLES and name != "cifar10" else "path",
             )
+    check_two_classes(np.concatenate([y_train, y_test]), what)
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)
     mean, std = channel_stats(x_train)
     return Dataset(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, Dataset, check_labels, make_dataset, stratified_split
+from .dataset import DataError, Dataset, check_features, check_labels, make_dataset, stratified_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -71,13 +71,15 @@ def load_npz(path: Path, *, split: float, seed: int, classes: int | None) -> Dat
         raise DataError(f"{what}: x has {len(x)} samples but y has {len(y)} labels", key="path")
     if len(x) == 0:
         raise DataError(f"{what} has no samples (x has shape {x.shape})", key="path")
-    x = x.astype(np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, reported just below
+        x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise DataError(f"{what}: array 'x' contains NaN or infinite values (after conversion to float32)", key="path")
     if x.ndim == 3:
         x = x[:, None]
     y = _integer_labels(y, what)
     n_classes = check_labels(y, classes, what)
+    check_features(x, what)  # before x.min(), which an array without values cannot give
     value_range = (float(x.min()), float(x.max()))
     return _split_dataset("npz", x, y, n_classes, split, seed, value_range, what)
 

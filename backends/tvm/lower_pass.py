@@ -10,26 +10,38 @@ report lays each beside the cost model's prediction for its layer.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
+from typing import Any
 
 from adl.compiler.module import Module
 from adl.compiler.options import Option
-from adl.compiler.passes import Pass, PassContext, PassError
+from adl.compiler.passes import Pass, PassContext, PassError, SettingInvalid
+from adl.compiler.source_spans import stage_setting_span
+from adl.compiler.spec import Spec
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class LowerPass(Pass):
     name = "lower"
     summary = "lower through TVM Relax to a shared library; verify it against PyTorch; measure it"
     options = (
-        Option("repeats", "int", 50, "timed batch-1 runs for the latency median", low=10),
-        Option("warmup", "int", 10, "untimed runs before timing", low=0),
+        Option("repeats", "int", 50, "timed batch-1 runs for the latency median", low=10, high=1_000_000),
+        Option("warmup", "int", 10, "untimed runs before timing", low=0, high=1_000_000),
         Option("tolerance", "float", 1e-4, "max abs difference allowed between library and PyTorch outputs",
-               low=0.0),
+               low=0.0, high=1e6),
         Option("rounding_flips", "fraction", 0.01, "libraries with integer layers: the fraction of test samples "
                "whose outputs may exceed `tolerance` through requantization rounding, if their top-1 class agrees",
                low=0.0, high=1.0),
         Option("threads", "int", 0, "threads the library runs with; 0: time 1..cores and keep the fastest "
-               "(small networks often run faster on one)", low=0),
+               "(small networks often run faster on one)", low=0, high=1024),
         Option("profile", "bool", True, "also time every kernel of the library alone (per-layer measured latency "
                "in the report)"),
     )
@@ -39,7 +51,7 @@ class LowerPass(Pass):
     def run(self, module: Module, ctx: PassContext) -> Module:
         import numpy as np
 
-        from adl.backends.runtime import CompiledLibrary, fastest_thread_count
+        from adl.backends.runtime import CompiledLibrary
         from adl.backends.tvm.build import LoweringError, TuneRequest, build_library, output_agreement
 
         dataset = ctx.dataset()
@@ -54,6 +66,8 @@ class LowerPass(Pass):
                                      progress=ctx.progress)
             except LoweringError as err:
                 raise PassError(str(err)) from err
+            for note in info.notes:
+                ctx.log(f"lower: {note}")
             bar.advance(1, step="built")
             if ctx.spec.target.remote:
                 return self._run_remote(module, ctx, path, info, bar)
@@ -66,10 +80,7 @@ class LowerPass(Pass):
             agreement = output_agreement(module.model, path, dataset.x_test)
             difference, flips = agreement.max, self._check_agreement(agreement, module.model, ctx)
             bar.advance(1, step="verified")
-            threads, thread_timings = self.config["threads"] or ctx.spec.target.cores, None
-            if not self.config["threads"] and ctx.spec.target.cores > 1:
-                choice = fastest_thread_count(path, info.input_shape, ctx.spec.target.cores)
-                threads, thread_timings = choice.threads, {str(n): s for n, s in choice.median_s.items()}
+            threads, thread_timings = self._choose_threads(path, info.input_shape, ctx)
             library = CompiledLibrary(path, info.input_shape, num_threads=threads)
             accuracy = float(np.mean(library.predict(dataset.x_test) == dataset.y_test))
             latency = library.latency(repeats=self.config["repeats"], warmup=self.config["warmup"])
@@ -87,6 +98,33 @@ class LowerPass(Pass):
             **({"kernels": kernels} if kernels else {}),
             library=asdict(info) | {"file": "model.so"},
         ).establish("library")
+
+    def check_feasible(self, spec: Spec, data: Any, cost_model: Any) -> None:
+        """`threads` above the target's `cores` is a spec error at `threads`."""
+        threads, cores = self.config["threads"], spec.target.cores
+        if threads > cores:
+            written = any(s.pass_name == self.name and s.as_dict().get("threads") == threads for s in spec.pipeline)
+            raise SettingInvalid(f"lower: threads = {threads} exceeds the target's cores = {cores}",
+                                 stage_setting_span(spec, self.name, "threads") if written else None,
+                                 note=f"use at most {cores}, or 0 to time 1..{cores} threads and keep the fastest")
+
+    def _choose_threads(self, path, input_shape, ctx: PassContext) -> tuple[int, dict[str, float] | None]:
+        """The library's thread count, and each count's median when `threads = 0` timed them.
+
+        Never more than this machine's cores: more TVM workers than cores gain nothing, and as the
+        workers spin-wait (TVM_THREAD_POOL_SPIN_COUNT) they starve each other: on 2 cores a pool of
+        64 workers took 23 s to shut down at exit, one of 1000 over 2 minutes."""
+        from adl.backends.runtime import fastest_thread_count
+
+        cores, here = ctx.spec.target.cores, available_cores()
+        limit = min(cores, here)
+        if limit < cores:
+            ctx.log(f"lower: the target has {cores} cores but this machine {here}: the library runs and is timed "
+                    f"here with at most {limit} threads")
+        if self.config["threads"] or limit == 1:
+            return min(self.config["threads"] or limit, limit), None
+        choice = fastest_thread_count(path, input_shape, limit)
+        return choice.threads, {str(n): s for n, s in choice.median_s.items()}
 
     def _check_agreement(self, agreement, model, ctx: PassContext) -> dict | None:
         """Refuse a library that disagrees with PyTorch beyond `tolerance`, except, in a library

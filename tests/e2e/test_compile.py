@@ -61,7 +61,9 @@ def test_compile_writes_a_complete_artifact(compiled):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
     assert manifest["input"]["shape"] == [1, 1, 8, 8] and manifest["input"]["value_range"] == [0.0, 16.0]
+    # 4 epochs reach 0.78..0.86 over 15 seeds (mean 0.81, sd 0.025; another CPU's rounding is another trajectory)
     assert manifest["metrics"]["accuracy"] >= 0.70
+    # `lower`'s tolerance: these logits (|z| < 4) carry ~1e-6 of float32 rounding (measured against float64)
     assert manifest["metrics"]["max_abs_diff"] <= 1e-4
     assert manifest["metrics"]["latency"]["repeats"] == 20
     timings = manifest["metrics"]["threads_median_s"]  # `lower` timed 1..cores threads and kept the fastest
