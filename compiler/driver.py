@@ -149,11 +149,38 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     compiles a user's own network and data without an .adl file.
     """
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
+    pipeline = pipeline if pipeline is not None else Pipeline.from_stages(spec.pipeline)
+    checked = _check_before_any_pass(spec, pipeline, progress, data_given=dataset is not None)
     cache_dir = prepare_cache(Path(cache_dir) if cache_dir is not None else out_dir.parent / ".adl-cache")
     with _lock_output(out_dir, log):
-        return _compile_locked(spec, out_dir, cache_dir, pipeline, seed=seed, dump_ir=dump_ir, progress=progress,
-                               log=log, on_pass=on_pass, depfile=depfile, dataset=dataset, model=model,
-                               trained=trained)
+        return _compile_locked(spec, out_dir, cache_dir, pipeline, checked, seed=seed, dump_ir=dump_ir,
+                               progress=progress, log=log, on_pass=on_pass, depfile=depfile, dataset=dataset,
+                               model=model, trained=trained)
+
+
+@dataclass(frozen=True)
+class _Prechecked:
+    """What is decided before the cache is touched: a spec that cannot work fails here, leaving
+    no cache, lock or artifact behind."""
+
+    cost_model: Any
+    plan: Any
+    shape: tuple[int, ...] | None  # the input shape, when the source's is known without loading it
+
+
+def _check_before_any_pass(spec: Spec, pipeline: Pipeline, progress: Progress | None, *,
+                           data_given: bool) -> _Prechecked:
+    preflight_target(spec)
+    cost_model = make_cost_model(spec)
+    cost_model.progress = progress or SilentProgress()  # a measured model shows its measuring
+    plan = plan_budgets(spec, list(pipeline))
+    for index, p in enumerate(pipeline):
+        p.budget_shares = plan.for_pass(index)
+    shape = None if data_given else known_input_shape(spec.data.source, image_size=spec.data.image_size,
+                                                       grayscale=spec.data.grayscale)
+    if shape is not None:  # an impossible budget is refused before the data (and torch) is loaded
+        check_feasible(spec, pipeline, DataShape(shape), cost_model)
+    return _Prechecked(cost_model, plan, shape)
 
 
 def prepare_cache(cache_dir: Path) -> Path:
@@ -187,8 +214,8 @@ def _lock_output(out_dir: Path, log: Callable[[str], None]) -> contextlib.Abstra
     return held
 
 
-def _compile_locked(spec: Spec, out_dir: Path, cache_dir: Path, pipeline: Pipeline | None, *, seed: int,
-                    dump_ir: Path | None, progress: Progress | None, log: Callable[[str], None],
+def _compile_locked(spec: Spec, out_dir: Path, cache_dir: Path, pipeline: Pipeline, checked: _Prechecked, *,
+                    seed: int, dump_ir: Path | None, progress: Progress | None, log: Callable[[str], None],
                     on_pass: Callable[[PassRecord], None], depfile: Path | None, dataset: Any, model: Any,
                     trained: bool) -> CompileResult:
     """`compile_spec` once the output folder's lock is held."""
@@ -196,18 +223,7 @@ def _compile_locked(spec: Spec, out_dir: Path, cache_dir: Path, pipeline: Pipeli
     from adl.compiler.manifest import build_manifest, render_report
     from adl.compiler.report_html import render_html
 
-    pipeline = pipeline if pipeline is not None else Pipeline.from_stages(spec.pipeline)
-
-    preflight_target(spec)
-    cost_model = make_cost_model(spec)
-    cost_model.progress = progress or SilentProgress()  # a measured model shows its measuring
-    plan = plan_budgets(spec, list(pipeline))
-    for index, p in enumerate(pipeline):
-        p.budget_shares = plan.for_pass(index)
-    shape = None if dataset is not None else known_input_shape(spec.data.source, image_size=spec.data.image_size,
-                                                                grayscale=spec.data.grayscale)
-    if shape is not None:  # an impossible budget is refused before the data (and torch) is loaded
-        check_feasible(spec, pipeline, DataShape(shape), cost_model)
+    cost_model, plan, shape = checked.cost_model, checked.plan, checked.shape
     dataset = dataset if dataset is not None else load_data(spec)
     ctx = PassContext(spec=spec, work_dir=cache_dir, seed=seed, progress=progress or SilentProgress(),
                       instruments=[DumpIR(dump_ir)] if dump_ir else [], load_dataset=lambda: dataset, log=log,
@@ -235,7 +251,8 @@ def _compile_locked(spec: Spec, out_dir: Path, cache_dir: Path, pipeline: Pipeli
     if depfile is not None:
         from adl.compiler.depfile import dependencies, write_depfile
 
-        write_depfile(depfile, artifact_dir / "manifest.json", dependencies(spec, pipeline, cost_model))
+        deps = dependencies(spec, pipeline, cost_model)
+        write_depfile(depfile, artifact_dir / "manifest.json", deps)
     return CompileResult(module, artifact_dir, verdicts, manifest)
 
 

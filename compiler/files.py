@@ -197,21 +197,42 @@ def output_lock(out_dir: PathLike, on_wait: Callable[[], None] = lambda: None) -
                 entry[1] -= 1
                 if entry[1] == 0:
                     del _held[key]
+                    # removed while still held, so no lock file outlives the compile; a waiter
+                    # that locks the removed file notices and starts over (`_acquire`)
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                     os.close(entry[0])  # releases the flock
 
 
 def _acquire(path: Path, on_wait: Callable[[], None]) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
+    """The descriptor of `path`, locked; retried while the file we locked is not the one at
+    `path` any more (its holder removed it on release: the lock moved to a new file)."""
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    on_wait()
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
-        raise
-    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 # -- atomic exchange ---------------------------------------------------------------------------

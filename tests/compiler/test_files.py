@@ -101,6 +101,35 @@ def test_output_lock_excludes_other_processes_and_is_reentrant(tmp_path):
         release.set()
         child.join(30)
     assert lock_path(out) == tmp_path / ".out.lock"
+    assert not lock_path(out).exists()  # removed on release
+
+
+def test_a_waiter_on_a_lock_file_its_holder_removed_locks_the_new_one(tmp_path):
+    """Three compiles: A holds; B waits on A's file; A releases and removes it; C creates a new
+    one. B must notice its file is gone and contend for C's, never hold the lock beside C."""
+    out = tmp_path / "out"
+    # threads share the process's re-entrant table, so each contender is a process
+    ctx = multiprocessing.get_context("fork")
+    holders = []
+    for name, delay in (("A", 0.0), ("B", 0.1), ("C", 0.35)):
+        time.sleep(delay)
+        holders.append(ctx.Process(target=_hold_and_record, args=(out, tmp_path / f"{name}.times", 0.4)))
+        holders[-1].start()
+    for process in holders:
+        process.join(30)
+        assert process.exitcode == 0
+    spans = sorted(tuple(map(float, (tmp_path / f"{name}.times").read_text().split())) for name in "ABC")
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end  # one holder at a time
+    assert not lock_path(out).exists()
+
+
+def _hold_and_record(out: Path, record: Path, seconds: float) -> None:
+    with output_lock(out):
+        start = time.time()
+        time.sleep(seconds)
+        end = time.time()
+    record.write_text(f"{start} {end}")
 
 
 def test_exchange_swaps_two_folders(tmp_path):
