@@ -80,6 +80,12 @@ DATA_SOURCES: dict[str, tuple[Option, ...]] = {
     "digits": (_SPLIT, _SEED, _VALIDATION),
     "npz": (_PATH, _SPLIT, _SEED, _VALIDATION),
     "cifar10": (_PATH, _SEED, _VALIDATION),
+    "idx": (Option("path", "path", doc="the folder of the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                   't10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may be .gz), e.g. `path = "data/mnist"` '
+                   "(relative to the spec)"), _SEED, _VALIDATION),
+    "fashion_mnist": (Option("path", "path", None, "the folder of Fashion-MNIST's IDX files (default: "
+                             "/usr/share/datasets/fashion-mnist, from `apt-get install dataset-fashion-mnist`)"),
+                      _SEED, _VALIDATION),
     "images": (_PATH, _SPLIT, _SEED, _VALIDATION,
                Option("image_size", "int_list", None, "resize every image to [H, W]", low=1, high=MAX_IMAGE_SIDE),
                Option("grayscale", "bool", False, "read images as one channel")),

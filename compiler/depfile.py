@@ -55,14 +55,17 @@ def _files_under(path: Path) -> Iterator[Path]:
         yield path
 
 
-def dependencies(spec: Spec, passes: Iterable[Any], cost_model: Any = None) -> list[Path]:
+def dependencies(spec: Spec, passes: Iterable[Any], cost_model: Any = None,
+                 data_path: str | os.PathLike[str] | None = None) -> list[Path]:
     """The files a compile of `spec` with `passes` (configured Pass objects) depends on, absolute,
-    in a stable order, without duplicates."""
+    in a stable order, without duplicates. `data_path` is where the data lies when the spec
+    names no path (a source's default folder, e.g. fashion_mnist's)."""
     found: list[Path] = []
     if spec.filename and Path(spec.filename).is_file():
         found.append(Path(spec.filename))
-    if spec.data.path:
-        found.extend(_files_under(Path(spec.data.path)))
+    data_path = spec.data.path or data_path
+    if data_path:
+        found.extend(_files_under(Path(data_path)))
     for p in passes:
         found.extend(_path_options(p.options, p.config))
         found.append(_plugin_source(p))

@@ -21,7 +21,7 @@ from adl.compiler.passes import BudgetInfeasible, Instrument, Pass, PassContext,
 from adl.compiler.pipeline import Pipeline
 from adl.compiler.progress import Progress, SilentProgress
 from adl.compiler.spec import Spec
-from adl.data import known_input_shape
+from adl.data import default_data_path, known_input_shape
 from adl import __version__
 from adl.dsl.errors import AdlError
 
@@ -251,7 +251,7 @@ def _compile_locked(spec: Spec, out_dir: Path, cache_dir: Path, pipeline: Pipeli
     if depfile is not None:
         from adl.compiler.depfile import dependencies, write_depfile
 
-        deps = dependencies(spec, pipeline, cost_model)
+        deps = dependencies(spec, pipeline, cost_model, data_path=default_data_path(spec.data.source))
         write_depfile(depfile, artifact_dir / "manifest.json", deps)
     return CompileResult(module, artifact_dir, verdicts, manifest)
 

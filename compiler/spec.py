@@ -37,7 +37,7 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: str  # "digits" | "npz" | "cifar10" | "images"
+    source: str  # "digits" | "npz" | "cifar10" | "idx" | "fashion_mnist" | "images"
     path: str | None  # absolute; relative paths are resolved against the spec's folder
     split: float  # fraction of samples used for training; the rest is the test split
     seed: int

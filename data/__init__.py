@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import sources
+from . import idx, sources
 from .dataset import DataError, Dataset, check_classes, check_split
 
-__all__ = ["DataError", "Dataset", "SOURCES", "known_input_shape", "load_dataset"]
+__all__ = ["DataError", "Dataset", "SOURCES", "default_data_path", "known_input_shape", "load_dataset"]
 
-SOURCES = ("cifar10", "digits", "images", "npz")
-_NEEDS_PATH = {"cifar10", "images", "npz"}
+SOURCES = ("cifar10", "digits", "fashion_mnist", "idx", "images", "npz")
 
 
 def load_dataset(
@@ -38,6 +37,13 @@ def load_dataset(
       - "cifar10": `path` to the CIFAR-10 "python version" folder (`cifar-10-batches-py`) or
         its parent. The official files decide the division: `data_batch_*` is the training
         set and `test_batch` the test set, so `split` and `seed` are ignored.
+      - "idx": `path` to a folder of MNIST-style IDX files (the format of MNIST, Fashion-MNIST,
+        KMNIST, EMNIST): `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+        `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each possibly gzipped (`.gz`). The
+        train files are the training set and the t10k files the test set (`split` does not
+        apply). Images (N, H, W) become x of shape (N, 1, H, W); ubyte pixels keep 0..255.
+      - "fashion_mnist": the same files of Fashion-MNIST, in `path` or, without one, in
+        `/usr/share/datasets/fashion-mnist` (Debian's package `dataset-fashion-mnist`); 10 classes.
       - "images": `path` to a folder with one subfolder of images per class; class indices
         follow the sorted subfolder names. Images become RGB (L with `grayscale=True`) and are
         resized to `image_size` (H, W) when given, else must all share one size.
@@ -74,17 +80,24 @@ def load_dataset(
 
 def _load(source: str, path: str | os.PathLike[str] | None, split: float, seed: int, classes: int | None,
           image_size: tuple[int, int] | None, grayscale: bool) -> Dataset:
-    if source not in _NEEDS_PATH:
+    given = path is not None and str(path) != ""
+    if source == "digits":
         if path is not None:
             raise DataError(f"source {source!r} takes no path", key="path")
         return sources.load_digits(split=split, seed=seed, classes=classes)
-    if path is None or str(path) == "":
+    if source == "fashion_mnist" and not given:
+        return idx.load_fashion_mnist(None, classes=classes)
+    if not given:
         raise DataError(f"source {source!r} needs a path", key="path")
     p = Path(os.path.expanduser(os.fspath(path)))
     if source == "npz":
         return sources.load_npz(p, split=split, seed=seed, classes=classes)
     if source == "cifar10":
         return sources.load_cifar10(p, classes=classes)
+    if source == "idx":
+        return idx.load_idx(p, classes=classes)
+    if source == "fashion_mnist":
+        return idx.load_fashion_mnist(p, classes=classes)
     return sources.load_images(
         p, split=split, seed=seed, classes=classes,
         image_size=None if image_size is None else (int(image_size[0]), int(image_size[1])),
@@ -103,12 +116,17 @@ def _is_size(size: object) -> bool:
 def known_input_shape(source: str, *, image_size: tuple[int, int] | None = None,
                       grayscale: bool = False) -> tuple[int, ...] | None:
     """The per-sample input shape of `source` when it is fixed by the source itself (no file
-    read, nothing imported): digits (1, 8, 8), cifar10 (3, 32, 32), images with an
-    `image_size`; None when only the data can tell (npz, images at their own size)."""
-    if source == "digits":
-        return (1, 8, 8)
-    if source == "cifar10":
-        return (3, 32, 32)
+    read, nothing imported): digits (1, 8, 8), cifar10 (3, 32, 32), fashion_mnist (1, 28, 28),
+    images with an `image_size`; None when only the data can tell (npz, idx, images at their
+    own size)."""
+    fixed = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "fashion_mnist": (1, 28, 28)}
+    if source in fixed:
+        return fixed[source]
     if source == "images" and image_size is not None:
         return (1 if grayscale else 3, *image_size)
     return None
+
+
+def default_data_path(source: str) -> Path | None:
+    """Where `source` reads its files when no `path` is given (fashion_mnist: Debian's folder)."""
+    return idx.FASHION_MNIST_DIR if source == "fashion_mnist" else None

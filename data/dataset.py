@@ -11,6 +11,8 @@ import numpy as np
 # A split must leave at least this many samples on each side: a one-sample test set gives a
 # meaningless accuracy and a one-sample training batch breaks batch statistics.
 MIN_SPLIT_SAMPLES = 2
+# Sources whose files decide the train/test division: `split` does not apply to them.
+OFFICIAL_SPLITS = frozenset({"cifar10", "fashion_mnist", "idx"})
 
 
 class DataError(Exception):
@@ -234,7 +236,7 @@ def make_dataset(
                 f"{what} leaves {len(ys)} {split_name} sample(s) out of {total}; "
                 f"each split needs at least {MIN_SPLIT_SAMPLES}",
                 # With enough samples a different split fraction fixes it; otherwise the data must grow.
-                key="split" if total >= 2 * MIN_SPLIT_SAMPLES and name != "cifar10" else "path",
+                key="split" if total >= 2 * MIN_SPLIT_SAMPLES and name not in OFFICIAL_SPLITS else "path",
             )
     check_two_classes(np.concatenate([y_train, y_test]), what)
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)

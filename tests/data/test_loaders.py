@@ -491,13 +491,13 @@ def test_images_bad_image_size(tmp_path, size):
 
 
 def test_unknown_source_lists_known_ones():
-    with raises("source", "'mnist'", "cifar10, digits, images, npz"):
+    with raises("source", "'mnist'", "cifar10, digits, fashion_mnist, idx, images, npz"):
         load_dataset("mnist")
-    assert set(SOURCES) == {"cifar10", "digits", "images", "npz"}
+    assert set(SOURCES) == {"cifar10", "digits", "fashion_mnist", "idx", "images", "npz"}
 
 
 def test_path_options(tmp_path):
-    for source in ("npz", "cifar10", "images"):
+    for source in ("npz", "cifar10", "idx", "images"):
         with raises("path", source, "needs a path"):
             load_dataset(source)
     with raises("path", "takes no path"):
