@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-quick test test-fast install bench-deps clean
+.PHONY: demo demo-quick test test-fast install bench-deps bench-status clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test-fast: $(STAMP)
 
 bench-deps: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+
+# Committed bench/results/*.json measured before the last change to the code they measure (exit 1 if any).
+bench-status: $(STAMP)
+	$(BIN)/python -m bench.status
 
 clean:
 	rm -rf build .pytest_cache

@@ -57,7 +57,11 @@ from adl.backends.tvm.build import TuneRequest  # noqa: E402
 from adl.backends.tvm.default_schedules import float_lanes  # noqa: E402
 from adl.passes.amc.search import AmcConfig, make_env, run_amc  # noqa: E402
 from common import TRAIN_THREADS, log, train  # noqa: E402
+from provenance import provenance  # noqa: E402
 
+# what the figures depend on (`python -m bench.status`): search, fine-tuning, the network, the data, the lowering
+MEASURES = ("bench/amc.py", "bench/common.py", "passes/amc", "passes/rl", "passes/train/loop.py", "models", "data",
+            "compiler/layers.py", "compiler/folding.py", "backends/tvm", "backends/runtime.py")
 MODEL = ("mobilenet", {"width": 2.0, "head": 256})
 BUDGETS = (0.5, 0.3)
 METHODS = ("amc", "amc_train_images", "uniform", "torch_pruning")
@@ -278,6 +282,7 @@ def main() -> None:
         args.finetune_seeds, args.study = 1, 3
         args.rounds, args.repeats, args.tune_trials = 2, 20, 0
     torch.set_num_threads(TRAIN_THREADS)
+    origin = provenance(f"digits (scikit-learn 8x8; test split 0.2, seed 0; validation {VALIDATION:g} of training)")
     started = time.perf_counter()
     dataset = load_dataset("digits", validation=VALIDATION)
     training_images = dataclasses.replace(dataset, x_val=None, y_val=None)  # the pass without a validation split
@@ -292,6 +297,7 @@ def main() -> None:
     base_flops = flops(base, shape)
     report: dict = {
         "goals": {},
+        "provenance": origin,
         "machine": {"platform": platform.platform(), "cpu": host_cpu(), "threads": THREADS,
                     "float_lanes": MULTIPLE, "torch": torch.__version__},
         "settings": {"model": {"family": family, **options}, "budgets": BUDGETS, "seeds": args.seeds,

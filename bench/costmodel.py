@@ -27,6 +27,10 @@ from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 THREADS = 2
+# what the figures depend on (`python -m bench.status`): the cost models, the lowering they predict, the networks
+MEASURES = ("bench/costmodel.py", "hwmodels/measured.py", "hwmodels/roofline.py", "hwmodels/calibration.py",
+            "hwmodels/base.py", "models", "compiler/layers.py", "compiler/folding.py", "backends/tvm",
+            "backends/runtime.py")
 
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
@@ -40,6 +44,7 @@ from adl.backends.tvm.calibrate import measure_roofline  # noqa: E402
 from adl.hwmodels.calibration import save_calibration  # noqa: E402
 from adl.hwmodels.roofline import DEFAULT_BANDWIDTH, DEFAULT_OVERHEAD, GFLOPS_PER_CORE, RooflineModel  # noqa: E402
 from adl.models.space import MobileNetSpace  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 
 def accuracy(predicted: list[float], measured: list[float]) -> dict:
@@ -74,7 +79,9 @@ def main() -> int:
                            widths=(0.5,) if args.quick else (0.5, 0.75, 1.0))
     target = TargetSpec(name="host", cores=THREADS, cost=CallValue("measured"))
     rng = random.Random(args.seed)
-    results: dict = {"machine": {"python": sys.version.split()[0], "platform": platform.platform(),
+    origin = provenance(f"none: random networks of the MobileNet space, random 1x3x32x32 inputs (seed {args.seed})")
+    results: dict = {"provenance": origin,
+                     "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                                  "threads": THREADS},
                      "space": {"blocks": space.blocks, "kernels": space.kernels, "expand": space.expand,
                                "widths": space.widths, "skip": space.skip, "input": space.input_shape}}

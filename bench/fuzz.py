@@ -22,19 +22,17 @@ Outcomes: handled (`ok`: exit 0; `spec error`/`error`: exit 2 with a clean messa
 `check` error without `file:line:col:`/`file:`, a message longer than a screen, a hang, a dead
 worker). A section is a function that yields cases and a function that runs one and judges it
 (`Section`); add one to SECTIONS. Writes JSON: "goals" (value/target/met), the outcome counts,
-a few examples of each outcome, timings, the machine's CPU, the git commit and the date.
+a few examples of each outcome, timings, and the run's provenance (CPU, commit, date, command).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import importlib.util
 import json
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -47,6 +45,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import provenance  # noqa: E402
+
+# what the outcomes depend on (`python -m bench.status`): the parser and checker, the CLI, the artifact loader
+MEASURES = ("bench/fuzz.py", "tests/dsl/fuzzing.py", "adl/cli.py", "dsl", "compiler/check.py", "compiler/options.py",
+            "backends/artifact.py", "backends/runtime.py")
 
 
 def _load_fuzzing():
@@ -438,23 +442,6 @@ def goals(sections: dict[str, dict], args: argparse.Namespace) -> dict:
     return out
 
 
-def _git(*command: str) -> str:
-    try:
-        return subprocess.run(["git", *command], capture_output=True, text=True, cwd=ROOT, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 specs, 20 `adl run` cases (a smoke test)")
@@ -471,6 +458,8 @@ def main() -> int:
     if args.artifact is not None and not (args.artifact / "manifest.json").is_file():
         parser.error(f"--artifact {args.artifact}: no manifest.json there")
 
+    origin = provenance(f"hostile specs from tests/dsl/fuzzing.py (Hypothesis seed {args.seed})"
+                        + (f"; inputs and damaged copies of the artifact {args.artifact}" if args.artifact else ""))
     sections: dict[str, dict] = {}
     for section in SECTIONS:
         if not section.enabled(args):
@@ -483,10 +472,7 @@ def main() -> int:
         "settings": {"specs": args.specs, "seed": args.seed, "timeout_s": args.timeout,
                      "artifact": str(args.artifact) if args.artifact else None, "runs": args.runs,
                      "run_timeout_s": args.run_timeout, "quick": args.quick},
-        "machine": {"cpu": _cpu(), "platform": platform.platform(), "python": sys.version.split()[0],
-                    "cores": os.cpu_count()},
-        "commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(_git("status", "--porcelain")),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": origin,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

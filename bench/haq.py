@@ -37,7 +37,11 @@ from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search
 from adl.passes.train.loop import evaluate
 
 from common import QUANTIZATION_MODEL as MODEL, log, train, trained_quantization_model
+from provenance import provenance
 
+# what the figures depend on (`python -m bench.status`): search, quantization, the bit-serial model, training
+MEASURES = ("bench/haq.py", "bench/common.py", "passes/haq", "passes/rl", "passes/train/loop.py",
+            "hwmodels/bitserial.py", "hwmodels/base.py", "compiler/layers.py", "compiler/folding.py", "models", "data")
 PRESETS = ("edge", "cloud")
 FIXED = (8, 6, 4)
 SPEEDUP = 1.4  # the latency budget: fixed 8-bit's / SPEEDUP
@@ -59,6 +63,7 @@ def main() -> int:
     if args.quick:
         args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 6, 3, 2, 1
     torch.set_num_threads(1)
+    origin = provenance("digits (scikit-learn 8x8; test split 0.2, seed 0; 500 training images for the reward)")
     started = time.perf_counter()
     dataset = load_dataset("digits")
     shape = tuple(dataset.input_shape)
@@ -72,7 +77,8 @@ def main() -> int:
     full = evaluate(base, x_val, y_val)
     budget_text = (f"fixed {args.budget_bits}-bit latency" if args.budget_bits
                    else f"fixed 8-bit latency / {SPEEDUP}")
-    report: dict = {"settings": {"model": {"family": MODEL[0], **MODEL[1]}, "quantized_layers": n,
+    report: dict = {"provenance": origin,
+                    "settings": {"model": {"family": MODEL[0], **MODEL[1]}, "quantized_layers": n,
                                  "bits": [LOW, HIGH], "episodes": args.episodes, "warmup": args.warmup,
                                  "seeds": args.seeds, "base_epochs": args.base_epochs,
                                  "finetune_epochs": args.finetune_epochs, "finetune": "adam(lr=5e-4), cosine, QAT",

@@ -36,7 +36,12 @@ from adl.passes.haq.model import quantize_model
 from adl.passes.haq.search import SearchData, deployed_layers
 
 from common import QUANTIZATION_MODEL as MODEL, log, train, trained_quantization_model
+from provenance import provenance
 
+# what the figures depend on (`python -m bench.status`): quantization, the integer lowering, training, and
+# bench/results/haq.json (the mixed policy it deploys)
+MEASURES = ("bench/haq_int8.py", "bench/common.py", "bench/results/haq.json", "passes/haq", "passes/train/loop.py",
+            "models", "data", "compiler/layers.py", "compiler/folding.py", "backends/tvm", "backends/runtime.py")
 TARGET = {"kind": "llvm", "num-cores": 2}
 AGREEMENT = 0.99
 
@@ -62,6 +67,7 @@ def main() -> int:
     if args.quick:
         args.base_epochs, args.finetune_epochs, args.rounds = 2, 1, 3
     torch.set_num_threads(1)
+    origin = provenance("digits (scikit-learn 8x8; test split 0.2, seed 0)")
     started = time.perf_counter()
     dataset = load_dataset("digits")
     shape = tuple(dataset.input_shape)
@@ -118,10 +124,10 @@ def main() -> int:
             "value": agreement, "target": AGREEMENT, "met": agreement >= AGREEMENT}
         goals[f"{name}: int8 library latency vs fp32 (speedup, measured; reported, no target)"] = {
             "value": rows[name]["speedup_vs_fp32"], "target": None, "met": None}
-    report = {"goals": goals, "settings": {"model": {"family": MODEL[0], **MODEL[1]}, "target": TARGET,
-                                           "base_epochs": args.base_epochs, "finetune_epochs": args.finetune_epochs,
-                                           "rounds": args.rounds, "schedules": "adl default (untuned)",
-                                           "quick": args.quick},
+    report = {"goals": goals, "provenance": origin,
+              "settings": {"model": {"family": MODEL[0], **MODEL[1]}, "target": TARGET,
+                           "base_epochs": args.base_epochs, "finetune_epochs": args.finetune_epochs,
+                           "rounds": args.rounds, "schedules": "adl default (untuned)", "quick": args.quick},
               "libraries": rows, "seconds": time.perf_counter() - started}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -32,7 +32,15 @@ from adl.passes.train.l2o import load_weights
 from adl.passes.train.l2o.config import IN_FAMILY, OUT_OF_FAMILY, MetaConfig
 from adl.passes.train.l2o.rule import l2o
 from adl.passes.train.l2o.tasks import make_task, rollout
+from provenance import provenance
 
+# what the figures depend on (`python -m bench.status`): the rule, the shipped weights, the tasks, the data
+MEASURES = ("bench/l2o.py", "passes/train/l2o", "data")
+# `adl l2o meta-train --curves bench/results/l2o[_TASK]_meta_train.json` (then `python bench/provenance.py`) measures
+# meta-training, whose output the weights are: not the weights themselves, nor this file
+META_TRAINING = ("passes/train/l2o/meta_train.py", "passes/train/l2o/rule.py", "passes/train/l2o/tasks.py",
+                 "passes/train/l2o/config.py", "passes/train/l2o/weights.py", "data")
+RESULT_MEASURES = {"l2o_meta_train": META_TRAINING, "l2o_quadratic_meta_train": META_TRAINING}
 BASELINES = {
     "adam": optax.adam,
     "rmsprop": optax.rmsprop,
@@ -212,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.out.read_text())
         plot(report["tasks"], report["horizon"], args.out.with_suffix(".png"))
         return 0
+    origin = provenance("digits (scikit-learn 8x8: the held-out 40 % meta-training never saw) and random quadratics",
+                        None if argv is None else [sys.argv[0], *argv])
     weights = load_weights(args.weights)
     specialists = {}
     for item in args.specialist:
@@ -255,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             "value": sum(results[n]["final"][f"step_{horizon}"]["l2o_beats_best"] for n in IN_FAMILY),
             "target": len(IN_FAMILY), "met": all(results[n]["final"][f"step_{horizon}"]["l2o_beats_best"]
                                                  for n in IN_FAMILY)}
-    report = {"goals": goals, "quick": args.quick, "horizon": horizon, "seeds": seeds, "tuning_seeds": tuning,
-              "lr_grid": list(grid), "weights": str(args.weights or "shipped"),
+    report = {"goals": goals, "provenance": origin, "quick": args.quick, "horizon": horizon, "seeds": seeds,
+              "tuning_seeds": tuning, "lr_grid": list(grid), "weights": str(args.weights or "shipped"),
               "specialists": {task: path for task, _, path in (item.partition("=") for item in args.specialist)},
               "loss": "full-data training loss on the held-out digits subset (quadratic: its own loss)",
               "tasks": results, "step_overhead": overhead, "seconds": time.perf_counter() - began}

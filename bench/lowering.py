@@ -32,7 +32,11 @@ from adl.backends.tvm.build import TuneRequest, build_library  # noqa: E402
 from adl.compiler.layers import describe_model  # noqa: E402
 from adl.models import build_model  # noqa: E402
 from adl.models.zoo import MOBILENET_V2_CIFAR, RESNET18_CIFAR  # noqa: E402
+from provenance import provenance  # noqa: E402
 
+# what the figures depend on (`python -m bench.status`): the lowering, the runtime, the networks
+MEASURES = ("bench/lowering.py", "models", "compiler/layers.py", "compiler/folding.py", "backends/tvm",
+            "backends/runtime.py")
 MODELS = {
     "mobilenet_v2_1.0": ("mobilenet", MOBILENET_V2_CIFAR),
     "mobilenet_v2_0.5": ("mobilenet", {**MOBILENET_V2_CIFAR, "width": 0.5}),
@@ -184,6 +188,7 @@ def main() -> None:
     if args.quick:
         args.models, args.trials, args.repeats = ["mobilenet_v2_0.5"], 2, 30
     torch.set_num_threads(THREADS)
+    origin = provenance("none: latency of untrained networks on one random 1x3x32x32 input (torch seed 0)")
     peak = peak_gflops()
     results = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +198,7 @@ def main() -> None:
             results[name] = run_model(name, args, peak["gflops"], workdir, workdir / "tuning")
             report = {  # rewritten after every model, so a long run that dies keeps what it measured
                 "goals": goals(results),
+                "provenance": origin,
                 "machine": {"platform": platform.platform(), "peak": peak, "threads": THREADS,
                             "torch": torch.__version__, "tvm": __import__("tvm").__version__},
                 "settings": {"trials_per_task": args.trials, "minutes": args.minutes, "repeats": args.repeats,

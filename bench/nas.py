@@ -44,7 +44,12 @@ from adl.passes.nas.pricing import price_candidates  # noqa: E402
 from adl.passes.nas.search import LatencyTable, Search, SearchConfig, default_lr, default_warmup  # noqa: E402
 from adl.passes.nas.supernet import Supernet  # noqa: E402
 from adl.passes.train.loop import train_model  # noqa: E402
+from provenance import provenance  # noqa: E402
 
+# what the figures depend on (`python -m bench.status`): search, pricing by the measured table (timed through
+# the TVM lowering), retraining, the space, the data
+MEASURES = ("bench/nas.py", "passes/nas", "passes/train/loop.py", "hwmodels/measured.py", "hwmodels/base.py",
+            "hwmodels/calibration.py", "models", "data", "compiler/layers.py", "backends/tvm")
 STRATEGIES = ("proxyless", "darts", "gdas", "random")
 HARDWARE_AWARE = ("proxyless", "darts", "gdas")
 LAMBDAS = {False: (0.0, 0.01, 0.03, 0.1, 0.3, 1.0), True: (0.0, 1.0)}  # --quick: True
@@ -135,6 +140,7 @@ def main() -> int:
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe[0], int(args.memory_probe[1]))))
         return 0
+    origin = provenance("digits (scikit-learn 8x8; test split 0.2, seed 0; search: 80/20 of training per seed)")
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = 3 if args.quick else 15
     retrain_epochs = 3 if args.quick else 20
@@ -228,6 +234,7 @@ def main() -> int:
                 for strategy in STRATEGIES}
     single_path = [v for strategy, v in supernet.items() if strategy != "darts"]
     results = {
+        "provenance": origin,
         "space": {"blocks": blocks, "kernels": space.kernels, "expand": space.expand, "skip": space.skip},
         "search_epochs": epochs, "retrain_epochs": retrain_epochs, "seeds": seeds,
         "latency_budget_s": budget, "fastest_s": fastest, "slowest_s": slowest, "pricing_s": pricing_s,

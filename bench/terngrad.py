@@ -47,7 +47,10 @@ from adl.compiler.spec import CallValue
 from adl.data import load_dataset
 from adl.models import build_model
 from adl.passes.train.distributed.launch import Placement, train_distributed
+from provenance import provenance
 
+# what the figures depend on (`python -m bench.status`): the hooks and launcher, the training loop, the MLP, the data
+MEASURES = ("bench/terngrad.py", "passes/train/distributed", "passes/train/loop.py", "models", "data")
 HOOKS = ("fp32", "fp16", "powersgd", "terngrad")
 OPTIMIZERS = {
     "sgd": CallValue("sgd", (("lr", 0.05), ("momentum", 0.9), ("weight_decay", 0.0005), ("nesterov", True))),
@@ -264,6 +267,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--no-netns", action="store_true", help="skip the emulated slow links")
     args = parser.parse_args()
+    origin = provenance("digits (scikit-learn 8x8; test split 0.2, seed 0)")
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = 3 if args.quick else 15
     workers_list = (2,) if args.quick else (2, 4)
@@ -298,7 +302,7 @@ def main() -> int:
                 "met": all(a < b for a, b in zip(speedups, speedups[1:]))}
 
     result = {
-        "benchmark": "terngrad", "quick": args.quick,
+        "benchmark": "terngrad", "provenance": origin, "quick": args.quick,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "setup": {"digits_model": f"mlp(hidden = {list(DIGITS_MODEL['hidden'])})", "epochs": epochs,
                   "global_batch": 64, "schedule": "cosine", "seeds": seeds,
