@@ -248,7 +248,7 @@ class CompiledLibrary:
             out = self._main(tensor)
         except Exception as exc:  # the VM checks the declared shape against the compiled one
             message = _first_line(exc)
-            if "match_cast" in str(exc) or "mismatch" in message:
+            if "match_cast" in str(exc) or "mismatch" in message or "loc=param" in str(exc):
                 raise ValueError(
                     f"the library rejected an input of shape {self.input_shape}: is input_shape right? "
                     f"{message}"
