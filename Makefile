@@ -28,7 +28,7 @@ demo-quick: $(STAMP)
 	$(BIN)/adl run build/digits_fixed --input build/digits_fixed.test.npz
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
