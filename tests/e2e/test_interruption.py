@@ -98,7 +98,8 @@ def _kill_when(spec: Path, out: Path, cache: Path, ready: Callable[[], bool]) ->
     assert victim.returncode == -signal.SIGKILL
 
 
-def _rerun_equals_reference(out: Path, cache: Path, reference: Reference) -> None:
+def _rerun_equals_reference(out: Path, cache: Path, reference: Reference) -> str:
+    """Recompile after the kill; the artifact equals the uninterrupted one. Returns the rerun's log."""
     _whole_or_none(out)
     proc = subprocess.run(_command(reference.spec, out, cache), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -107,6 +108,7 @@ def _rerun_equals_reference(out: Path, cache: Path, reference: Reference) -> Non
     manifest = json.loads((out / "manifest.json").read_text())
     assert _comparable(manifest) == _comparable(reference.manifest)
     assert _sha256(out / "model.so") == manifest["library"]["sha256"] == reference.sha256
+    return proc.stderr
 
 
 @pytest.mark.parametrize("moment", ["training", "lowering", "writing the artifact"])
@@ -116,7 +118,10 @@ def test_sigkill_leaves_no_partial_artifact_and_the_rerun_equals_an_uninterrupte
              "lowering": lambda: any(cache.glob("outputs/*")),  # lower's output folder: the build has begun
              "writing the artifact": lambda: len(list(cache.glob("checkpoints/*.pkl"))) == 2}[moment]
     _kill_when(reference.spec, out, cache, ready)
-    _rerun_equals_reference(out, cache, reference)
+    log = _rerun_equals_reference(out, cache, reference)
+    if moment == "training":  # resumed from the epoch saved before the kill, not started over
+        epoch = int(log.split("train: resuming after epoch ")[1].split()[0])
+        assert 1 <= epoch < 6
 
 
 def test_a_truncated_cached_library_is_rebuilt_not_shipped(tmp_path, reference):
