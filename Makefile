@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-quick test test-fast install bench-deps bench-status clean
+.PHONY: demo demo-quick test test-fast install bench-deps bench-status fashion-mnist clean
 
 install: $(STAMP)
 
@@ -33,8 +33,19 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench-deps: $(STAMP)
+bench-deps: $(STAMP) fashion-mnist
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+
+# Fashion-MNIST from Debian's package dataset-fashion-mnist (the `fashion_mnist` source's default folder).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null); \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)" >&2; exit 1; \
+	fi
 
 # Committed bench/results/*.json measured before the last change to the code they measure (exit 1 if any).
 bench-status: $(STAMP)
