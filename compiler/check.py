@@ -93,17 +93,22 @@ DATA_SOURCES: dict[str, tuple[Option, ...]] = {
 
 MODEL_FAMILIES: dict[str, tuple[Option, ...]] = {
     "mlp": (Option("hidden", "int_list", (64,), "widths of the hidden layers", low=1, high=MAX_WIDTH),),
-    "cnn": (Option("channels", "int_list", (16, 32), "output channels of each conv-BN-ReLU-pool stage", low=1,
-                   high=MAX_WIDTH),
+    "cnn": (Option("channels", "int_list", None, "output channels of each conv-BN-ReLU-maxpool stage (default: "
+                   "16, 32, then 64, 128, ... while the final map is larger than 8x8)", low=1, high=MAX_WIDTH),
             Option("hidden", "int", 64, "width of the hidden fully connected layer (0: none)", low=0, high=MAX_WIDTH),
-            Option("kernel", "int", 3, "convolution kernel size", low=1, high=MAX_KERNEL)),
+            Option("kernel", "int", 3, "convolution kernel size", low=1, high=MAX_KERNEL),
+            Option("head", "name", "auto", "what feeds the fully connected layers: flatten (the final C x H x W map), "
+                   "pool (global average pooling: C features) or auto (pool when every final position sees the "
+                   "whole image or the map is larger than 8x8, else flatten)", choices=("auto", "flatten", "pool"))),
     "mobilenet": (Option("kernels", "int_list", (3, 3, 3, 3), "depthwise kernel of each inverted-residual block",
                          low=1, high=MAX_KERNEL),
                   Option("expand", "int_list", (1, 6, 6, 6), "expansion ratio of each block", low=1, high=MAX_EXPAND),
                   Option("channels", "int_list", None, "output channels of each block "
                          "(default: 16, 24, 24, 32, 32, 48, ... for as many blocks as `kernels`)", low=1,
                          high=MAX_WIDTH),
-                  Option("strides", "int_list", None, "stride of each block (default: 1, 2, 1, 2, 1, 1, ...)",
+                  Option("strides", "int_list", None, "stride of each block (default: 1, 2, 1, 2, 1, 1, ...; for "
+                         "inputs larger than 16x16, further stride-2 blocks from the third on until the final map "
+                         "is at most 4x4)",
                          low=1, high=2),
                   Option("width", "float", 1.0, "width multiplier applied to all channels", low=0.05, high=64.0),
                   Option("stem", "int", 16, "channels of the stem convolution", low=1, high=MAX_WIDTH),

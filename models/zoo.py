@@ -69,17 +69,56 @@ def mlp(input_shape: Sequence[int], classes: int, hidden: Sequence[int] = (64,))
     return nn.Sequential(*layers)
 
 
-def cnn(input_shape: Sequence[int], classes: int, channels: Sequence[int] = (16, 32), hidden: int = 64,
-        kernel: int = 3) -> nn.Sequential:
-    cin, height = input_shape[0], min(input_shape[1:])
+CNN_HEADS = ("auto", "flatten", "pool")
+FLATTEN_MAX = 8  # the largest final map (per side) a `flatten` head takes: <= 64 inputs per channel
+
+
+def cnn_channels(size: int) -> tuple[int, ...]:
+    """`cnn`'s default stages for images of side `size`: 16 and 32 channels, then one more stage
+    (doubling the channels) per halving still needed to bring the final map to FLATTEN_MAX or less."""
+    channels, size = [16, 32], size // 4
+    while size > FLATTEN_MAX:
+        channels.append(2 * channels[-1])
+        size //= 2
+    return tuple(channels)
+
+
+def cnn_head(input_shape: Sequence[int], reach: int, final: Sequence[int]) -> str:
+    """What `head = auto` means: `pool` (global average) when every position of the `final`
+    map already sees the whole image (its receptive field, `reach` pixels, spans it: 8x8 digits
+    after two stages) or when the map is too large to flatten; `flatten` otherwise, so that the
+    linear layer learns where the features are (a 7x7 map of 28x28 images, 8x8 of 32x32)."""
+    if reach >= max(input_shape[1:]) or max(final) > FLATTEN_MAX:
+        return "pool"
+    return "flatten"
+
+
+def cnn(input_shape: Sequence[int], classes: int, channels: Sequence[int] | None = None, hidden: int = 64,
+        kernel: int = 3, head: str = "auto") -> nn.Sequential:
+    """Conv-BN-ReLU-maxpool stages, then a head: `flatten` (the final C x H x W map into the linear
+    layer), `pool` (global average pooling: C features) or `auto` (see `cnn_head`)."""
+    if head not in CNN_HEADS:
+        raise ValueError(f"unknown cnn head {head!r}; known: {', '.join(CNN_HEADS)}")
+    cin, height, width = input_shape[0], input_shape[1], input_shape[2]
+    channels = cnn_channels(min(height, width)) if channels is None else channels
     layers: list[nn.Module] = []
+    reach, step = 1, 1  # the receptive field of one position, and the distance between positions (pixels)
+    grow = 2 * (kernel // 2) - kernel + 1  # a padded convolution's growth: 0, or 1 for an even kernel
     for cout in channels:
         layers.append(_conv_bn(cin, cout, kernel, act=nn.ReLU))
-        if height >= 2:
+        pool = min(height, width) >= 2
+        height, width, reach = height + grow, width + grow, reach + (kernel - 1) * step
+        if pool:
             layers.append(nn.MaxPool2d(2))
-            height //= 2
+            height, width, reach, step = height // 2, width // 2, reach + step, 2 * step
         cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if head == "auto":
+        head = cnn_head(input_shape, reach, (height, width))
+    if head == "pool":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    else:
+        layers.append(nn.Flatten())
+        cin *= height * width
     if hidden:
         layers += [nn.Linear(cin, hidden), nn.ReLU()]
         cin = hidden
@@ -88,6 +127,26 @@ def cnn(input_shape: Sequence[int], classes: int, channels: Sequence[int] = (16,
 
 
 DEFAULT_STRIDES = (1, 2, 1, 2)
+MOBILENET_FINAL = 4  # the largest final map (per side) the default strides leave, when the blocks allow
+
+
+def mobilenet_strides(blocks: int, size: int) -> tuple[int, ...]:
+    """`mobilenet`'s default strides for images of side `size`: 1, 2, 1, 2, 1, 1, ... (8x8 digits end
+    at 2x2); while the final map is larger than MOBILENET_FINAL, the stride-1 blocks after the first
+    stride-2 one become stride 2 in turn (28x28 or 32x32, four blocks: 1, 2, 2, 2 down to 4x4, so that
+    the globally pooled positions see most of the image)."""
+    strides = [DEFAULT_STRIDES[i] if i < len(DEFAULT_STRIDES) else 1 for i in range(blocks)]
+    for block in range(2, blocks):
+        if _final_side(size, strides) <= MOBILENET_FINAL:
+            break
+        strides[block] = 2
+    return tuple(strides)
+
+
+def _final_side(size: int, strides: Sequence[int]) -> int:
+    for stride in strides:
+        size = -(-size // stride)  # a padded ("same") convolution
+    return size
 
 
 def mobilenet(input_shape: Sequence[int], classes: int, kernels: Sequence[int] = (3, 3, 3, 3),
@@ -95,10 +154,10 @@ def mobilenet(input_shape: Sequence[int], classes: int, kernels: Sequence[int] =
               strides: Sequence[int] | None = None, width: float = 1.0, stem: int = 16,
               head: int = 64) -> nn.Sequential:
     """MobileNetV2-style network; `channels`/`strides` default to a schedule as long as `kernels`
-    (two stride-2 blocks take 8x8 digits down to 2x2)."""
+    (`mobilenet_strides`: two stride-2 blocks take 8x8 digits down to 2x2, three take 28x28 to 4x4)."""
     blocks = len(kernels)
     channels = channels or tuple(DEFAULT_CHANNELS[min(i, len(DEFAULT_CHANNELS) - 1)] for i in range(blocks))
-    strides = strides or tuple(DEFAULT_STRIDES[i] if i < len(DEFAULT_STRIDES) else 1 for i in range(blocks))
+    strides = strides or mobilenet_strides(blocks, min(input_shape[1:]))
     cin = _scaled(stem, width)
     layers: list[nn.Module] = [_conv_bn(input_shape[0], cin, 3)]
     for k, e, c, s in zip(kernels, expand, channels, strides):

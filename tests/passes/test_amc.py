@@ -126,6 +126,43 @@ def test_the_pruned_model_computes_the_masked_original(name):
             [(l.input_shape, l.output_shape, l.groups) for l in layers]
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_a_flatten_head_loses_a_block_of_h_x_w_features_per_pruned_channel(shape):
+    """The default `cnn` head on 28x28 and 32x32 images flattens the last stage's map into the
+    Linear: pruning one of that stage's channels must drop its H*W consecutive columns, not one."""
+    torch.manual_seed(0)
+    model = randomise_batchnorm(build_model("cnn", {"channels": (8, 12), "hidden": 16}, input_shape=shape,
+                                            classes=10, mean=(0.5,) * shape[0], std=(2.0,) * shape[0]))
+    body, side = model[1], shape[1] // 4
+    assert isinstance(body[4], nn.Flatten) and body[5].in_features == 12 * side * side
+    graph = ChannelGraph(model, (2, *shape))
+    group = next(g for g in graph.prunable if g.name == "1.2.0")  # the last conv's channels
+    kept, dropped = np.array([0, 3, 4, 9]), np.array([1, 2, 5, 6, 7, 8, 10, 11])
+    # consumer weights on the dropped channels zeroed by hand (the Linear's columns as [out, C, H, W]):
+    # the original then computes what the pruned network does
+    with torch.no_grad():
+        body[5].weight.view(16, 12, side, side)[:, dropped] = 0.0
+    graph = ChannelGraph(model, (2, *shape))
+    pruned = graph.prune({group.index: kept})
+    linear = dict(pruned.named_modules())["1.5"]
+    assert linear.in_features == len(kept) * side * side
+    expected = body[5].weight.detach().view(16, 12, side * side)[:, kept].reshape(16, -1)
+    assert torch.equal(linear.weight.detach(), expected)
+    x = torch.rand(4, *shape) * 4
+    with torch.no_grad():
+        np.testing.assert_allclose(pruned(x).numpy(), model(x).numpy(), atol=1e-5, rtol=1e-4)
+    # the costs re-derived without pruning match the pruned network's, both groups pruned
+    first = next(g for g in graph.prunable if g.name == "1.0.0")
+    keep = {first.index: np.array([1, 2, 6]), group.index: kept}
+    table, counts = graph.layer_table(), graph.layer_table().full_counts.copy()
+    for g, chosen in keep.items():
+        counts[g] = len(chosen)
+    layers = describe_model(graph.prune(keep), (2, *shape))
+    assert table.flops_per_layer(counts).sum() == pytest.approx(sum(l.flops for l in layers))
+    assert table.params_per_layer(counts).sum() == pytest.approx(sum(l.params for l in layers))
+    assert [l.input_shape for l in table.descs(counts)] == [l.input_shape for l in layers]
+
+
 def test_groups_tie_what_must_be_pruned_together():
     # inverted residual with skip: the stem, the first block's depthwise and projection share a group
     graph = ChannelGraph(inverted_residual(), SHAPE)
