@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from adl.backends.runtime import CompiledLibrary  # noqa: E402
-from adl.backends.tvm.build import TuneRequest, build_library  # noqa: E402
+from adl.backends.tvm.build import TuneRequest, build_library, native_target  # noqa: E402
 from adl.compiler.layers import describe_model  # noqa: E402
 from adl.models import build_model  # noqa: E402
 from adl.models.zoo import MOBILENET_V2_CIFAR, RESNET18_CIFAR  # noqa: E402
@@ -42,7 +42,7 @@ MODELS = {
     "mobilenet_v2_0.5": ("mobilenet", {**MOBILENET_V2_CIFAR, "width": 0.5}),
     "resnet18": ("resnet", RESNET18_CIFAR),
 }
-TARGET = {"kind": "llvm", "num-cores": THREADS, "mcpu": "znver3"}
+TARGET = {"kind": "llvm", "num-cores": THREADS}  # no mcpu: built for this machine's CPU (recorded in the result)
 
 
 def peak_gflops() -> dict:
@@ -202,7 +202,7 @@ def main() -> None:
                 "machine": {"platform": platform.platform(), "peak": peak, "threads": THREADS,
                             "torch": torch.__version__, "tvm": __import__("tvm").__version__},
                 "settings": {"trials_per_task": args.trials, "minutes": args.minutes, "repeats": args.repeats,
-                             "batch": 1, "input": [1, 3, 32, 32], "target": TARGET, "quick": args.quick},
+                             "batch": 1, "input": [1, 3, 32, 32], "target": native_target(TARGET), "quick": args.quick},
                 "models": results,
             }
             args.out.write_text(json.dumps(report, indent=2) + "\n")
