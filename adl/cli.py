@@ -7,10 +7,11 @@ usage, 3 a pass or the runtime failed. Tracebacks only with `--debug`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 EXIT_OK, EXIT_BUDGET, EXIT_SPEC, EXIT_FAILURE = 0, 1, 2, 3
 
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=_seed, default=0, help="seed for initialisation and training (default 0)")
     c.add_argument("--cache", type=Path, metavar="DIR", help="checkpoint folder (default: <out>/../.adl-cache)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="show TVM's, torch's and jax's own messages here instead of in the compile's log file "
+                        "(<cache>/logs/<out name>-<date>-<time>.log)")
     c.add_argument("--depfile", type=Path, metavar="FILE",
                    help="write a Make/Ninja depfile: <out>/manifest.json and the files it depends on")
 
@@ -269,7 +273,7 @@ def _cmd_hw_list(args, out, err) -> int:
 
 def _cmd_compile(args, out, err) -> int:
     from adl.compiler.check import load_spec_file
-    from adl.compiler.driver import compile_spec
+    from adl.compiler.driver import compile_spec, default_cache_dir, default_out_dir
     from adl.compiler.pipeline import Pipeline
     from adl.compiler.progress import RichProgress, SilentProgress
 
@@ -282,11 +286,54 @@ def _cmd_compile(args, out, err) -> int:
         how = "reused checkpoint" if record.reused else f"{record.seconds:.1f}s"
         err.print(f"  [green]done[/] {record.pipeline_text} ({how})", markup=True)
 
-    result = compile_spec(spec, out_dir=args.out, pipeline=pipeline, seed=args.seed, dump_ir=args.dump_ir,
-                          cache_dir=args.cache, progress=progress, log=lambda m: err.print(f"  {m}"),
-                          on_pass=on_pass, depfile=args.depfile)
+    out_dir = args.out or default_out_dir(spec)
+    with _libraries_logged(args, args.cache or default_cache_dir(out_dir), out_dir.name, err):
+        result = compile_spec(spec, out_dir=out_dir, pipeline=pipeline, seed=args.seed, dump_ir=args.dump_ir,
+                              cache_dir=args.cache, progress=progress, log=lambda m: err.print(f"  {m}"),
+                              on_pass=on_pass, depfile=args.depfile)
     _print_summary(result, out)
     return EXIT_OK if result.ok else EXIT_BUDGET
+
+
+@contextlib.contextmanager
+def _libraries_logged(args, cache_dir: Path, name: str, err) -> Iterator[None]:
+    """TVM's, torch's and jax's own messages into ``<cache>/logs/<name>-<date>-<time>.log`` while
+    the compile runs (see `adl.library_log`), unless `--verbose`; `err` keeps writing to the terminal.
+    Where the log is, is said at the end (on a failure even with `--quiet`)."""
+    import time
+
+    from adl.compiler.driver import prepare_cache
+    from adl.dsl.errors import printable
+    from adl.library_log import LibraryLog
+
+    if args.verbose:
+        yield
+        return
+    fresh = not cache_dir.exists()
+    prepare_cache(cache_dir)  # the driver's checks of the folder, before anything is written into it
+    log = LibraryLog(cache_dir / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    failed, console_file = True, err.file  # sys.stderr as it is now: the terminal
+    try:
+        with log as terminal:
+            err.file = terminal
+            try:
+                yield
+                failed = False
+            finally:
+                err.file = console_file
+    finally:
+        if fresh:
+            _remove_empty_folder(cache_dir)  # a spec refused before any pass leaves no cache behind
+        if log.lines and (failed or not args.quiet):
+            err.print(f"  libraries' messages ({log.lines} lines): {printable(str(log.path))}", markup=False,
+                      soft_wrap=True)
+
+
+def _remove_empty_folder(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _print_summary(result, out) -> None:

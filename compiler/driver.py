@@ -44,6 +44,10 @@ def default_out_dir(spec: Spec) -> Path:
     return Path("build") / spec.name
 
 
+def default_cache_dir(out_dir: Path) -> Path:
+    return Path(out_dir).parent / ".adl-cache"
+
+
 def load_data(spec: Spec):
     """The spec's dataset; a data problem becomes an `AdlError` pointing at the `data` block."""
     from adl.data import DataError, load_dataset
@@ -151,7 +155,7 @@ def compile_spec(spec: Spec, *, out_dir: Path | None = None, pipeline: Pipeline 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(spec)
     pipeline = pipeline if pipeline is not None else Pipeline.from_stages(spec.pipeline)
     checked = _check_before_any_pass(spec, pipeline, progress, data_given=dataset is not None)
-    cache_dir = prepare_cache(Path(cache_dir) if cache_dir is not None else out_dir.parent / ".adl-cache")
+    cache_dir = prepare_cache(Path(cache_dir) if cache_dir is not None else default_cache_dir(out_dir))
     with _lock_output(out_dir, log):
         return _compile_locked(spec, out_dir, cache_dir, pipeline, checked, seed=seed, dump_ir=dump_ir,
                                progress=progress, log=log, on_pass=on_pass, depfile=depfile, dataset=dataset,

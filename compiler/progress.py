@@ -40,7 +40,9 @@ class RichProgress:
 
         columns = [TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("{task.fields[status]}")]
-        with RichBar(*columns, console=self._console, transient=False) as bar:
+        # redirect_stderr=False: what libraries write to sys.stderr while a bar is live stays there
+        # (in `adl compile`, the log file of adl.library_log) instead of being printed above the bar
+        with RichBar(*columns, console=self._console, transient=False, redirect_stderr=False) as bar:
             task_id = bar.add_task(description, total=total, status="")
 
             class _Task:

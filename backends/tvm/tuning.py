@@ -10,9 +10,11 @@ last line is repaired on the next open).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -135,8 +137,7 @@ def tune(mod, target: dict[str, Any], *, trials_per_task: int, minutes: float | 
         most = max(remaining.values())
         strategy = ms.search_strategy.EvolutionarySearch(population_size=64 if most >= 16 else 16,
                                                          init_min_unmeasured=min(16, most), genetic_num_iters=1)
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            todo, work_dir=str(folder), strategy=strategy, num_threads=cores, seed=seed)
+        contexts, weights = tune_contexts(todo, folder, strategy=strategy, num_threads=cores, seed=seed)
         with callback:
             try:
                 ms.tune.tune_tasks(
@@ -164,6 +165,26 @@ def tune(mod, target: dict[str, Any], *, trials_per_task: int, minutes: float | 
                         tasks_tuned=len(todo), trials=callback.measured, seconds=time.perf_counter() - started,
                         stopped_by_deadline=callback.stopped, failed=callback.failed,
                         first_failure=callback.first_failure, task_names=[t.task_name for t in tasks])
+
+
+class _Stderr:
+    """A stream that writes to whatever `sys.stderr` is at the time (the CLI points it at a log file)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def tune_contexts(tasks, folder: Path, **options):
+    """MetaSchedule's tuning contexts (and task weights) for `tasks`. Making them configures
+    MetaSchedule's loggers, whose console handler prints every step of the tuning, at DEBUG
+    level, to ``sys.stdout`` as it is then -- where adl's results go: here it gets stderr."""
+    from tvm.s_tir import meta_schedule as ms
+
+    with contextlib.redirect_stdout(_Stderr()):
+        return ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir=str(folder), **options)
 
 
 class TuningDeadline(Exception):

@@ -53,6 +53,26 @@ def test_tuning_is_stored_reused_and_applied(tmp_path):
         assert np.abs(library.run(x) - model(torch.from_numpy(x)).numpy()).max() <= 1e-5
 
 
+def test_metaschedules_loggers_print_to_stderr_not_stdout(tmp_path, capsys):
+    """Its console handler, made with the tuning contexts, prints to sys.stdout by default: where
+    `adl compile` prints its results."""
+    import logging
+
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from adl.backends.tvm import tuning
+
+    tuning.install()
+    _, mod = _tiny_module()
+    tasks = ms.relax_integration.extract_tasks(mod, tvm.target.Target(TARGET), module_equality="structural")
+    tuning.tune_contexts(tasks, tmp_path, num_threads=1)
+    logging.getLogger("tvm.s_tir.meta_schedule").info("a tuning step")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Logging directory" in captured.err and "a tuning step" in captured.err
+
+
 def test_a_torn_database_line_is_dropped_with_a_warning(tmp_path):
     from adl.backends.tvm.tuning import RECORD_FILE, WORKLOAD_FILE, repair_database
 
@@ -83,9 +103,18 @@ def test_a_spec_with_tuning_records_it_in_the_manifest(tmp_path):
         pipeline { train(epochs = 1) lower(repeats = 10) }
     """)
     env = {**os.environ, "ADL_TUNING_DIR": str(tmp_path / "db")}
-    proc = subprocess.run([sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out")],
+    proc = subprocess.run([sys.executable, "-m", "adl", "compile", str(spec), "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # TVM's C++ warnings (applying the database) and MetaSchedule's loggers go to the compile's
+    # log file, not the terminal (adl.library_log); adl's own lines stay
+    assert "Creating JSONDatabase" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    assert "[INFO]" not in proc.stdout and "Total trials" not in proc.stdout
+    [log] = (tmp_path / ".adl-cache" / "logs").glob("out-*.log")
+    text = log.read_text()
+    assert "Creating JSONDatabase" in text and "Total trials" in text
+    shown = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert all(line.startswith(("compiling ", "  ", "/")) for line in shown), shown  # "/": a wrapped path
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["tuning"]["method"] == "metaschedule" and manifest["tuning"]["trials"] == 2
     report = manifest["tuning"]["report"]
