@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,15 @@ class DataError(Exception):
         super().__init__(message)
         self.message = message
         self.key = key
+
+
+def require_file(path: Path, what: str) -> None:
+    """A DataError at the spec's `path` unless `path` is an existing file; `what` names it
+    in the message, e.g. "npz file 'x.npz'"."""
+    if not path.exists():
+        raise DataError(f"{what} does not exist", key="path")
+    if not path.is_file():
+        raise DataError(f"{what} is not a file", key="path")
 
 
 # eq=False: numpy arrays make field-wise equality and hashing meaningless (and raise), so a

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .dataset import DataError, Dataset, check_labels, make_dataset
+from .dataset import DataError, Dataset, check_labels, make_dataset, require_file
 from .sources import _one_line
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -50,10 +50,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     what = f"IDX file '{path}'"
-    if not path.exists():
-        raise DataError(f"{what} does not exist", key="path")
-    if not path.is_file():
-        raise DataError(f"{what} is not a file", key="path")
+    require_file(path, what)
     try:
         with open(path, "rb") as raw:
             if raw.read(2) == GZIP_MAGIC:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, Dataset, check_features, check_labels, make_dataset, stratified_split
+from .dataset import (DataError, Dataset, check_features, check_labels, make_dataset, require_file,
+                      stratified_split)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -45,10 +46,7 @@ def load_digits(*, split: float, seed: int, classes: int | None) -> Dataset:
 def load_npz(path: Path, *, split: float, seed: int, classes: int | None) -> Dataset:
     """Arrays `x` ((N, D), (N, H, W) or (N, C, H, W)) and `y` ((N,) integer labels)."""
     what = f"npz file '{path}'"
-    if not path.exists():
-        raise DataError(f"{what} does not exist", key="path")
-    if not path.is_file():
-        raise DataError(f"{what} is not a file", key="path")
+    require_file(path, what)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
