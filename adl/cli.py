@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="show TVM's, torch's and jax's own messages here instead of in the compile's log file "
-                        "(<cache>/logs/<out name>-<date>-<time>.log)")
+                        "(<cache>/logs/<out name>-<date>-<time>-<pid>.log)")
     c.add_argument("--depfile", type=Path, metavar="FILE",
                    help="write a Make/Ninja depfile: <out>/manifest.json and the files it depends on")
 
@@ -297,7 +298,7 @@ def _cmd_compile(args, out, err) -> int:
 
 @contextlib.contextmanager
 def _libraries_logged(args, cache_dir: Path, name: str, err) -> Iterator[None]:
-    """TVM's, torch's and jax's own messages into ``<cache>/logs/<name>-<date>-<time>.log`` while
+    """TVM's, torch's and jax's own messages into ``<cache>/logs/<name>-<date>-<time>-<pid>.log`` while
     the compile runs (see `adl.library_log`), unless `--verbose`; `err` keeps writing to the terminal.
     Where the log is, is said at the end (on a failure even with `--quiet`)."""
     import time
@@ -311,7 +312,8 @@ def _libraries_logged(args, cache_dir: Path, name: str, err) -> Iterator[None]:
         return
     fresh = not cache_dir.exists()
     prepare_cache(cache_dir)  # the driver's checks of the folder, before anything is written into it
-    log = LibraryLog(cache_dir / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    # the process id too: two compiles of one output started in the same second keep two logs
+    log = LibraryLog(cache_dir / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     failed, console_file = True, err.file  # sys.stderr as it is now: the terminal
     try:
         with log as terminal:

@@ -66,15 +66,19 @@ class LibraryLog:
         _flush(sys.stdout, self._log)
         os.dup2(self._saved_fd, 2)
         os.close(self._saved_fd)
+        empty = os.fstat(self._log.fileno()).st_size == 0  # of the file we wrote, whatever its name now
         self._log.close()
         if self._own_terminal:
             self._terminal.close()
         else:
             _flush(self._terminal)
-        self.lines = _count_lines(self.path)
-        if self.path.stat().st_size == 0:
-            self.path.unlink()
-            _remove_if_empty(self.path.parent)
+        try:
+            self.lines = 0 if empty else _count_lines(self.path)
+            if empty:
+                self.path.unlink()
+                _remove_if_empty(self.path.parent)
+        except FileNotFoundError:  # removed meanwhile (by the user): nothing to count or clean
+            self.lines = 0
 
     def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
         text = warnings.formatwarning(message, category, filename, lineno, line)

@@ -53,26 +53,6 @@ def test_tuning_is_stored_reused_and_applied(tmp_path):
         assert np.abs(library.run(x) - model(torch.from_numpy(x)).numpy()).max() <= 1e-5
 
 
-def test_metaschedules_loggers_print_to_stderr_not_stdout(tmp_path, capsys):
-    """Its console handler, made with the tuning contexts, prints to sys.stdout by default: where
-    `adl compile` prints its results."""
-    import logging
-
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
-    from adl.backends.tvm import tuning
-
-    tuning.install()
-    _, mod = _tiny_module()
-    tasks = ms.relax_integration.extract_tasks(mod, tvm.target.Target(TARGET), module_equality="structural")
-    tuning.tune_contexts(tasks, tmp_path, num_threads=1)
-    logging.getLogger("tvm.s_tir.meta_schedule").info("a tuning step")
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "Logging directory" in captured.err and "a tuning step" in captured.err
-
-
 def test_a_torn_database_line_is_dropped_with_a_warning(tmp_path):
     from adl.backends.tvm.tuning import RECORD_FILE, WORKLOAD_FILE, repair_database
 

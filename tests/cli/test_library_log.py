@@ -165,3 +165,15 @@ def test_the_log_takes_fd_2_python_stderr_and_library_deprecations(tmp_path, cap
     os.write(2, b"after\n")  # fd 2 and sys.stderr are back
     print("after too", file=sys.stderr)
     assert capfd.readouterr().err == "after\nafter too\n"
+
+
+def test_two_logs_on_one_path_close_cleanly_whichever_removes_it(tmp_path):
+    """Two compiles of one output started in the same second once shared a log name: the first
+    to finish removed the empty file and the second crashed on it. Names now carry the pid, and
+    a log removed under a LibraryLog is no error."""
+    path = tmp_path / "logs" / "out.log"
+    with LibraryLog(path) as outer_terminal:
+        with LibraryLog(path):
+            pass  # nothing written: removes the file the outer log also holds
+        assert not path.exists()
+    assert outer_terminal is not None and not path.exists()
