@@ -455,8 +455,11 @@ def _read_inputs(path: Path):
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    """``Type: first line of its text``, or the type alone."""
+    from adl.compiler.passes import first_line
+
+    line = first_line(exc, limit=None)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def _check_writable(path: Path) -> None:

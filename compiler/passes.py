@@ -38,15 +38,16 @@ class PassCrash(PassError):
     def __init__(self, pass_name: str, done: Sequence[str], error: BaseException) -> None:
         after = f" (after [{', '.join(done)}])" if done else ""
         super().__init__(f"internal error in pass '{pass_name}'{after}: {type(error).__name__}: "
-                         f"{_first_line(error)}; rerun with --debug for the traceback")
+                         f"{first_line(error)}; rerun with --debug for the traceback")
         self.pass_name = pass_name
         self.__cause__ = error
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an error's text (TVM's run to pages), cut to `limit` characters."""
+def first_line(error: BaseException, limit: int | None = 300) -> str:
+    """The first non-empty line of an error's text (TVM's run to pages), cut to `limit`
+    characters (None: whole)."""
     line = next((text.strip() for text in str(error).splitlines() if text.strip()), "")
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if limit is None or len(line) <= limit else line[:limit - 3] + "..."
 
 
 class BudgetInfeasible(PassError):
