@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adl.compiler.layers import LayerDesc
-from adl.models.widths import DEFAULT_CHANNELS, scaled as _scaled
+from adl.models.geometry import DEFAULT_CHANNELS, mobilenet_strides, scaled as _scaled
 
 if TYPE_CHECKING:  # the geometry below needs no torch: `adl compile` checks budgets with it before importing torch
     from torch import nn
@@ -57,12 +57,13 @@ class MobileNetSpace:
     widths: tuple[float, ...] = (1.0,)
     skip: bool = True  # blocks that keep their shape may be identity (depth search)
     channels: tuple[int, ...] = DEFAULT_CHANNELS
-    strides: tuple[int, ...] = (1, 2, 1, 2)
+    strides: tuple[int, ...] = ()  # per block; () = `mobilenet_strides` for the input size, as the mobilenet family
     stem: int = 16
     head: int = 64
 
     def _stride(self, block: int) -> int:
-        return self.strides[block] if block < len(self.strides) else 1
+        strides = self.strides or mobilenet_strides(self.blocks, min(self.input_shape[1:]))
+        return strides[block] if block < len(strides) else 1
 
     def _channels(self, block: int, width: float) -> int:
         return _scaled(self.channels[min(block, len(self.channels) - 1)], width)

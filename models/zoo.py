@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from adl.models.widths import DEFAULT_CHANNELS, scaled
+from adl.models.geometry import DEFAULT_CHANNELS, mobilenet_strides, scaled
 
 
 class Normalize(nn.Module):
@@ -124,29 +124,6 @@ def cnn(input_shape: Sequence[int], classes: int, channels: Sequence[int] | None
         cin = hidden
     layers.append(nn.Linear(cin, classes))
     return nn.Sequential(*layers)
-
-
-DEFAULT_STRIDES = (1, 2, 1, 2)
-MOBILENET_FINAL = 4  # the largest final map (per side) the default strides leave, when the blocks allow
-
-
-def mobilenet_strides(blocks: int, size: int) -> tuple[int, ...]:
-    """`mobilenet`'s default strides for images of side `size`: 1, 2, 1, 2, 1, 1, ... (8x8 digits end
-    at 2x2); while the final map is larger than MOBILENET_FINAL, the stride-1 blocks after the first
-    stride-2 one become stride 2 in turn (28x28 or 32x32, four blocks: 1, 2, 2, 2 down to 4x4, so that
-    the globally pooled positions see most of the image)."""
-    strides = [DEFAULT_STRIDES[i] if i < len(DEFAULT_STRIDES) else 1 for i in range(blocks)]
-    for block in range(2, blocks):
-        if _final_side(size, strides) <= MOBILENET_FINAL:
-            break
-        strides[block] = 2
-    return tuple(strides)
-
-
-def _final_side(size: int, strides: Sequence[int]) -> int:
-    for stride in strides:
-        size = -(-size // stride)  # a padded ("same") convolution
-    return size
 
 
 def mobilenet(input_shape: Sequence[int], classes: int, kernels: Sequence[int] = (3, 3, 3, 3),

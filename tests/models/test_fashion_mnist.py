@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from adl.models import build_model
-from adl.models.zoo import cnn, mobilenet_strides
+from adl.models.geometry import mobilenet_strides
+from adl.models.zoo import cnn
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -56,6 +57,23 @@ def test_mobilenet_strides_down_to_4x4_and_keeps_the_digits_schedule():
     model = build_model("mobilenet", {}, input_shape=(1, 28, 28), classes=10, mean=(0.0,), std=(1.0,))
     features = model[1][:-3].eval()(torch.zeros(1, 1, 28, 28))  # before the head conv, pooling, classifier
     assert features.shape[2:] == (4, 4)
+
+
+@pytest.mark.parametrize("shape, final", [((1, 8, 8), 2), ((1, 28, 28), 4), ((3, 32, 32), 4)])
+def test_the_nas_space_strides_as_the_mobilenet_family(shape, final):
+    """A searched network shrinks the image as `mobilenet` does (28x28: to 4x4, not 7x7), in its
+    torch-free geometry (what latency tables price) and in the PyTorch network it builds."""
+    from adl.models.space import MobileNetSpace, network_layers
+
+    space = MobileNetSpace(shape, 10, blocks=4, kernels=(3,), expand=(1, 3), stem=8, head=16)
+    assert [stride for _, _, stride in space.block_shapes(1.0)] == list(mobilenet_strides(4, shape[1]))
+    arch = space.first(1.0)
+    head = next(layer for layer in network_layers(space, arch) if layer.name == "head")
+    assert head.input_shape[2:] == (final, final)
+    features = space.build(arch)[:-3].eval()(torch.zeros(1, *shape))  # before pooling and the classifier
+    assert features.shape[2:] == (final, final)
+    explicit = MobileNetSpace(shape, 10, blocks=4, kernels=(3,), expand=(1,), strides=(1, 2, 1, 2))
+    assert [stride for _, _, stride in explicit.block_shapes(1.0)] == [1, 2, 1, 2]
 
 
 @pytest.fixture
