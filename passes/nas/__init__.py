@@ -8,7 +8,8 @@
     }
 
 The supernet (`supernet.py`) is trained by the chosen strategy (`search.py`) on 80 % of the
-training split, the architecture parameters on the other 20 %; every candidate op is priced
+training split (or of a stratified subset of `samples` images), the architecture parameters on
+the other 20 %; every candidate op is priced
 by the target's cost model. The derived network becomes a PyTorch module, with the
 supernet's weights, for `train` to fine-tune; its genotype, the architecture weights'
 history and its predicted cost go into the metrics (and so into the manifest).
@@ -56,6 +57,8 @@ class NasPass(Pass):
         Option("strategy", "name", "proxyless", "search strategy",
                choices=("darts", "gdas", "proxyless", "random")),
         Option("epochs", "int", 30, "passes over the search's training part", low=1, high=100_000),
+        Option("samples", "int", None, "training images the search uses: a stratified subset of the "
+               "training split, seeded (default: all of it)", low=20, high=2**31 - 1),
         Option("batch_size", "int", 64, "samples per step", low=1, high=65536),
         Option("lr", "float", None, "learning rate of the supernet's weights (Adam); default 0.01 for darts "
                "(every op learns every step), 0.03 for single-path strategies (an op learns when sampled)", low=0.0, high=100.0),
@@ -146,9 +149,7 @@ class NasPass(Pass):
         std = np.asarray(dataset.std, np.float32).reshape(-1, 1, 1)
         x = ((np.asarray(dataset.x_train, np.float32) - mean) / std).astype(np.float32)
         y = np.asarray(dataset.y_train, np.int32)
-        order = np.random.default_rng(ctx.seed).permutation(len(x))
-        cut = int(0.8 * len(x))
-        train, val = order[:cut], order[cut:]
+        train, val = search_split(y, self.config["samples"], ctx.seed)
 
         with ctx.progress.task(f"nas ({config.strategy})", total=config.epochs) as bar:
             def on_epoch(row: dict[str, Any]) -> None:
@@ -229,6 +230,22 @@ def supernet_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -
         return CellSupernet(CellSpace(input_shape, classes, nodes=options["nodes"], ops=tuple(options["ops"]),
                                       cells=options["cells"], channels=options["channels"]))
     return Supernet(mobilenet_space_for(space, input_shape, classes), options["width"])
+
+
+def search_split(y: Any, samples: int | None, seed: int) -> tuple[Any, Any]:
+    """Indices of the supernet's weights' data (80 %) and the architecture parameters' data
+    (20 %) among the training labels `y`: of all of them, or of a stratified, seeded subset of
+    `samples` (searches on large data sets search on a subset, as ProxylessNAS did on ImageNet)."""
+    import numpy as np
+
+    from adl.data.dataset import stratified_split
+
+    pool = np.arange(len(y))
+    if samples is not None and samples < len(y):
+        pool, _ = stratified_split(y, samples / len(y), seed)
+    order = np.random.default_rng(seed).permutation(pool)
+    cut = int(0.8 * len(order))
+    return order[:cut], order[cut:]
 
 
 def mobilenet_space_for(space: CallValue, input_shape: tuple[int, ...], classes: int) -> Any:
