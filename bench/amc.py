@@ -9,7 +9,19 @@ For each FLOPs budget (50 % and 30 %) and seed, the pruners cut it to the budget
 least-squares reconstruction), (a') the same search rewarded on training images instead (the
 pass without a validation split, AMC's own practice: an ablation, not a goal), (b) uniform
 pruning -- one keep ratio for every layer, channels by L1 norm -- through the same machinery,
-(c) Torch-Pruning's `MagnitudePruner` (L1, its pruning ratio bisected to the budget). Every
+(c) Torch-Pruning's `MagnitudePruner` (L1, its pruning ratio bisected to the budget).
+
+Methods are compared at equal FLOPs: each must keep the budget +- 1 % of the unpruned FLOPs
+(|kept - budget| <= 0.01, counted by the AMC environment's layer table, `flops`), or the
+comparison is not made (its goal reports met = false and why). Channel counts move in steps
+of the SIMD lanes, so one keep ratio for every layer rarely lands there: the uniform ratio is
+bisected on the fractional channel counts, then each layer's count rounded down or up to its
+grid, of the combinations of roundings within 1 % (not above the budget where one can be) the
+one nearest the fractional counts (`uniform_counts_at`); Torch-Pruning's ratio is bisected,
+the one nearest the budget kept, and where its rounding (down, to `round_to`) leaves it off by
+more than 1 %, some layers get a step more or fewer channels (`pruning_ratio_dict`), chosen the
+same way. AMC keeps <= the budget by construction. Every method's kept fraction is recorded
+(`flops_kept`, per seed; `flops_within_tolerance`). Every
 pruned network is then fine-tuned identically (the `train` loop on the training split: Adam,
 cosine, same epochs) with `--finetune-seeds` seeds, as is the unpruned network (a control for
 the extra training); a policy's accuracy is the mean over its fine-tunings, a method's the
@@ -46,6 +58,10 @@ from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
+import functools  # noqa: E402
+import itertools  # noqa: E402
+from typing import Callable, Mapping, Sequence  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -53,8 +69,7 @@ from adl.compiler.layers import describe_model  # noqa: E402
 from adl.data import load_dataset  # noqa: E402
 from adl.hwmodels.calibration import host_cpu  # noqa: E402
 from adl.models.zoo import build_model  # noqa: E402
-from adl.backends.tvm.build import TuneRequest  # noqa: E402
-from adl.backends.tvm.default_schedules import float_lanes  # noqa: E402
+from adl.passes.amc.env import AmcEnv  # noqa: E402
 from adl.passes.amc.search import AmcConfig, make_env, run_amc  # noqa: E402
 from common import TRAIN_THREADS, log, train  # noqa: E402
 from provenance import provenance  # noqa: E402
@@ -68,44 +83,195 @@ METHODS = ("amc", "amc_train_images", "uniform", "torch_pruning")
 LOWERED = ("amc", "uniform", "torch_pruning")  # the methods whose seed-0 networks are timed
 VALIDATION = 0.2
 THREADS = 2  # the libraries run on both cores
-# Kept channel counts are multiples of the host's float32 SIMD lanes for every method (what the
-# `amc` pass does by default): 8 on AVX2, 16 on AVX-512. Other counts fall off the default
-# schedules' fast path (5x slower with multiples of 8 on AVX-512).
-MULTIPLE = float_lanes({"kind": "llvm", "num-cores": THREADS})
+TOLERANCE = 0.01  # equal FLOPs: every compared method keeps the budget +- 1 % of the unpruned FLOPs
+
+
+@functools.lru_cache(maxsize=None)
+def simd_multiple() -> int:
+    """Kept channel counts are multiples of the host's float32 SIMD lanes for every method (what
+    the `amc` pass does by default): 8 on AVX2, 16 on AVX-512. Other counts fall off the default
+    schedules' fast path (5x slower with multiples of 8 on AVX-512). (Imports TVM: called by
+    `main`, not at import, so the pure functions below load without it.)"""
+    from adl.backends.tvm.default_schedules import float_lanes
+
+    return float_lanes({"kind": "llvm", "num-cores": THREADS})
 
 
 def flops(model: torch.nn.Module, shape) -> int:
     return sum(layer.flops for layer in describe_model(model, (1, *shape)))
 
 
-def torch_pruning(model: torch.nn.Module, budget: float, shape) -> tuple[torch.nn.Module | None, dict]:
-    """Torch-Pruning's magnitude (L1) pruner, its uniform pruning ratio bisected so the FLOPs meet the budget."""
+def within_tolerance(kept: float, budget: float, tolerance: float = TOLERANCE) -> bool:
+    """Whether a kept FLOPs fraction is the budget +- `tolerance` (absolute, of the unpruned FLOPs)."""
+    return abs(kept - budget) <= tolerance + 1e-12
+
+
+def nearest_counts(fraction: Callable[[np.ndarray], float], ideal: np.ndarray, sizes: Mapping[int, int],
+                   options: Mapping[int, Sequence[int]], target: float, tolerance: float = TOLERANCE,
+                   limit: int = 1 << 14) -> np.ndarray:
+    """Per group g of `options` one of `options[g]` kept channels (the other entries as in `ideal`):
+    among the combinations whose FLOPs fraction, `fraction(counts)`, is within `tolerance` of
+    `target` -- those not above `target` first (AMC's never are) -- the one nearest `ideal`
+    (sum over the groups of |count - ideal| / size), ties to the nearer fraction; if none is
+    within it, the one whose fraction is nearest `target`.
+    Every combination is tried up to `limit` of them, else one group is changed at a time
+    (greedy, from the counts nearest `ideal`)."""
+    groups = list(options)
+
+    def key(counts: np.ndarray) -> tuple[int, float, float]:
+        kept = fraction(counts)
+        miss, deviation = abs(kept - target), sum(abs(counts[g] - ideal[g]) / sizes[g] for g in groups)
+        if within_tolerance(kept, target, tolerance):
+            return (0 if kept <= target + 1e-12 else 1), deviation, miss
+        return 2, miss, deviation
+
+    def with_choice(choice: Sequence[int]) -> np.ndarray:
+        counts = np.array(ideal, np.float64)
+        for g, c in zip(groups, choice):
+            counts[g] = c
+        return counts
+
+    if math.prod(len(options[g]) for g in groups) <= limit:
+        return min((with_choice(choice) for choice in itertools.product(*(options[g] for g in groups))), key=key)
+    best = with_choice([min(options[g], key=lambda c, g=g: abs(c - ideal[g])) for g in groups])
+    while True:
+        moves = []
+        for g in groups:
+            for c in options[g]:
+                if c != best[g]:
+                    moved = best.copy()
+                    moved[g] = c
+                    moves.append(moved)
+        better = min(moves, key=key, default=best)
+        if key(better) >= key(best):
+            return best
+        best = better
+
+
+def grid_options(grid: Sequence[int], x: float, steps: int) -> list[int]:
+    """The allowed counts (`grid`, ascending) within `steps` places of `x` below and above it
+    (x itself when it is on the grid; the grid's ends when x is beyond them)."""
+    values = [int(v) for v in grid]
+    below = [v for v in values if v <= x + 1e-9][-steps:] or values[:1]
+    above = [v for v in values if v >= x - 1e-9][:steps] or values[-1:]
+    return sorted(set(below) | set(above))
+
+
+def uniform_counts_at(env: AmcEnv, target: float, tolerance: float = TOLERANCE,
+                      max_steps: int = 3) -> tuple[np.ndarray, float]:
+    """Uniform pruning at a FLOPs fraction: one keep ratio for every prunable group, bisected so
+    that the fractional channel counts (ratio x size, within the group's grid) cost `target` of
+    the unpruned FLOPs -- by the layer table AMC's environment counts FLOPs with -- then each
+    group's count rounded to its grid (multiples of the SIMD lanes), down or up: the combination
+    of roundings nearest the fractional counts among those within `tolerance` of `target`, not
+    above it if one can be (`nearest_counts`). Where one step either way cannot get there (a
+    48-channel group has 16, 32, 48), up to `max_steps` steps are allowed. Returns the counts
+    and the ratio."""
+    table = env.resources.table
+    full = float(table.flops_full.sum())
+
+    def fraction(counts: np.ndarray) -> float:
+        return float(table.flops_per_layer(counts).sum()) / full
+
+    def fractional(ratio: float) -> np.ndarray:
+        counts = np.array(table.full_counts, np.float64)
+        for d in env.decisions:
+            counts[d.group] = min(max(ratio * d.size, float(d.grid[0])), float(d.size))
+        return counts
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if fraction(fractional(middle)) < target else (low, middle)
+    ideal = fractional(high)
+    sizes = {d.group: d.size for d in env.decisions}
+    for steps in range(1, max_steps + 1):
+        options = {d.group: grid_options(d.grid, ideal[d.group], steps) for d in env.decisions}
+        counts = nearest_counts(fraction, ideal, sizes, options, target, tolerance)
+        if within_tolerance(fraction(counts), target, tolerance) and fraction(counts) <= target + 1e-12:
+            break
+    return counts, high
+
+
+def group_modules(env: AmcEnv) -> dict[int, list[str]]:
+    """Per prunable group, the conv, depthwise-conv and Linear modules whose outputs are its channels."""
+    out: dict[int, list[str]] = {d.group: [] for d in env.decisions}
+    for name, layout in env.graph.layouts.items():
+        if layout.kind in ("conv", "dwconv", "linear"):
+            for seg in layout.rows:
+                if seg.group in out and name not in out[seg.group]:
+                    out[seg.group].append(name)
+    return out
+
+
+def torch_pruning(model: torch.nn.Module, budget: float, shape, env: AmcEnv, multiple: int,
+                  iterations: int = 12) -> tuple[torch.nn.Module | None, dict]:
+    """Torch-Pruning's magnitude (L1) pruner: one pruning ratio for every layer, each layer's kept
+    channels rounded down to a multiple of `multiple` (its `round_to`). The ratio is bisected to
+    the budget (`iterations` halvings) and the one whose FLOPs are nearest it kept; if that is
+    off by more than TOLERANCE (or above the budget), per-layer ratios (`pruning_ratio_dict`)
+    give some layers one step (`multiple` channels; up to three where one is not enough) more or
+    fewer than that ratio does: of the combinations within TOLERANCE by the AMC environment's
+    layer table, those not above the budget first, the one nearest the ratio's own counts
+    (`nearest_counts`). The FLOPs kept are measured on the pruned network."""
     try:
         import torch_pruning as tp
     except ImportError as err:
         return None, {"error": f"torch-pruning is not installed ({err}); see bench/requirements.txt"}
     example = torch.zeros(1, *shape)
     full = flops(model, shape)
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    table = env.resources.table
+    modules = group_modules(env)
+    sizes = {d.group: d.size for d in env.decisions}
 
-    def prune(ratio: float) -> torch.nn.Module:
+    def prune(ratio: float, kept: Mapping[int, int] | None = None) -> torch.nn.Module:
         copy_ = copy.deepcopy(model).eval()
+        named = dict(copy_.named_modules())
+        last = [m for m in copy_.modules() if isinstance(m, torch.nn.Linear)][-1]
+        # keeps int(size * (1 - r)) = k channels, a multiple of round_to already
+        per_layer = ({named[name]: max(0.0, 1.0 - (k + 0.5) / sizes[g])
+                      for g, k in kept.items() for name in modules[g]} if kept else None)
         pruner = tp.pruner.MagnitudePruner(copy_, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, ignored_layers=[last], round_to=MULTIPLE)
+                                           pruning_ratio=ratio, pruning_ratio_dict=per_layer, ignored_layers=[last],
+                                           round_to=multiple)
         pruner.step()
         return copy_
 
-    low, high, best = 0.0, 0.95, None
-    for _ in range(12):
+    def counts_of(pruned: torch.nn.Module) -> np.ndarray:
+        counts = np.array(table.full_counts, np.float64)
+        for g, names in modules.items():
+            counts[g] = pruned.get_submodule(names[0]).weight.shape[0]
+        return counts
+
+    tried = []  # (|kept - budget|, ratio, kept, network)
+    low, high = 0.0, 0.95
+    for _ in range(iterations):
         middle = (low + high) / 2
         candidate = prune(middle)
-        if flops(candidate, shape) <= budget * full:
-            high, best = middle, (candidate, middle)
-        else:
-            low = middle
-    if best is None:
-        return None, {"error": f"no pruning ratio below 0.95 meets {budget:.0%} of the FLOPs"}
-    return best[0], {"pruning_ratio": best[1], "version": tp.__version__}
+        kept = flops(candidate, shape) / full
+        tried.append((abs(kept - budget), middle, kept, candidate))
+        low, high = (low, middle) if kept <= budget else (middle, high)
+    _, ratio, kept, best = min(tried, key=lambda t: t[0])
+    extra: dict = {"pruning_ratio": ratio, "flops_kept_at_ratio": kept, "version": tp.__version__}
+    if within_tolerance(kept, budget) and kept <= budget:
+        return best, extra
+    at_ratio = counts_of(best)
+    fraction = lambda c: float(table.flops_per_layer(c).sum()) / float(table.flops_full.sum())  # noqa: E731
+    for steps in range(1, 4):
+        options = {d.group: sorted({int(at_ratio[d.group]), *grid_options(d.grid, at_ratio[d.group], steps)})
+                   for d in env.decisions}
+        counts = nearest_counts(fraction, at_ratio, sizes, options, budget)
+        if within_tolerance(fraction(counts), budget) and fraction(counts) <= budget + 1e-12:
+            break
+    adjusted = {g: int(counts[g]) for g in modules}
+    pruned = prune(ratio, adjusted)
+    got = counts_of(pruned)
+    extra["per_layer_counts"] = {env.graph.groups[g].name: k for g, k in adjusted.items()}
+    extra["changed_layers"] = {env.graph.groups[g].name: [int(at_ratio[g]), k] for g, k in adjusted.items()
+                               if k != int(at_ratio[g])}
+    if any(int(got[g]) != k for g, k in adjusted.items()):
+        extra["counts_mismatch"] = {env.graph.groups[g].name: int(got[g]) for g in adjusted}
+    return pruned, extra
 
 
 def policy_study(env, dataset, policies: int, epochs: int, finetune_seeds: int, min_accuracy: float = 0.85) -> dict:
@@ -231,19 +397,51 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def unequal_flops(rows: Mapping[str, dict], methods: Sequence[str], budget: float,
+                  tolerance: float = TOLERANCE) -> str:
+    """Why `methods` are not at equal FLOPs at `budget` ("" when they are): every seed of each
+    must have kept the budget +- `tolerance` of the unpruned FLOPs (`rows[m]["flops_kept"]`)."""
+    off = [f"{m} kept {kept:.1%} (seed {seed})" for m in methods
+           for seed, kept in enumerate(rows[m]["flops_kept"]) if not within_tolerance(kept, budget, tolerance)]
+    if not off:
+        return ""
+    return (f"not compared at equal FLOPs: {', '.join(off)}, outside {budget:.0%} +- {tolerance:.0%} "
+            f"of the unpruned FLOPs")
+
+
+def paired_difference(first: Sequence[float], second: Sequence[float]) -> dict:
+    """Per seed first - second (in points), their mean and its standard error (None below two seeds)."""
+    differences = [100 * (a - b) for a, b in zip(first, second)]
+    n = len(differences)
+    return {"mean": statistics.fmean(differences) if n else None,
+            "standard_error": statistics.stdev(differences) / math.sqrt(n) if n > 1 else None,
+            "differences": differences}
+
+
+def comparison_goal(rows: Mapping[str, dict], budget: float, first: str = "amc", second: str = "uniform",
+                    tolerance: float = TOLERANCE) -> dict:
+    """The goal `first` >= `second` in test accuracy at `budget`: the paired difference over
+    seeds (mean +- s.e., points); met only if it is >= 0 and both kept the budget's FLOPs
+    +- `tolerance` on every seed -- otherwise `reason` says which did not."""
+    paired = paired_difference(rows[first]["accuracy_values"], rows[second]["accuracy_values"])
+    reason = unequal_flops(rows, (first, second), budget, tolerance)
+    goal = {"value": paired["mean"], "target": 0.0, "met": not reason and paired["mean"] >= 0.0,
+            "standard_error": paired["standard_error"], "statistic": "mean +- s.e. of the per-seed paired difference",
+            "paired_differences": paired["differences"],
+            "flops_kept": {m: rows[m]["flops_kept"] for m in (first, second)}, "flops_tolerance": tolerance}
+    if reason:
+        goal["reason"] = reason
+    return goal
+
+
 def goals(report: dict) -> dict:
     out = {}
     results = report["results"]
     unpruned = report["unpruned"]["accuracy"]
     for budget in BUDGETS:
         row = results.get(f"{budget:.2f}", {})
-        if "accuracy" in row.get("amc", {}) and "accuracy" in row.get("uniform", {}):
-            amc, uniform = row["amc"]["accuracy"], row["uniform"]["accuracy"]
-            gap = (amc["mean"] - uniform["mean"]) * 100
-            error = 100 * math.sqrt(sum(a["std"] ** 2 / len(a["values"]) for a in (amc, uniform)))
-            out[f"AMC - uniform accuracy at {budget:.0%} FLOPs (points)"] = {"value": gap, "target": 0.0,
-                                                                             "met": gap >= 0.0,
-                                                                             "standard_error": error}
+        if row.get("amc", {}).get("accuracy_values") and row.get("uniform", {}).get("accuracy_values"):
+            out[f"AMC - uniform accuracy at {budget:.0%} FLOPs (points)"] = comparison_goal(row, budget)
     half = results.get("0.50", {})
     if "accuracy" in half.get("amc", {}):
         drop = (unpruned - half["amc"]["accuracy"]["mean"]) * 100
@@ -281,6 +479,9 @@ def main() -> None:
         args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 8, 4, 1, 1
         args.finetune_seeds, args.study = 1, 3
         args.rounds, args.repeats, args.tune_trials = 2, 20, 0
+    from adl.backends.tvm.build import TuneRequest
+
+    multiple = simd_multiple()
     torch.set_num_threads(TRAIN_THREADS)
     origin = provenance(f"digits (scikit-learn 8x8; test split 0.2, seed 0; validation {VALIDATION:g} of training)")
     started = time.perf_counter()
@@ -299,14 +500,15 @@ def main() -> None:
         "goals": {},
         "provenance": origin,
         "machine": {"platform": platform.platform(), "cpu": host_cpu(), "threads": THREADS,
-                    "float_lanes": MULTIPLE, "torch": torch.__version__},
+                    "float_lanes": multiple, "torch": torch.__version__},
         "settings": {"model": {"family": family, **options}, "budgets": BUDGETS, "seeds": args.seeds,
                      "episodes": args.episodes, "warmup": args.warmup, "base_epochs": args.base_epochs,
                      "finetune_epochs": args.finetune_epochs, "finetune_optimizer": "adam(lr=0.001), cosine",
                      "finetune_seeds": args.finetune_seeds, "validation": VALIDATION,
                      "samples": {"train": len(dataset.y_train), "validation": len(dataset.y_val),
                                  "test": len(dataset.y_test)},
-                     "multiple": MULTIPLE, "reward": "acc", "reconstruct": True, "val_samples": 500,
+                     "multiple": multiple, "flops_tolerance": TOLERANCE, "reward": "acc", "reconstruct": True,
+                     "val_samples": 500,
                      "lowering": ("default schedules; unpruned and amc@0.50 also MetaSchedule "
                                   f"({args.tune_trials} trials/task, <= {args.tune_minutes:g} min per network)"
                                   if args.tune_trials else "default (untuned) schedules"),
@@ -339,26 +541,27 @@ def main() -> None:
                                  for m in METHODS}
         for seed in range(args.seeds):
             config = AmcConfig(budgets={"flops": budget}, episodes=args.episodes, warmup=args.warmup,
-                               multiple=MULTIPLE, seed=seed)
+                               multiple=multiple, seed=seed)
             envs = {"validation": make_env(base, dataset, config), "training": make_env(base, training_images, config)}
             for method in METHODS:
                 env = envs["training" if method == "amc_train_images" else "validation"]
                 t0 = time.perf_counter()
                 extra: dict = {}
                 if method == "torch_pruning":
-                    pruned, extra = torch_pruning(base, budget, shape)
+                    pruned, extra = torch_pruning(base, budget, shape, env, multiple)
                     if pruned is None:
                         rows[method]["error"] = extra["error"]
                         continue
                     val = env.evaluate(pruned).accuracy
+                elif method == "uniform":  # one keep ratio, rounded per layer to land at the budget +- 1 %
+                    counts, ratio = uniform_counts_at(env, budget)
+                    pruned, val = env.build(counts), env.finish(counts)["accuracy"]
+                    extra = {"ratios": env.ratios(counts), "uniform_ratio": ratio}
                 else:
-                    strategy = "uniform" if method == "uniform" else "ddpg"
-                    result = run_amc(base, dataset, dataclasses.replace(config, strategy=strategy), env=env)
+                    result = run_amc(base, dataset, dataclasses.replace(config, strategy="ddpg"), env=env)
                     pruned, val = result.model, result.info["accuracy"]
-                    extra = {"ratios": result.ratios}
-                    if strategy == "ddpg":
-                        extra["best_episode_reward"] = result.info["reward"]
-                        extra["rewards"] = [h["reward"] for h in result.history]
+                    extra = {"ratios": result.ratios, "best_episode_reward": result.info["reward"],
+                             "rewards": [h["reward"] for h in result.history]}
                 search_seconds = time.perf_counter() - t0
                 kept = flops(pruned, shape) / base_flops
                 if seed == 0 and method in LOWERED:
@@ -371,6 +574,8 @@ def main() -> None:
                 row = rows[method]
                 row["accuracy_values"].append(accuracy)
                 row["flops_kept"].append(kept)
+                row["flops_target"] = budget
+                row["flops_within_tolerance"] = all(within_tolerance(k, budget) for k in row["flops_kept"])
                 row["val_accuracy_before_finetune"].append(val)
                 row.setdefault("search_seconds", []).append(search_seconds)
                 row.setdefault("details", []).append(extra)
@@ -381,7 +586,7 @@ def main() -> None:
 
     if args.study:
         log(f"policy study: {args.study} policies at 50 % FLOPs")
-        study_env = make_env(base, dataset, AmcConfig(budgets={"flops": 0.5}, multiple=MULTIPLE, seed=0))
+        study_env = make_env(base, dataset, AmcConfig(budgets={"flops": 0.5}, multiple=multiple, seed=0))
         report["policy_study"] = policy_study(study_env, dataset, args.study, args.finetune_epochs,
                                               args.finetune_seeds)
         save()
@@ -394,7 +599,9 @@ def main() -> None:
     save()
     plot(report, args.out.with_suffix(".png"))
     for goal, verdict in report["goals"].items():
-        print(f"{goal}: {verdict['value']:.3f} (target {verdict['target']}) {'met' if verdict['met'] else 'MISSED'}")
+        value = verdict["value"]
+        print(f"{goal}: {value if value is None else f'{value:.3f}'} (target {verdict['target']}) "
+              f"{'met' if verdict['met'] else 'MISSED'}" + (f" -- {verdict['reason']}" if "reason" in verdict else ""))
 
 
 if __name__ == "__main__":

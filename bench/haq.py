@@ -3,14 +3,22 @@
     python bench/haq.py [--quick] [--out FILE] [--seeds N] [--episodes N]
 
 A MobileNetV2-style digits network (the one bench/amc.py prunes) is trained once. For the
-`bitserial` edge and cloud presets: the latency budget is the fixed-8-bit network's latency
-divided by 1.4 (the issue's goal); the DDPG agent (`adl.passes.haq.env`, reward = validation
+`bitserial` edge and cloud presets: the latency budget is the fixed-8-bit network's latency,
+predicted by the bit-serial model, divided by 1.4 (or, with `--budget-bits K`, fixed K-bit's
+predicted latency); the DDPG agent (`adl.passes.haq.env`, reward = validation
 accuracy of the fake-quantized network without fine-tuning minus fp32's, widths lowered
 until the budget holds) searches per-layer weight and activation widths in 2..8. The found
 policy and fixed 8/6/4-bit are then fine-tuned identically with quantization-aware training
 (straight-through estimators, the `train` loop, same epochs and seed) and scored on the test
 split. Reported: test accuracy (mean, std over seeds), predicted latency and energy of each
 policy on each preset, the policies (bits per layer; plot), and the goals.
+
+The search is made to meet the latency budget, and the budget is priced by the same cost model
+that prices HAQ's policy: that HAQ meets it is no result, so the budget and the speedup over
+fixed 8-bit it implies are reported under "budgets" (raw figures, "predicted by the bit-serial
+model"), not as goals. HAQ is judged on accuracy at that cost: within 0.5 points of fixed 8-bit
+at the budget, and -- the HAQ paper's comparison, with `--budget-bits K` -- at least fixed
+K-bit's accuracy at fixed K-bit's predicted latency (e.g. K = 4, --out bench/results/haq_budget4.json).
 """
 
 from __future__ import annotations
@@ -44,8 +52,73 @@ MEASURES = ("bench/haq.py", "bench/common.py", "passes/haq", "passes/rl", "passe
             "hwmodels/bitserial.py", "hwmodels/base.py", "compiler/layers.py", "compiler/folding.py", "models", "data")
 PRESETS = ("edge", "cloud")
 FIXED = (8, 6, 4)
-SPEEDUP = 1.4  # the latency budget: fixed 8-bit's / SPEEDUP
+SPEEDUP = 1.4  # the latency budget: fixed 8-bit's / SPEEDUP (a setting the search must meet, not a goal)
 LOW, HIGH = 2, 8
+COST_MODEL = "predicted by the bit-serial model (adl.hwmodels.bitserial)"
+
+
+def budget_text(budget_bits: int | None) -> str:
+    return (f"fixed {budget_bits}-bit's predicted latency" if budget_bits
+            else f"fixed 8-bit's predicted latency / {SPEEDUP}") + ", " + COST_MODEL
+
+
+def paired(first: dict, second: dict) -> dict:
+    """first - second in test accuracy (points) per seed (same fine-tuning seed), and the mean's standard error."""
+    differences = [100 * (a - b) for a, b in zip(first["accuracy_values"], second["accuracy_values"])]
+    return {"paired_differences": differences,
+            "standard_error": (statistics.stdev(differences) / len(differences) ** 0.5
+                               if len(differences) > 1 else None)}
+
+
+def budgets(report: dict, budget_bits: int | None) -> dict:
+    """Per preset, the latency budget the search was made to meet and what HAQ's policy achieved
+    against it -- raw figures, all predicted by the bit-serial model, not goals."""
+    out = {}
+    for preset, row in report["presets"].items():
+        haq, eight = row["policies"]["haq"], row["policies"]["fixed8"]
+        out[preset] = {"definition": budget_text(budget_bits), "cost_model": f"bitserial, preset {preset}",
+                       "latency_budget_s": row["budget_s"], "target_speedup_over_fixed8": eight["latency_s"]
+                       / row["budget_s"], "haq_predicted_latency_s": haq["latency_s"],
+                       "haq_predicted_speedup_over_fixed8": eight["latency_s"] / haq["latency_s"],
+                       "haq_within_budget": haq["latency_s"] <= row["budget_s"] * (1 + 1e-9),
+                       "note": "the search is forced to meet this budget, priced by the same model: a setting, "
+                               "not a result"}
+    return out
+
+
+def goals(report: dict, budget_bits: int | None) -> dict:
+    """HAQ judged on accuracy at (predicted) equal or lower cost: within 0.5 points of fixed 8-bit
+    at the budget, and with `budget_bits` K at least fixed K-bit's accuracy at fixed K-bit's
+    predicted latency (not met if HAQ's predicted latency exceeds it); the edge and cloud
+    policies differ."""
+    out = {}
+    at = (f"at fixed {budget_bits}-bit's predicted (bit-serial model) latency" if budget_bits
+          else f"at 1/{SPEEDUP} of its predicted (bit-serial model) latency")
+    for preset, row in report["presets"].items():
+        haq, eight = row["policies"]["haq"], row["policies"]["fixed8"]
+        over = haq["latency_s"] > row["budget_s"] * (1 + 1e-9)
+        gap = (eight["accuracy_mean"] - haq["accuracy_mean"]) * 100
+        goal = {"value": gap, "target": 0.5, "met": gap <= 0.5 and not over, **paired(eight, haq)}
+        if over:
+            goal["reason"] = "HAQ's predicted latency exceeds the budget"
+        out[f"{preset}: HAQ accuracy within 0.5 points of fixed 8-bit, {at}"] = goal
+        if budget_bits:  # the paper's comparison: same (predicted) latency as the fixed-bit network
+            same = row["policies"][f"fixed{budget_bits}"]
+            gain = (haq["accuracy_mean"] - same["accuracy_mean"]) * 100
+            slower = haq["latency_s"] > same["latency_s"] * (1 + 1e-9)
+            goal = {"value": gain, "target": 0.0, "met": gain >= 0.0 and not slower, **paired(haq, same),
+                    "haq_predicted_latency_s": haq["latency_s"], f"fixed{budget_bits}_predicted_latency_s":
+                    same["latency_s"]}
+            if slower:
+                goal["reason"] = f"HAQ's predicted latency exceeds fixed {budget_bits}-bit's: not at equal cost"
+            out[f"{preset}: HAQ - fixed {budget_bits}-bit accuracy {at} (points)"] = goal
+    if all(p in report["presets"] for p in PRESETS):
+        edge, cloud = (report["presets"][p]["policies"]["haq"] for p in PRESETS)
+        differing = sum(a != b for a, b in zip(edge["weight_bits"] + edge["act_bits"], cloud["weight_bits"]
+                                               + cloud["act_bits"]))
+        out["edge and cloud policies differ (widths that differ)"] = {"value": differing, "target": "> 0",
+                                                                       "met": differing > 0}
+    return out
 
 
 def main() -> int:
@@ -58,7 +131,8 @@ def main() -> int:
     parser.add_argument("--base-epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=4, help="quantization-aware fine-tuning")
     parser.add_argument("--budget-bits", type=int, choices=FIXED,
-                        help=f"latency budget = fixed BITS-bit latency (default: fixed 8-bit's / {SPEEDUP})")
+                        help=f"latency budget = fixed BITS-bit's predicted latency (default: fixed 8-bit's / "
+                             f"{SPEEDUP}); adds the goal HAQ >= fixed BITS-bit in accuracy at that latency")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 6, 3, 2, 1
@@ -75,14 +149,13 @@ def main() -> int:
     x_val, y_val = dataset.x_train[order[:500]], dataset.y_train[order[:500]]
     samples = torch.from_numpy(dataset.x_train[order[500:756]])
     full = evaluate(base, x_val, y_val)
-    budget_text = (f"fixed {args.budget_bits}-bit latency" if args.budget_bits
-                   else f"fixed 8-bit latency / {SPEEDUP}")
     report: dict = {"provenance": origin,
                     "settings": {"model": {"family": MODEL[0], **MODEL[1]}, "quantized_layers": n,
                                  "bits": [LOW, HIGH], "episodes": args.episodes, "warmup": args.warmup,
                                  "seeds": args.seeds, "base_epochs": args.base_epochs,
                                  "finetune_epochs": args.finetune_epochs, "finetune": "adam(lr=5e-4), cosine, QAT",
-                                 "calibration": "percentile 99.99 on 256 training images", "budget": budget_text,
+                                 "calibration": "percentile 99.99 on 256 training images",
+                                 "budget": budget_text(args.budget_bits),
                                  "reward": "val accuracy (500 held-out training images) - fp32's",
                                  "quick": args.quick},
                     "fp32": {"test_accuracy": base_accuracy, "val_accuracy": full}, "presets": {}}
@@ -127,31 +200,17 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 
-    goals = {}
-    for preset, row in report["presets"].items():
-        haq, eight = row["policies"]["haq"], row["policies"]["fixed8"]
-        gap = (eight["accuracy_mean"] - haq["accuracy_mean"]) * 100
-        speedup = eight["latency_s"] / haq["latency_s"]
-        goals[f"{preset}: HAQ accuracy within 0.5 points of fixed 8-bit"] = {"value": gap, "target": 0.5,
-                                                                             "met": gap <= 0.5}
-        goals[f"{preset}: HAQ latency speedup over fixed 8-bit"] = {"value": speedup, "target": SPEEDUP,
-                                                                    "met": speedup >= SPEEDUP}
-        if args.budget_bits:  # the paper's comparison: same latency as the fixed-bit network
-            same = row["policies"][f"fixed{args.budget_bits}"]
-            gain = (haq["accuracy_mean"] - same["accuracy_mean"]) * 100
-            goals[f"{preset}: HAQ - fixed {args.budget_bits}-bit accuracy at its latency (points)"] = {
-                "value": gain, "target": 0.0, "met": gain >= 0.0}
-    edge, cloud = (report["presets"][p]["policies"]["haq"] for p in PRESETS)
-    differing = sum(a != b for a, b in zip(edge["weight_bits"] + edge["act_bits"], cloud["weight_bits"]
-                                           + cloud["act_bits"]))
-    goals["edge and cloud policies differ (widths that differ)"] = {"value": differing, "target": "> 0",
-                                                                     "met": differing > 0}
-    report["goals"] = goals
+    report["budgets"] = budgets(report, args.budget_bits)
+    report["goals"] = goals(report, args.budget_bits)
     report["seconds"] = time.perf_counter() - started
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     plot(report, args.out.with_suffix(".png"))
-    for goal, verdict in goals.items():
-        print(f"{goal}: {verdict['value']:.3f} (target {verdict['target']}) {'met' if verdict['met'] else 'MISSED'}")
+    for preset, budget in report["budgets"].items():
+        print(f"{preset} budget (a setting, not a goal): {budget['definition']}; HAQ's predicted speedup over fixed "
+              f"8-bit {budget['haq_predicted_speedup_over_fixed8']:.3f}x")
+    for goal, verdict in report["goals"].items():
+        print(f"{goal}: {verdict['value']:.3f} (target {verdict['target']}) {'met' if verdict['met'] else 'MISSED'}"
+              + (f" -- {verdict['reason']}" if "reason" in verdict else ""))
     return 0
 
 
@@ -177,7 +236,7 @@ def plot(report: dict, path: Path) -> None:
         for name, row in rows.items():
             axes[2].errorbar(row["latency_s"] / first, row["accuracy_mean"] * 100, yerr=row["accuracy_std"] * 100,
                              fmt=marker, capsize=3, label=f"{preset} {name}")
-    axes[2].set_xlabel("latency / fixed 8-bit latency (bitserial)")
+    axes[2].set_xlabel("predicted latency / fixed 8-bit's (bit-serial model)")
     axes[2].set_ylabel("test accuracy after QAT (%)")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
