@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--input", type=Path, required=True,
                    help=".npy of inputs (N samples or one), or .npz with 'x' (and optional labels 'y')")
     r.add_argument("--output", type=Path, help="save predicted labels (.npy)")
+    r.add_argument("--expect-accuracy", action="store_true",
+                   help="the input is the spec's test split (`adl data --split test`): exit 1 unless the "
+                        "library's accuracy on it is the one the manifest records")
 
     lo = sub.add_parser("l2o", help="the learned optimizer (docs/l2o.md)")
     l2o_sub = lo.add_subparsers(dest="l2o_command", required=True, metavar="L2O_COMMAND")
@@ -388,6 +391,7 @@ def _cmd_run(args, out, err) -> int:
         labels = None if y is None else _labels(y, len(batch), x.shape)
     except ValueError as exc:
         raise _user_error(args.input, str(exc)) from None
+    expected = _manifest_accuracy(artifact.manifest, args.input, labels) if args.expect_accuracy else None
     if args.output is not None:
         _check_writable(args.output)
     predictions = artifact.predict(batch)
@@ -395,9 +399,41 @@ def _cmd_run(args, out, err) -> int:
         _write(args.output, lambda f: np.save(f, predictions))
     shown = " ".join(str(int(p)) for p in predictions[:20]) + (" ..." if len(predictions) > 20 else "")
     out.print(f"{len(predictions)} prediction(s): {shown}")
+    right = 0
     if labels is not None:
         right = int(np.sum(predictions == labels))
         out.print(f"accuracy: {100 * right / len(labels):.2f} % ({right}/{len(labels)})")
+    if expected is not None:
+        return _compare_with_manifest(right, *expected, out, err)
+    return EXIT_OK
+
+
+def _manifest_accuracy(manifest: dict, input_path: Path, labels) -> tuple[int, int]:
+    """For `adl run --expect-accuracy`: (right answers, samples) of the manifest's test accuracy,
+    once the input can be compared with it (labelled, as many samples as the test split)."""
+    accuracy = (manifest.get("metrics") or {}).get("accuracy")
+    samples = (manifest.get("data") or {}).get("test_samples")
+    if labels is None:
+        raise _user_error(input_path, "--expect-accuracy needs labels: an .npz with 'x' and 'y' "
+                                      "(adl data SPEC --split test -o FILE)")
+    if not (isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1
+            and isinstance(samples, int) and not isinstance(samples, bool) and samples > 0):
+        raise _user_error(input_path, "--expect-accuracy: the manifest records no test accuracy "
+                                      "(its pipeline did not measure one)")
+    if len(labels) != samples:
+        raise _user_error(input_path, f"--expect-accuracy compares with the manifest's test split of {samples} "
+                                      f"samples; the input holds {len(labels)}")
+    return round(accuracy * samples), samples
+
+
+def _compare_with_manifest(right: int, expected: int, samples: int, out, err) -> int:
+    """The library alone reproduces the compile's test accuracy (the same samples, so the same
+    count of right answers), else exit 1."""
+    if right != expected:
+        err.print(f"error: accuracy {100 * right / samples:.2f} % ({right}/{samples}) differs from the "
+                  f"manifest's {100 * expected / samples:.2f} % ({expected}/{samples})")
+        return EXIT_BUDGET
+    out.print(f"reproduces the manifest's accuracy: {100 * expected / samples:.2f} % on {samples} test samples")
     return EXIT_OK
 
 

@@ -251,6 +251,31 @@ def test_labels_of_shape_n_by_1_score_like_n(compiled, tmp_path: Path, capsys) -
 
 
 @pytest.mark.slow
+def test_expect_accuracy_passes_on_the_test_split_and_fails_when_the_library_answers_otherwise(
+        compiled, artifact: Path, tmp_path: Path, capsys) -> None:
+    _, split = compiled
+    with np.load(split) as data:
+        x, y = data["x"], data["y"]
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    accuracy, samples = manifest["metrics"]["accuracy"], manifest["data"]["test_samples"]
+    assert main(["run", str(artifact), "--input", str(split), "--expect-accuracy"]) == 0
+    assert (f"reproduces the manifest's accuracy: {100 * accuracy:.2f} % on {samples} test samples"
+            in capsys.readouterr().out)
+    wrong = write_npz(tmp_path / "wrong.npz", x=x, y=(y + 1) % 10)  # other labels: other right answers
+    assert main(["run", str(artifact), "--input", str(wrong), "--expect-accuracy"]) == 1
+    assert "differs from the manifest's" in capsys.readouterr().err
+    fewer = write_npz(tmp_path / "fewer.npz", x=x[:5], y=y[:5])
+    assert run_error(capsys, artifact, fewer, "--expect-accuracy") == (
+        f"{fewer}: error: --expect-accuracy compares with the manifest's test split of {samples} samples; "
+        "the input holds 5")
+    np.save(tmp_path / "x.npy", x)
+    assert "needs labels" in run_error(capsys, artifact, tmp_path / "x.npy", "--expect-accuracy")
+    manifest["metrics"]["accuracy"] = "most"  # a hand-edited manifest: an error, not a crash
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    assert "the manifest records no test accuracy" in run_error(capsys, artifact, split, "--expect-accuracy")
+
+
+@pytest.mark.slow
 def test_inputs_are_told_apart_by_content_and_cast(compiled, tmp_path: Path, capsys) -> None:
     artifact, split = compiled
     with np.load(split) as data:
