@@ -145,23 +145,27 @@ class NasPass(Pass):
         self._check_fastest(_fastest(latency), budget, ctx.spec, ctx.cost_model)
         config = search_config(self.config, budget, ctx.seed)
 
-        mean = np.asarray(dataset.mean, np.float32).reshape(-1, 1, 1)
-        std = np.asarray(dataset.std, np.float32).reshape(-1, 1, 1)
-        x = ((np.asarray(dataset.x_train, np.float32) - mean) / std).astype(np.float32)
         y = np.asarray(dataset.y_train, np.int32)
         train, val = search_split(y, self.config["samples"], ctx.seed)
+        mean = np.asarray(dataset.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(dataset.std, np.float32).reshape(-1, 1, 1)
+
+        def normalised(indices: Any) -> Any:  # only the images the search uses: `samples` may be a few % of them
+            return ((np.asarray(dataset.x_train[indices], np.float32) - mean) / std).astype(np.float32)
+
+        x_search, x_val = normalised(train), normalised(val)
 
         with ctx.progress.task(f"nas ({config.strategy})", total=config.epochs) as bar:
             def on_epoch(row: dict[str, Any]) -> None:
                 bar.advance(1, accuracy=f"{row['val_accuracy']:.3f}",
                             latency=f"{row['expected_latency_s'] * 1e3:.3f} ms")
 
-            result = Search(supernet, latency, config).run(x[train], y[train], x[val], y[val],
+            result = Search(supernet, latency, config).run(x_search, y[train], x_val, y[val],
                                                           state_dir=ctx.state_dir(), on_epoch=on_epoch)
         from torch import nn
 
         model = nn.Sequential(Normalize(dataset.mean, dataset.std, channel_dims=len(dataset.input_shape) - 1),
-                              _to_torch(supernet, result.params, result.indices, x[train], config.batch_size))
+                              _to_torch(supernet, result.params, result.indices, x_search, config.batch_size))
         architecture = supernet.architecture(result.indices)
         predicted = latency.of(result.indices)
         ctx.log(f"nas: {architecture} -- predicted {predicted * 1e3:.3f} ms by {ctx.cost_model}"
