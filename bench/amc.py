@@ -46,6 +46,8 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
+import itertools
 import json
 import math
 import os
@@ -55,24 +57,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
-os.environ.setdefault("TVM_NUM_THREADS", "2")
+import numpy as np
+import torch
 
-import functools  # noqa: E402
-import itertools  # noqa: E402
-from typing import Callable, Mapping, Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from adl.compiler.layers import describe_model  # noqa: E402
-from adl.data import load_dataset  # noqa: E402
-from adl.hwmodels.calibration import host_cpu  # noqa: E402
-from adl.models.zoo import build_model  # noqa: E402
-from adl.passes.amc.env import AmcEnv  # noqa: E402
-from adl.passes.amc.search import AmcConfig, make_env, run_amc  # noqa: E402
-from common import TRAIN_THREADS, log, train  # noqa: E402
-from provenance import provenance  # noqa: E402
+from adl.compiler.layers import describe_model
+from adl.data import load_dataset
+from adl.hwmodels.calibration import host_cpu
+from adl.models.zoo import build_model
+from adl.passes.amc.env import AmcEnv
+from adl.passes.amc.search import AmcConfig, make_env, run_amc
+from common import TRAIN_THREADS, log, train
+from provenance import provenance
 
 # what the figures depend on (`python -m bench.status`): search, fine-tuning, the network, the data, the lowering
 MEASURES = ("bench/amc.py", "bench/common.py", "passes/amc", "passes/rl", "passes/train/loop.py", "models", "data",
@@ -605,4 +602,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TVM_NUM_THREADS", "2")  # before TVM starts its thread pool (on first use)
     main()

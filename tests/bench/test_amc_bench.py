@@ -7,33 +7,13 @@ hand-written result rows.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+import amc  # bench/amc.py (tests/bench/conftest.py puts bench/ on the path)
 
-
-def _load(name: str):
-    """A bench module (they import their siblings `common` and `provenance` by plain name)."""
-    saved = os.environ.get("TVM_NUM_THREADS")
-    if str(REPO / "bench") not in sys.path:
-        sys.path.append(str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location(f"adl_bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    if saved is None:  # bench/amc.py defaults it for its own run; leave the other tests' environment alone
-        os.environ.pop("TVM_NUM_THREADS", None)
-    return module
-
-
-amc = _load("amc")
 
 SHAPE = (1, 8, 8)  # digits
 

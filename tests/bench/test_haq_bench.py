@@ -6,26 +6,9 @@ Hand-written result rows: no training, no search.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    if str(REPO / "bench") not in sys.path:
-        sys.path.append(str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location(f"adl_bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-haq = _load("haq")
+import haq  # bench/haq.py (tests/bench/conftest.py puts bench/ on the path)
 
 
 def policy(latency: float, accuracies: list[float], bits: int) -> dict:

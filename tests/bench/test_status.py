@@ -7,27 +7,17 @@ what it measures. The CPU flags come from sample /proc/cpuinfo texts, not from t
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import provenance  # bench/provenance.py and bench/status.py (tests/bench/conftest.py puts bench/ on the path)
+import status
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"adl_bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-status = _load("status")
-provenance = _load("provenance")
 
 X86 = """processor\t: 0
 vendor_id\t: GenuineIntel
