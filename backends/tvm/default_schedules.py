@@ -26,7 +26,8 @@ Constant folding (:func:`fold_constant_calls`, after LegalizeOps and after sched
 TIR level (:func:`CPUDefaultSchedule`, after FuseOps/FuseTIR, via ``dlight.ApplyDefaultSchedule``)
     * PrimFuncs with one reduction block (the "anchor": conv, depthwise conv, matmul, mean):
       register tile = (innermost output axis, split to ``lanes * nv`` lanes, vectorized by
-      ``lanes`` and unrolled) x (next non-unit spatial axis, split by a small divisor,
+      ``lanes`` and unrolled; an axis that is not a multiple of ``lanes`` uses its largest
+      power-of-two divisor as the vector width) x (next non-unit spatial axis, split by a small divisor,
       unrolled); the reduction loops sit *outside* that tile so the accumulators stay in
       vector registers; the outer spatial loops are fused into one parallel loop. The
       accumulators go through a ``cache_write`` block placed per tile, into which the
@@ -37,7 +38,8 @@ TIR level (:func:`CPUDefaultSchedule`, after FuseOps/FuseTIR, via ``dlight.Apply
       by ``SplitLayoutRewritePreproc`` and folded), so a tile's weights are contiguous.
     * Padding stays a separate (parallel, vectorized) loop nest; other injective producers
       are inlined into the anchor. PrimFuncs without a reduction (layout transforms,
-      elementwise chains) are inlined into one block, fused, vectorized and parallelised.
+      elementwise chains) are inlined into one block, fused, vectorized (by ``lanes``, or the
+      innermost axis's largest power-of-two divisor) and parallelised.
     * Anything else (several reductions, e.g. softmax) only gets its outer loop parallelised.
 """
 
@@ -275,6 +277,13 @@ def _largest_divisor(n: int, limit: int) -> int:
     return 1
 
 
+def _largest_power_of_two_divisor(n: int, limit: int) -> int:
+    d = 1
+    while d * 2 <= limit and n % (d * 2) == 0:
+        d *= 2
+    return d
+
+
 def _lanes(target, dtype_bits: int) -> int:
     """SIMD lanes of a ``tvm.target.Target`` for ``dtype_bits``: the vector width the default
     schedules tile by. (``llvm_get_vector_width`` says 512 for znver3, which has no AVX-512, so
@@ -296,7 +305,8 @@ def _lanes(target, dtype_bits: int) -> int:
 def float_lanes(target: dict) -> int:
     """float32 SIMD lanes of a target dict (this machine's CPU when it names none): 8 on AVX2,
     16 on AVX-512, 4 on NEON. Channel counts that are multiples of it stay on the default
-    schedules' fast path (docs/amc.md: other counts ran 5-20x slower)."""
+    schedules' fast path (docs/amc.md: other counts ran 5-20x slower until they were tiled by
+    their largest power-of-two divisor, in narrower vectors)."""
     import tvm
 
     from adl.backends.tvm.build import native_target
@@ -344,9 +354,12 @@ def _make_rule():
         for e in extents:
             total *= e
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        inner_ok = extents[-1] % lanes == 0 and len(block.writes) == 1
-        if inner_ok and total >= lanes:
-            outer, vec = sch.split(fused, factors=[None, lanes])
+        # vectors of the innermost axis: all `lanes` where it is a multiple, else its largest
+        # power-of-two divisor (an int8 tensor of 16 channels on AVX-512: 16 of the 64 lanes,
+        # not a scalar loop -- requantize-and-pad at 28x28x16 took 40 us scalar)
+        vector = _largest_power_of_two_divisor(extents[-1], lanes)
+        if vector >= 4 and len(block.writes) == 1 and total >= vector:
+            outer, vec = sch.split(fused, factors=[None, vector])
             sch.vectorize(vec)
         else:
             outer = fused
@@ -415,11 +428,15 @@ def _make_rule():
             and out_idx[last_dim].same_as(ivs[v].var)
         )
         ext_v = extents[v]
-        if contiguous and ext_v % lanes == 0:
-            nv = max(d for d in range(1, MAX_VECTORS + 1) if (ext_v // lanes) % d == 0)
-            v_tile = lanes * nv
+        # vectors of `vector` lanes: the target's width where the axis is a multiple of it, else
+        # the axis's largest power-of-two divisor (24 channels on AVX-512: three vectors of 8;
+        # one 24-lane vector, which LLVM legalizes element by element, ran 5-10x slower)
+        vector = lanes if ext_v % lanes == 0 else _largest_power_of_two_divisor(ext_v, lanes)
+        if contiguous and vector >= min(4, lanes):
+            nv = max(d for d in range(1, MAX_VECTORS + 1) if (ext_v // vector) % d == 0)
+            v_tile = vector * nv
         elif contiguous and ext_v <= 2 * lanes:
-            nv, v_tile = 1, ext_v
+            nv, v_tile, vector = 1, ext_v, ext_v
         else:
             nv, v_tile = 1, 1
         # Second register-tile axis: the next non-unit spatial iter outwards.
@@ -459,11 +476,11 @@ def _make_rule():
         if work * max(1, _reduce_size(extents, reduce)) >= MIN_PARALLEL_WORK:
             sch.parallel(par)
         if inner_v is not None:
-            _vector_tail(sch, block_rv, lanes, v_tile, unroll_outer=True)
-            _vector_tail(sch, wb, lanes, v_tile)
+            _vector_tail(sch, block_rv, vector, v_tile, unroll_outer=True)
+            _vector_tail(sch, wb, vector, v_tile)
         init = sch.decompose_reduction(block_rv, red[0])
         if inner_v is not None and sch.get(sch.get_loops(init)[-1]).kind != tirx.ForKind.VECTORIZED:
-            _vector_tail(sch, init, lanes, v_tile)
+            _vector_tail(sch, init, vector, v_tile)
         return True
 
     def _reduce_size(extents, reduce) -> int:

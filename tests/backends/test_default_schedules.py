@@ -163,3 +163,33 @@ def test_float_lanes_of_the_host_are_what_the_schedules_tile_by():
 
     host = {"kind": "llvm", "num-cores": 2}
     assert ds.float_lanes(host) == ds._lanes(tvm.target.Target(native_target(host)), 32) in (4, 8, 16)
+
+
+@pytest.mark.slow
+def test_channel_counts_off_the_vector_width_still_get_whole_vectors():
+    """On AVX-512 (16 float lanes) a 24-channel convolution tiles by three 8-lane vectors, not one
+    24-lane vector (which LLVM legalized element by element: 40 us instead of 5 for a 1x1
+    convolution at 14x14), and an elementwise kernel of 16 int8 channels (a requantize-and-pad)
+    is vectorized by 16 of its 64 lanes instead of running scalar (40 us instead of 4 at 28x28)."""
+
+    class OffWidth(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(16, 24, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            codes = torch.clamp(torch.round(x * 4.0), -128, 127).to(torch.int8)
+            return self.conv(torch.nn.functional.pad(codes, (1, 1, 1, 1), value=3).to(torch.float32))
+
+    from tvm.relax.frontend.torch import from_exported_program
+
+    exported = torch.export.export(OffWidth().eval(), (torch.randn(1, 16, 14, 14),))
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2, "mcpu": "skylake-avx512"})
+    with target:
+        scheduled = tvm.transform.Sequential(ds.graph_passes() + ds.schedule_passes())(
+            from_exported_program(exported, keep_params_as_input=False))
+    funcs = {name: f.script() for name, f in _prim_funcs(scheduled).items()}
+    (conv,) = [text for name, text in funcs.items() if "conv2d" in name]
+    assert "T.vectorized(T.int64(8))" in conv and "T.vectorized(T.int64(24))" not in conv
+    (quantize,) = [text for name, text in funcs.items() if "round" in name]
+    assert "T.vectorized(T.int64(16))" in quantize
