@@ -3,7 +3,9 @@
 `adl hw calibrate` measures the roofline's peak, bandwidth and per-layer overhead on the
 target with small TVM kernels and stores them here; `roofline` reads them for the options
 a spec leaves unset. The identity is the one the measured latency tables use: the TVM target,
-where it runs (this machine's CPU model, or the RPC device), TVM's and adl's versions.
+where it runs (this machine's CPU model, or the RPC device), TVM's and adl's versions, and a
+digest of adl's lowering code (the default schedules decide what a kernel costs, and adl's
+version does not change when they do).
 """
 
 from __future__ import annotations
@@ -45,13 +47,31 @@ def host_cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+#: adl's code that decides what a measured kernel runs (folder adl/backends/tvm)
+LOWERING_FILES = ("default_schedules.py", "build.py", "integer_ops.py", "layer_timing.py")
+
+
+@functools.cache
+def lowering_digest(folder: Path | None = None) -> str:
+    """sha256 (16 hex digits) of `LOWERING_FILES` in `folder` (adl's own by default): tables
+    measured with other schedules are not reused."""
+    import importlib.util
+
+    if folder is None:
+        folder = Path(importlib.util.find_spec("adl.backends.tvm").origin).parent
+    digest = hashlib.sha256()
+    for name in LOWERING_FILES:
+        digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def target_identity(target: TargetSpec) -> dict[str, Any]:
     """What measurements on `target` depend on."""
     where = (f"rpc:{target.rpc}" + (f"/{target.key}" if target.key else "")) if target.remote else f"local:{host_cpu()}"
     # a tuned target's kernels come from its tuning database as well as the default schedules
     schedules = "default" if target.tune.name == "none" else "default+tuning-database"
     return {"target": target.tvm_target(), "where": where, "schedules": schedules, "tvm": _version("apache-tvm"),
-            "adl": _version("adl")}
+            "adl": _version("adl"), "lowering": lowering_digest()}
 
 
 def identity_digest(target: TargetSpec) -> str:

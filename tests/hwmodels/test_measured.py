@@ -94,6 +94,31 @@ def test_tables_are_per_target(tmp_path):
     assert len(list(tmp_path.glob("*.json"))) == 2
 
 
+def test_tables_are_per_version_of_the_lowering_code(tmp_path, monkeypatch):
+    """The default schedules decide what a measured kernel costs, and adl's version does not
+    change with them: a table measured with other schedules is not reused."""
+    from adl.hwmodels import calibration
+
+    code = tmp_path / "code"
+    code.mkdir()
+    for name in calibration.LOWERING_FILES:
+        (code / name).write_text(f"# {name}\n")
+    before = calibration.lowering_digest(code)
+    (code / "default_schedules.py").write_text("# other schedules\n")
+    calibration.lowering_digest.cache_clear()
+    assert calibration.lowering_digest(code) != before
+    assert calibration.target_identity(TARGET)["lowering"] == calibration.lowering_digest()
+
+    tables = tmp_path / "tables"
+    model, timer = make_model(tables)
+    model.estimate(NETWORK, TARGET)
+    monkeypatch.setattr(calibration, "lowering_digest", lambda: "other-schedules")
+    again, timer2 = make_model(tables)
+    again.estimate(NETWORK, TARGET)
+    assert len(timer2.measured) == len(group_layers(NETWORK))  # measured anew, into its own table
+    assert len(list(tables.glob("*.json"))) == 2
+
+
 @pytest.mark.parametrize("damage", ["{ not json", json.dumps({"schema": 1}), json.dumps([1, 2]),
                                     "entries-missing", "negative"])
 def test_a_corrupt_table_is_moved_aside_rebuilt_and_warned_about(tmp_path, damage):
