@@ -33,6 +33,21 @@ _JAX_CACHE = tempfile.mkdtemp(prefix="adl-test-jax-cache-")
 atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+# XLA:CPU's LLVM backend at -O0 (this process and the compiles it starts; a level already in XLA_FLAGS
+# stands). The JAX tests compile far more than they run: at -O0 the darts e2e search compiled in 45 s
+# instead of 60 s (its 2 epochs then ran in 11 s instead of 4), tests/passes/test_nas.py took 117 s
+# instead of 155 s and test_l2o.py 52 s instead of 99 s (2 cores). The programs compute the same
+# results up to rounding (e.g. whether a multiply-add is fused), which every tolerance here allows
+# for: each is derived to hold across CPUs, whose vector units round differently (tests/README.md),
+# and so is every accuracy bound.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                                      "--xla_backend_optimization_level=0"]))
+# torch's OpenMP threads sleep at a barrier instead of spinning (unless OMP_WAIT_POLICY is set). The
+# compiles train with the target's cores (2) threads; with another process busy on one of the 2 cores,
+# a spinning thread burns the time slice its partner needs: an epoch of the darts e2e test's cell
+# network took 10-35 s instead of 0.6-1.5 s. On an idle machine it took 0.6 s either way.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BOOT_TIMEOUT_S = 60.0  # starting a tracker or server: a few seconds normally
 SERVER_THREADS = 2  # TVM_NUM_THREADS of the RPC servers

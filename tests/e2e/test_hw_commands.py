@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from adl.cli import main
+from adl.compiler.check import load_target
+from adl.hwmodels.calibration import identity_digest
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +41,15 @@ def test_hw_lut_measures_the_specs_kernels_once_and_calibrates_the_overhead(tmp_
     assert len(data["entries"]) >= 5 and data["overhead"]["source"].startswith("calibrated on 1 networks")
     assert main(["hw", "lut", "--space", str(spec), "--cache", str(cache), "--no-calibrate"]) == 0
     assert ", 0 measured now" in capsys.readouterr().out
-    # another target gets its own table
-    assert main(["hw", "lut", "cores = 1", "--space", str(spec), "--cache", str(cache), "--no-calibrate"]) == 0
-    assert len(list(cache.glob("*.json"))) == 2
+    # another target gets its own table, named by the target alone; measured for a two-layer model (the
+    # cnn's 7 kernels took ~15 s more), since which layers go into it does not matter here
+    small = tmp_path / "small.adl"
+    small.write_text(spec.read_text().replace("model cnn(channels = [8, 16], hidden = 32)", "model mlp(hidden = [16])"))
+    assert main(["hw", "lut", "cores = 1", "--space", str(small), "--cache", str(cache), "--no-calibrate"]) == 0
+    other = load_target("cores = 1", filename="TARGET")
+    expected = [table.name, f"{other.kind}-{identity_digest(other)}.json"]
+    assert sorted(p.name for p in cache.glob("*.json")) == sorted(expected)
+    assert json.loads(table.read_text())["entries"] == data["entries"]
 
 
 def test_hw_commands_reject_a_bad_target_with_a_caret(tmp_path, capsys):

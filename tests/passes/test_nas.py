@@ -20,6 +20,12 @@ from adl.passes.nas.supernet import Supernet, to_torch  # noqa: E402
 SPACE = MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3, 5), expand=(1, 3), widths=(0.5,), stem=8, head=16)
 NET = Supernet(SPACE, 0.5)
 LATENCY = LatencyTable([[1e-5 * (i + 1) for i in range(len(c))] for c in NET.choices], 2e-5)
+# darts trains the whole mixture, which XLA compiles as one program (second order: five gradients of it):
+# 30-37 s for NET's four candidates per block on 2 cores. One kernel size halves the candidates and drops
+# the 5x5 depthwise convolutions (25 shifted slices each, against 9): a quarter of the slices remain.
+DARTS_NET = Supernet(MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3,), expand=(1, 3), widths=(0.5,), stem=8,
+                                    head=16), 0.5)
+DARTS_LATENCY = LatencyTable([[1e-5 * (i + 1) for i in range(len(c))] for c in DARTS_NET.choices], 2e-5)
 
 
 def data(n: int = 96, seed: int = 0):
@@ -93,8 +99,10 @@ def test_the_path_runner_gives_the_gradients_of_the_whole_network_for_the_path_i
     x, y = (jnp.asarray(v) for v in data(8))
     runner = PathRunner(NET, optax.adam(0.01))
     indices = [len(NET.choices[0]) - 1, 1]
-    reference_loss, reference = jax.value_and_grad(
-        lambda p: _path_loss(p, x, y, lambda b, ops, h: NET.op_fn(b, indices[b])(ops[indices[b]], h)))(params)
+    # jitted: op by op, each of the reference's few hundred operations compiled on its own (20-30 s)
+    reference_loss, reference = jax.jit(jax.value_and_grad(
+        lambda p, x, y: _path_loss(p, x, y, lambda b, ops, h: NET.op_fn(b, indices[b])(ops[indices[b]], h))))(
+        params, x, y)
     path = runner.gradients(params, [[i] for i in indices], [0, 0], x, y)
     assert path.loss == pytest.approx(float(reference_loss), rel=1e-5)
     for name in ("stem", "head", "classifier"):
@@ -120,7 +128,9 @@ def test_two_path_gate_gradients_are_those_of_the_one_hot_relaxation():
     runner = PathRunner(NET, optax.adam(0.01))
     pairs, actives = [[0, 2], [1, 0]], [1, 0]
     gates = [jax.nn.one_hot(pair[a], len(c)) for pair, a, c in zip(pairs, actives, NET.choices)]
-    reference = jax.grad(lambda g: _path_loss(params, x, y, lambda b, ops, h: NET.mixed_block(b, ops, h, g[b])))(gates)
+    reference = jax.jit(jax.grad(  # jitted: one compile, not one per operation
+        lambda g, p, x, y: _path_loss(p, x, y, lambda b, ops, h: NET.mixed_block(b, ops, h, g[b]))))(
+        gates, params, x, y)
     path = runner.gradients(params, pairs, actives, x, y)
     for b, pair in enumerate(pairs):
         np.testing.assert_allclose(path.gates[b], np.asarray(reference[b])[pair], rtol=1e-4, atol=1e-6)
@@ -142,10 +152,11 @@ def test_the_binary_gate_gradient_is_the_proxylessnas_formula():
                                             ("random", {"random_samples": 5})])
 def test_a_tiny_search_runs_for_every_strategy(strategy, extra):
     x, y = data()
-    result = Search(NET, LATENCY, SearchConfig(strategy=strategy, epochs=1, batch_size=32, **extra)).run(
+    net, latency = (DARTS_NET, DARTS_LATENCY) if strategy == "darts" else (NET, LATENCY)
+    result = Search(net, latency, SearchConfig(strategy=strategy, epochs=1, batch_size=32, **extra)).run(
         x[:64], y[:64], x[64:], y[64:])
-    assert len(result.indices) == SPACE.blocks
-    assert all(0 <= i < len(c) for i, c in zip(result.indices, NET.choices))
+    assert len(result.indices) == net.space.blocks == 2
+    assert all(0 <= i < len(c) for i, c in zip(result.indices, net.choices))
     (row,) = result.history
     assert 0.0 <= row["val_accuracy"] <= 1.0 and row["expected_latency_s"] > 0
     assert all(abs(sum(p) - 1) < 1e-5 for p in row["probabilities"])
@@ -192,6 +203,10 @@ def _with_random_batch_norms(params, seed: int):
     return visit(params)
 
 
+# jitted: op by op, every operation of the network compiles on its own (~10 s for a forward pass)
+derived_forward = jax.jit(NET.derived_forward, static_argnums=2)
+
+
 def test_the_derived_pytorch_module_computes_what_the_supernet_path_computes():
     params = _with_random_batch_norms(NET.init(3), 4)
     x = data(8)[0]
@@ -199,7 +214,7 @@ def test_the_derived_pytorch_module_computes_what_the_supernet_path_computes():
         model = to_torch(NET, params, indices, x)
         with torch.no_grad():
             ours = model.train()(torch.from_numpy(x)).numpy()  # batch statistics, as the supernet
-        theirs = np.asarray(NET.derived_forward(params, jnp.asarray(x), indices))
+        theirs = np.asarray(derived_forward(params, jnp.asarray(x), tuple(indices)))
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
@@ -210,7 +225,7 @@ def test_the_derived_module_is_recalibrated_so_that_eval_mode_normalises_like_th
     assert not model.training
     with torch.no_grad():
         ours = model(torch.from_numpy(x)).numpy()
-    theirs = np.asarray(NET.derived_forward(params, jnp.asarray(x), [1, 2]))
+    theirs = np.asarray(derived_forward(params, jnp.asarray(x), (1, 2)))
     # running variances are unbiased (n / (n - 1)), the supernet's batch variance is not: with n >= 256 * 4 * 4
     # values per channel each of the 7 BatchNorms scales by ~1 - 1/(2n) = 1 - 1.2e-4, ~1e-3 in all (measured
     # 9.3e-4; float32 rounding adds ~1e-6); statistics left at their initial values are off by > 0.1 (below)
@@ -251,8 +266,9 @@ def test_the_shared_weights_learn_under_uniformly_sampled_paths():
 def test_warmup_epochs_train_the_weights_and_leave_the_architecture_alone():
     x, y = data()
     for strategy in ("proxyless", "darts"):
-        start = NET.init(0)
-        result = Search(NET, LATENCY, SearchConfig(strategy=strategy, epochs=1, warmup=1, batch_size=32)).run(
+        net, latency = (DARTS_NET, DARTS_LATENCY) if strategy == "darts" else (NET, LATENCY)
+        start = net.init(0)
+        result = Search(net, latency, SearchConfig(strategy=strategy, epochs=1, warmup=1, batch_size=32)).run(
             x[:64], y[:64], x[64:], y[64:])
         assert all(np.all(np.asarray(a) == 0.0) for a in result.alphas), strategy
         assert not np.allclose(np.asarray(result.params["stem"]["w"]), np.asarray(start["stem"]["w"])), strategy

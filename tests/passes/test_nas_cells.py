@@ -84,16 +84,23 @@ def test_pricing_gives_every_edge_op_a_latency_and_sums_to_the_derived_network()
 
 
 def test_a_tiny_darts_search_over_cells_derives_a_genotype_and_single_path_strategies_refuse_cells():
+    # XLA compiles darts' whole-supernet steps, and their time grows with the ops in the graph: on
+    # SPACE (9 edges x 6 ops per cell) the two steps took ~60 s to compile on 2 cores. This space
+    # keeps a convolution (dilated: depthwise + pointwise), a pooling, skip (a factorized reduce on
+    # the reduction edges), none, both cell types, and a node with an edge to drop; ~1/5 of the ops.
+    space = CellSpace((1, 8, 8), 10, nodes=2, ops=("dil3", "max3", "skip", "none"), cells=3, channels=4)
+    net, edges = CellSupernet(space), len(space.edges)  # 2 + 3 = 5
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((96, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 96).astype(np.int32)
-    table = price_candidates(NET, RooflineModel(gflops=50.0, bandwidth=10.0, overhead=0.0), TargetSpec(name="host"))
-    result = Search(NET, table, SearchConfig(strategy="darts", epochs=1, batch_size=32)).run(
+    table = price_candidates(net, RooflineModel(gflops=50.0, bandwidth=10.0, overhead=0.0), TargetSpec(name="host"))
+    result = Search(net, table, SearchConfig(strategy="darts", epochs=1, batch_size=32)).run(
         x[:64], y[:64], x[64:], y[64:])
-    assert len(result.indices) == 2 * E and sum(i != DROPPED for i in result.indices) == 2 * 2 * SPACE.nodes
+    assert len(result.indices) == 2 * edges and sum(i != DROPPED for i in result.indices) == 2 * 2 * space.nodes
+    assert all(space.ops[i] != "none" for i in result.indices if i != DROPPED)
     assert any(np.abs(a).sum() > 0 for a in result.alphas)
     assert 0.0 <= result.history[0]["val_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="searched by darts"):
-        Search(NET, table, SearchConfig(strategy="gdas"))
+        Search(net, table, SearchConfig(strategy="gdas"))
 
 
 def test_unknown_ops_are_refused():
