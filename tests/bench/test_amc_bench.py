@@ -7,7 +7,6 @@ hand-written result rows.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
