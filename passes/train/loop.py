@@ -135,6 +135,31 @@ def epoch_order(seed: int, epoch: int, samples: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng((seed, epoch)).permutation(samples))
 
 
+def _training_layout(input_dims: int) -> torch.memory_format:
+    """Channels-last for image batches: oneDNN's convolutions (depthwise above all) train 1.5-2x
+    faster in NHWC on the CPU than in NCHW, which would first be reordered on every call. The
+    layout changes only the summation order, never what is computed."""
+    return torch.channels_last if input_dims == 4 else torch.contiguous_format
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor,
+                 y: torch.Tensor, batch_size: int, layout: torch.memory_format, epoch: int, lr: float
+                 ) -> tuple[float, int]:
+    """One pass over (x, y), already in visiting order; returns (summed loss, correct predictions)."""
+    model.train()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        inputs, labels = x[start:start + batch_size].contiguous(memory_format=layout), y[start:start + batch_size]
+        logits = model(inputs)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += check_finite_loss(float(loss.detach()), epoch, lr) * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+    return total_loss, correct
+
+
 def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, seed: int, state_dir: Path,
                 progress: Progress, threads: int = 1, log: Callable[[str], None] = print) -> TrainResult:
     """Train `model` in place on `dataset`'s training split; resumes from `state_dir` if a run was cut off.
@@ -144,6 +169,8 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
     """
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     epochs, batch_size = config["epochs"], config["batch_size"]
+    layout = _training_layout(dataset.x_train.ndim)
+    model.to(memory_format=layout)
     optimizer = make_optimizer(model.parameters(), config["optimizer"])
     scheduler = make_scheduler(optimizer, config)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
@@ -158,35 +185,28 @@ def train_model(model: nn.Module, dataset: Any, config: Mapping[str, Any], *, se
 
     x_train = torch.from_numpy(dataset.x_train)
     y_train = torch.from_numpy(dataset.y_train)
-    with progress.task("train", total=epochs) as bar:
-        bar.advance(start_epoch)
-        for epoch in range(start_epoch, epochs):
-            torch.manual_seed(seed * 100_003 + epoch)
-            order = epoch_order(seed, epoch, len(x_train))
-            model.train()
-            lr = optimizer.param_groups[0]["lr"]
-            total_loss, correct = 0.0, 0
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                logits = model(x_train[idx])
-                loss = loss_fn(logits, y_train[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += check_finite_loss(float(loss.detach()), epoch + 1, lr) * len(idx)
-                correct += int((logits.argmax(1) == y_train[idx]).sum())
-            check_finite_weights(model, epoch + 1, lr)
-            if scheduler is not None:
-                scheduler.step()
-            history.append({"epoch": epoch + 1, "loss": total_loss / len(order),
-                            "train_accuracy": correct / len(order), "lr": lr})
-            if dataset.has_validation:
-                history[-1]["val_accuracy"] = evaluate(model, dataset.x_val, dataset.y_val)
-            _save_atomic({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                          "history": history}, state_path)
-            bar.advance(1, loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_accuracy']:.3f}")
-
+    try:
+        with progress.task("train", total=epochs) as bar:
+            bar.advance(start_epoch)
+            for epoch in range(start_epoch, epochs):
+                torch.manual_seed(seed * 100_003 + epoch)
+                order = epoch_order(seed, epoch, len(x_train))
+                lr = optimizer.param_groups[0]["lr"]
+                total_loss, correct = _train_epoch(model, optimizer, loss_fn, x_train[order], y_train[order],
+                                                   batch_size, layout, epoch + 1, lr)
+                check_finite_weights(model, epoch + 1, lr)
+                if scheduler is not None:
+                    scheduler.step()
+                history.append({"epoch": epoch + 1, "loss": total_loss / len(order),
+                                "train_accuracy": correct / len(order), "lr": lr})
+                if dataset.has_validation:
+                    history[-1]["val_accuracy"] = evaluate(model, dataset.x_val, dataset.y_val)
+                _save_atomic({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                              "history": history}, state_path)
+                bar.advance(1, loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_accuracy']:.3f}")
+    finally:
+        model.to(memory_format=torch.contiguous_format)  # what every later pass (export, pruning) expects
     accuracy = evaluate(model, dataset.x_test, dataset.y_test)
     model.eval()
     return TrainResult(model=model, test_accuracy=accuracy, history=history)
