@@ -268,15 +268,13 @@ def _fastest(latency: Any) -> float:
 
 
 def _to_torch(supernet: Any, params: Any, indices: list[int], x_train: Any, batch_size: int) -> Any:
-    """The derived network in PyTorch with the supernet's weights (the MobileNet space's
-    BatchNorms recalibrated on `x_train`)."""
+    """The derived network in PyTorch with the supernet's weights, its BatchNorms recalibrated
+    on `x_train`."""
     if supernet.chain:
         from adl.passes.nas.supernet import to_torch
-
-        return to_torch(supernet, params, indices, x_train, batch_size)
-    from adl.passes.nas.cells import to_torch
-
-    return to_torch(supernet, params, indices)
+    else:
+        from adl.passes.nas.cells import to_torch  # type: ignore[assignment]
+    return to_torch(supernet, params, indices, x_train, batch_size)
 
 
 def _genotype(architecture: Any) -> Any:

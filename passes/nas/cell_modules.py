@@ -1,9 +1,10 @@
 """PyTorch modules of the DARTS cell space (see `cells.py` for the ops and the wiring).
 
 `build` makes the derived network and loads the JAX supernet's weights into it: each
-convolution gets its kernel, the BatchNorm after it becomes an identity shifted by the
-supernet's bias (eval mode), so the network computes what the supernet's derived path does
-and `train` fine-tunes it from there.
+convolution gets its kernel; the BatchNorms after convolutions and poolings (the supernet's
+are affine=False) start at scale 1 and shift 0, so that in training mode the network computes
+what the supernet's derived path does, and `cells.to_torch` recalibrates their running
+statistics; `train` fine-tunes it from there.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ class ConvBN(nn.Sequential):
         conv, bn = self[0], self[1]
         conv.weight.data = torch.from_numpy(np.ascontiguousarray(np.asarray(p["w"]).transpose(3, 2, 0, 1))).float()
         bn.weight.data.fill_(1.0)
-        bn.bias.data = torch.from_numpy(np.array(p["b"])).float()
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0 - bn.eps)
+        bn.bias.data.zero_()
 
 
 class FactorizedReduce(nn.Module):
@@ -89,9 +88,9 @@ def op_module(op: str, c: int, stride: int) -> nn.Module:
         k = int(op[3:])
         return ReLUConvs([[ConvBN(c, c, k, stride, dilation=2, groups=c), ConvBN(c, c, 1)]], [["dw", "pw"]])
     if op == "max3":
-        return nn.MaxPool2d(3, stride, 1)
+        return nn.Sequential(nn.MaxPool2d(3, stride, 1), nn.BatchNorm2d(c))
     if op == "avg3":
-        return nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+        return nn.Sequential(nn.AvgPool2d(3, stride, 1, count_include_pad=False), nn.BatchNorm2d(c))
     if op == "skip":
         return nn.Identity() if stride == 1 else FactorizedReduce(c, c)
     if op == "none":
@@ -174,7 +173,7 @@ def build(space: CellSpace, params: Params | None, indices: Sequence[int]) -> Ce
         stem.load(params["stem"])
         network.classifier.weight.data = torch.from_numpy(np.array(params["classifier"]["w"]).T.copy()).float()
         network.classifier.bias.data = torch.from_numpy(np.array(params["classifier"]["b"])).float()
-    return network.eval()
+    return network
 
 
 def describe_op(op: str, c: int, hw: tuple[int, int], stride: int) -> list[Any]:

@@ -10,9 +10,14 @@ search is an edge of the normal or of the reduction cell, and its candidates are
 
 Ops: `sepK` (ReLU, depthwise KxK, pointwise, twice), `dilK` (ReLU, depthwise KxK with
 dilation 2, pointwise), `max3`/`avg3` (3x3 pooling; the average ignores the padding), `skip`
-(identity, or a factorized reduce on a stride-2 edge) and `none` (zero). As in the MobileNet
-supernet, convolutions carry a bias instead of a BatchNorm; the PyTorch network gets
-identity BatchNorms shifted by the bias.
+(identity, or a factorized reduce on a stride-2 edge) and `none` (zero). As in DARTS, every
+convolution is followed by a BatchNorm without scale and shift (affine=False) that
+normalises by the statistics of the batch it sees, and so is every pooling (DARTS's MixedOp):
+the candidates of an edge then reach the sum at one scale, so the architecture weights, not
+the ops' output magnitudes, decide the mixture -- without it the parameter-free ops (pooling,
+skip) dominate early and the supernet trains slowly. The PyTorch network (`to_torch`) gets
+BatchNorms of scale 1 and shift 0 whose running statistics are recalibrated on training
+images, as the MobileNet supernet's are.
 
 The derived cell keeps, per node, the two incoming edges whose strongest op other than
 `none` weighs most, each with that op (DARTS's genotype); `indices` hold that op per edge
@@ -30,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adl.passes.nas import CELL_OPS
-from adl.passes.nas.supernet import depthwise_conv, probabilities
+from adl.passes.nas.supernet import batch_norm, depthwise_conv, probabilities
 
 Params = dict[str, Any]
 DROPPED = -1
@@ -99,17 +104,23 @@ class CellGenotype:
 
 def _conv_params(rng: np.random.Generator, k: int, cin: int, cout: int) -> Params:
     w = rng.standard_normal((k, k, cin, cout)) * math.sqrt(2.0 / (k * k * cin))
-    return {"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros((cout,))}
+    return {"w": jnp.asarray(w, jnp.float32)}
+
+
+def _normalise(y: jax.Array) -> jax.Array:
+    """DARTS's BatchNorm(affine=False): the batch's own mean and variance, no scale or shift."""
+    return batch_norm(y, 1.0, 0.0)
 
 
 def _conv(p: Params, h: jax.Array, stride: int = 1, dilation: int = 1, groups: int = 1) -> jax.Array:
+    """Convolution (no bias), then `_normalise`."""
     k = p["w"].shape[0]
     if groups > 1:  # depthwise: see `depthwise_conv` for why not a grouped convolution
-        return depthwise_conv(h, p["w"], stride, dilation) + p["b"]
+        return _normalise(depthwise_conv(h, p["w"], stride, dilation))
     pad = dilation * (k // 2)
     y = jax.lax.conv_general_dilated(h, p["w"], (stride, stride), ((pad, pad), (pad, pad)),
                                      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + p["b"]
+    return _normalise(y)
 
 
 def _pool(h: jax.Array, kind: str, stride: int) -> jax.Array:
@@ -148,7 +159,7 @@ def _op_apply(op: str, p: Params, h: jax.Array, stride: int) -> jax.Array:
     if op.startswith("dil"):
         return _conv(p["pw"], _conv(p["dw"], jax.nn.relu(h), stride, dilation=2, groups=c))
     if op in ("max3", "avg3"):
-        return _pool(h, op[:3], stride)
+        return _normalise(_pool(h, op[:3], stride))
     if op == "skip":
         return h if stride == 1 else _factorized_reduce(p, h)
     # none: zeros of the output's shape
@@ -185,7 +196,7 @@ class CellSupernet:
             params["cells"].append({"pre0": pre0, "pre1": _conv_params(rng, 1, cell["c_p"], c), "edges": edges})
         last = space.nodes * layout[-1]["c"]
         w = rng.standard_normal((last, space.classes)) * math.sqrt(1.0 / last)
-        params["classifier"] = {"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros((space.classes,))}
+        params["classifier"] = {"w": jnp.asarray(w, jnp.float32), "b": jnp.zeros((space.classes,))}  # no BatchNorm
         return params
 
     def mixed_forward(self, params: Params, x: jax.Array, weights: Sequence[jax.Array]) -> jax.Array:
@@ -247,9 +258,15 @@ class CellSupernet:
 
 # -- the derived network in PyTorch ----------------------------------------------------------
 
-def to_torch(supernet: CellSupernet, params: Params, indices: Sequence[int]) -> Any:
-    """The PyTorch network of the derived cells with the supernet's weights; computes what
-    `mixed_forward` computes with `derived_weights(indices)`."""
+def to_torch(supernet: CellSupernet, params: Params, indices: Sequence[int], calibration: np.ndarray,
+             batch_size: int = 64) -> Any:
+    """The PyTorch network of the derived cells with the supernet's weights: in training mode it
+    computes what `mixed_forward` computes with `derived_weights(indices)`; its BatchNorms'
+    running statistics are recalibrated on `calibration` (NCHW inputs as the supernet saw them,
+    in batches of `batch_size`), so that the eval-mode network normalises by its own statistics."""
     from adl.passes.nas import cell_modules
+    from adl.passes.nas.supernet import recalibrate_batch_norms
 
-    return cell_modules.build(supernet.space, params, indices)
+    model = cell_modules.build(supernet.space, params, indices)
+    recalibrate_batch_norms(model, calibration, batch_size)
+    return model.eval()

@@ -13,7 +13,7 @@ from adl.compiler.layers import describe_model  # noqa: E402
 from adl.compiler.spec import TargetSpec  # noqa: E402
 from adl.hwmodels.roofline import RooflineModel  # noqa: E402
 from adl.passes.nas.cell_modules import build  # noqa: E402
-from adl.passes.nas.cells import DROPPED, CellSpace, CellSupernet, to_torch  # noqa: E402
+from adl.passes.nas.cells import DROPPED, CellSpace, CellSupernet, _op_apply, to_torch  # noqa: E402
 from adl.passes.nas.pricing import price_candidates  # noqa: E402
 from adl.passes.nas.search import Search, SearchConfig  # noqa: E402
 
@@ -55,18 +55,49 @@ def test_the_derived_pytorch_network_computes_what_the_supernet_computes():
     rng = np.random.default_rng(2)
     for _ in range(2):
         indices = NET.derive([rng.standard_normal(len(SPACE.ops)) for _ in range(2 * E)])
-        model = to_torch(NET, params, indices)
+        model = to_torch(NET, params, indices, x)
         with torch.no_grad():
-            ours = model(torch.from_numpy(x)).numpy()
+            ours = model.train()(torch.from_numpy(x)).numpy()  # batch statistics, as the supernet
         theirs = np.asarray(NET.mixed_forward(params, jnp.asarray(x), NET.derived_weights(indices)))
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     # every op, including skip's factorized reduce on the reduction edges, once
     every = [o % len(SPACE.ops) for o in range(2 * E)]
     every = [i if SPACE.ops[i] != "none" else 0 for i in every]
     with torch.no_grad():
-        ours = build(SPACE, params, every)(torch.from_numpy(x)).numpy()
+        ours = build(SPACE, params, every).train()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(ours, np.asarray(NET.mixed_forward(params, jnp.asarray(x), NET.derived_weights(every))),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_every_convolution_and_pooling_is_normalised_by_its_batch():
+    """DARTS's ops: ReLU-conv-BN and pooling-BN, the BatchNorms affine-free in the search, so the
+    candidates of an edge reach the mixture at one scale: each conv/pool op's output has per
+    channel mean 0 and variance 1 over the batch, whatever the input's scale."""
+    edge = NET.init(0)["cells"][0]["edges"][0]  # a normal cell's edge: stride 1
+    h = jnp.asarray(np.random.default_rng(4).standard_normal((8, 6, 6, 4)) * 7.0 + 3.0, jnp.float32)
+    for o, op in enumerate(SPACE.ops):
+        if op in ("skip", "none"):
+            continue
+        y = np.asarray(_op_apply(op, edge[o], h, 1))
+        np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-4, err_msg=op)
+        np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1.0, rtol=1e-3, err_msg=op)
+
+
+def test_the_derived_network_is_recalibrated_so_that_eval_mode_normalises_like_the_supernet():
+    params = NET.init(5)
+    x = np.random.default_rng(6).standard_normal((256, 1, 8, 8)).astype(np.float32)
+    indices = NET.derive([np.random.default_rng(7).standard_normal(len(SPACE.ops)) for _ in range(2 * E)])
+    model = to_torch(NET, params, indices, x, batch_size=256)
+    assert not model.training
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x)).numpy()
+    theirs = np.asarray(NET.mixed_forward(params, jnp.asarray(x), NET.derived_weights(indices)))
+    # running variances are unbiased (n / (n - 1)), the supernet's batch variances are not: with n >= 256 * 2 * 2
+    # values per channel each BatchNorm scales by ~1 - 1/(2n) >= 1 - 5e-4; a few tens of them in a row: ~1e-2
+    np.testing.assert_allclose(ours, theirs, rtol=2e-2, atol=2e-2)
+    untouched = build(SPACE, params, indices).eval()  # running statistics at their initial values
+    with torch.no_grad():
+        assert np.max(np.abs(untouched(torch.from_numpy(x)).numpy() - theirs)) > 0.1
 
 
 def test_pricing_gives_every_edge_op_a_latency_and_sums_to_the_derived_network():
