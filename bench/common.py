@@ -15,6 +15,15 @@ from adl.compiler.spec import CallValue
 from adl.passes.train.loop import train_model
 
 TRAIN_THREADS = 1  # training and search: on a shared 2-core machine a second torch thread spins and slows it ~5x
+_train_threads = TRAIN_THREADS
+
+
+def set_train_threads(threads: int) -> None:
+    """Train (and search) on `threads` torch threads: 2 when the bench has the machine to itself
+    (with OMP_WAIT_POLICY=PASSIVE, so an idle thread sleeps instead of spinning)."""
+    global _train_threads
+    _train_threads = threads
+    torch.set_num_threads(threads)
 
 
 def log(message: str) -> None:
@@ -22,12 +31,13 @@ def log(message: str) -> None:
 
 
 def train(model: torch.nn.Module, dataset, epochs: int, lr: float, seed: int) -> tuple[torch.nn.Module, float]:
-    """Train `model` in place for `epochs` (Adam at `lr`, cosine) and return it with its test accuracy."""
+    """Train `model` in place for `epochs` (Adam at `lr`, cosine) and return it with its test
+    accuracy, on TRAIN_THREADS torch threads or what `set_train_threads` chose."""
     config = {"epochs": epochs, "batch_size": 64, "optimizer": CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
               "schedule": "cosine", "label_smoothing": 0.0}
     with tempfile.TemporaryDirectory() as state:
         result = train_model(model, dataset, config, seed=seed, state_dir=Path(state), progress=SilentProgress(),
-                             threads=TRAIN_THREADS, log=lambda message: None)
+                             threads=_train_threads, log=lambda message: None)
     return result.model, float(result.test_accuracy)
 
 
