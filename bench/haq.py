@@ -1,8 +1,10 @@
-"""HAQ's mixed precision against fixed 8-, 6- and 4-bit quantization on the bit-serial cost model.
+"""HAQ's mixed precision against fixed 8-, 6-, 5- and 4-bit quantization on the bit-serial cost model.
 
-    python bench/haq.py [--quick] [--out FILE] [--seeds N] [--episodes N]
+    python bench/haq.py [--quick] [--data fashion_mnist|digits] [--out FILE] [--seeds N] [--episodes N]
+                        [--budget-bits K] [--finetune-samples N] [--base-cache FILE]
 
-A MobileNetV2-style digits network (the one bench/amc.py prunes) is trained once. For the
+A MobileNetV2-style network (digits: width 2, head 256; Fashion-MNIST: the one bench/amc.py
+prunes) is trained once (`--base-cache` keeps it for the next run with the same settings). For the
 `bitserial` edge and cloud presets: the latency budget is the fixed-8-bit network's latency,
 predicted by the bit-serial model, divided by 1.4 (or, with `--budget-bits K`, fixed K-bit's
 predicted latency); the DDPG agent (`adl.passes.haq.env`, reward = validation
@@ -10,7 +12,9 @@ accuracy of the fake-quantized network without fine-tuning minus fp32's, widths 
 until the budget holds) searches per-layer weight and activation widths in 2..8. The found
 policy and fixed 8/6/4-bit are then fine-tuned identically with quantization-aware training
 (straight-through estimators, the `train` loop, same epochs and seed) and scored on the test
-split. Reported: test accuracy (mean, std over seeds), predicted latency and energy of each
+split (Fashion-MNIST: the official 10,000 images; `--finetune-samples` fine-tunes on a seeded
+subset of the training split, the same for every policy). Reported: test accuracy (mean,
+std over seeds), predicted latency and energy of each
 policy on each preset, the policies (bits per layer; plot), and the goals.
 
 The search is made to meet the latency budget, and the budget is priced by the same cost model
@@ -24,6 +28,7 @@ K-bit's accuracy at fixed K-bit's predicted latency (e.g. K = 4, --out bench/res
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -44,14 +49,15 @@ from adl.passes.haq.model import quantize_model
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search
 from adl.passes.train.loop import evaluate
 
-from common import QUANTIZATION_MODEL as MODEL, log, train, trained_quantization_model
+from amc import DATA, NETWORKS
+from common import QUANTIZATION_MODEL, log, set_train_threads, train
 from provenance import provenance
 
 # what the figures depend on (`python -m bench.status`): search, quantization, the bit-serial model, training
-MEASURES = ("bench/haq.py", "bench/common.py", "passes/haq", "passes/rl", "passes/train/loop.py",
+MEASURES = ("bench/haq.py", "bench/common.py", "bench/amc.py", "passes/haq", "passes/rl", "passes/train/loop.py",
             "hwmodels/bitserial.py", "hwmodels/base.py", "compiler/layers.py", "compiler/folding.py", "models", "data")
 PRESETS = ("edge", "cloud")
-FIXED = (8, 6, 4)
+FIXED = (8, 6, 5, 4)
 SPEEDUP = 1.4  # the latency budget: fixed 8-bit's / SPEEDUP (a setting the search must meet, not a goal)
 LOW, HIGH = 2, 8
 COST_MODEL = "predicted by the bit-serial model (adl.hwmodels.bitserial)"
@@ -121,6 +127,35 @@ def goals(report: dict, budget_bits: int | None) -> dict:
     return out
 
 
+def network(data: str) -> tuple[str, dict]:
+    """The quantized network: the digits benches' MobileNetV2 (width 2, head 256), or on other
+    data the one bench/amc.py prunes."""
+    return QUANTIZATION_MODEL if data == "digits" else ("mobilenet", NETWORKS[data])
+
+
+def trained_base(dataset, data: str, epochs: int, cache: Path | None) -> tuple[torch.nn.Module, float]:
+    """The fp32 network trained for `epochs` (seed 0, Adam 3e-3) in eval mode and its test
+    accuracy; loaded from `cache` when it holds this network trained so (data, options, epochs)."""
+    from adl.models.zoo import build_model
+
+    family, options = network(data)
+    torch.manual_seed(0)
+    model = build_model(family, options, input_shape=tuple(dataset.input_shape), classes=10, mean=dataset.mean,
+                        std=dataset.std)
+    key = {"data": data, "family": family, "options": repr(sorted(options.items())), "epochs": epochs}
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("key") == key:
+            model.load_state_dict(saved["model"])
+            log(f"the fp32 {family}{options} from {cache}")
+            return model.eval(), float(saved["accuracy"])
+    log(f"training the fp32 {family}{options} for {epochs} epochs")
+    model, accuracy = train(model, dataset, epochs, 3e-3, seed=0)
+    if cache is not None:
+        torch.save({"key": key, "model": model.state_dict(), "accuracy": accuracy}, cache)
+    return model.eval(), accuracy
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, few episodes and epochs (a smoke run)")
@@ -130,27 +165,39 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=60, help="random episodes first")
     parser.add_argument("--base-epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=4, help="quantization-aware fine-tuning")
+    parser.add_argument("--data", choices=tuple(DATA), default="fashion_mnist")
+    parser.add_argument("--finetune-samples", type=int, default=0,
+                        help="fine-tune on this many (seeded) training images, the same for every policy (0: all)")
+    parser.add_argument("--base-cache", type=Path, help="keep the trained fp32 network here for later runs")
+    parser.add_argument("--train-threads", type=int, default=1,
+                        help="torch threads for training and search (2 only on an otherwise idle machine)")
     parser.add_argument("--budget-bits", type=int, choices=FIXED,
                         help=f"latency budget = fixed BITS-bit's predicted latency (default: fixed 8-bit's / "
                              f"{SPEEDUP}); adds the goal HAQ >= fixed BITS-bit in accuracy at that latency")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 6, 3, 2, 1
-    torch.set_num_threads(1)
-    origin = provenance("digits (scikit-learn 8x8; test split 0.2, seed 0; 500 training images for the reward)")
+    set_train_threads(args.train_threads)
+    origin = provenance(f"{DATA[args.data]}; 500 training images for the reward")
     started = time.perf_counter()
-    dataset = load_dataset("digits")
+    dataset = load_dataset(args.data)
     shape = tuple(dataset.input_shape)
 
-    base, base_accuracy = trained_quantization_model(dataset, args.base_epochs)
+    base, base_accuracy = trained_base(dataset, args.data, args.base_epochs, args.base_cache)
     layers = describe_model(fold_batchnorm(base), (1, *shape))
     n = len(quantized_layers(layers))
     order = np.random.default_rng(0).permutation(len(dataset.y_train))
     x_val, y_val = dataset.x_train[order[:500]], dataset.y_train[order[:500]]
     samples = torch.from_numpy(dataset.x_train[order[500:756]])
+    finetuning = dataset
+    if args.finetune_samples:
+        chosen = np.sort(np.random.default_rng(1).permutation(len(dataset.y_train))[:args.finetune_samples])
+        finetuning = dataclasses.replace(dataset, x_train=dataset.x_train[chosen], y_train=dataset.y_train[chosen])
     full = evaluate(base, x_val, y_val)
     report: dict = {"provenance": origin,
-                    "settings": {"model": {"family": MODEL[0], **MODEL[1]}, "quantized_layers": n,
+                    "settings": {"data": args.data, "model": {"family": network(args.data)[0], **network(args.data)[1]},
+                                 "quantized_layers": n, "finetune_samples": args.finetune_samples or "all",
+                                 "train_threads": args.train_threads,
                                  "bits": [LOW, HIGH], "episodes": args.episodes, "warmup": args.warmup,
                                  "seeds": args.seeds, "base_epochs": args.base_epochs,
                                  "finetune_epochs": args.finetune_epochs, "finetune": "adam(lr=5e-4), cosine, QAT",
@@ -186,7 +233,7 @@ def main() -> int:
             for seed in range(args.seeds):
                 torch.manual_seed(seed)
                 quantized = quantize_model(base, policy, samples)
-                _, acc = train(quantized, dataset, args.finetune_epochs, 5e-4, seed)
+                _, acc = train(quantized, finetuning, args.finetune_epochs, 5e-4, seed)
                 accs.append(acc)
             rows[name] = {"weight_bits": list(policy.weight_bits), "act_bits": list(policy.act_bits),
                           "latency_s": latency(policy), "energy_j": energy(policy), "within_budget": latency(policy)
