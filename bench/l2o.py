@@ -31,7 +31,7 @@ import optax
 from adl.passes.train.l2o import load_weights
 from adl.passes.train.l2o.config import IN_FAMILY, OUT_OF_FAMILY, MetaConfig
 from adl.passes.train.l2o.rule import l2o
-from adl.passes.train.l2o.tasks import make_task, rollout
+from adl.passes.train.l2o.tasks import Task, make_task, rollout
 from provenance import provenance
 
 # what the figures depend on (`python -m bench.status`): the rule, the shipped weights, the tasks, the data
@@ -66,10 +66,11 @@ def _stats(values: np.ndarray) -> dict:
 
 
 def bench_task(name: str, weights, horizon: int, seeds: list[int], grid: tuple[float, ...],
-               tuning_seeds: list[int], specialist=None) -> dict:
+               tuning_seeds: list[int], specialist=None, task: Task | None = None) -> dict:
     """L2O (and, given `specialist` weights meta-trained on this task kind alone, as the paper
-    trains one optimizer per family, that one too) against the tuned baselines on `name`."""
-    task = make_task(name, "heldout")
+    trains one optimizer per family, that one too) against the tuned baselines on `name`
+    (on its held-out digits subset), or on `task` when one is given."""
+    task = task or make_task(name, "heldout")
     steps = 2 * horizon
     result: dict = {"tuning": {}, "final": {}, "curves": {}}
     chosen: dict[str, dict[int, float]] = {}
