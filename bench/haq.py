@@ -210,6 +210,7 @@ def main() -> int:
     def validation_accuracy(policy: BitPolicy) -> float:
         return evaluate(quantize_model(base, policy, samples), x_val, y_val)
 
+    finetuned: dict[tuple, list[float]] = {}  # (weight bits, activation bits) -> test accuracy per seed
     for preset in PRESETS:
         model = BitSerialModel(preset=preset)
         target = TargetSpec(name=preset)
@@ -229,12 +230,14 @@ def main() -> int:
         policies = {"haq": best, **{f"fixed{b}": BitPolicy.uniform(n, b) for b in FIXED}}
         rows = {}
         for name, policy in policies.items():
-            accs = []
-            for seed in range(args.seeds):
-                torch.manual_seed(seed)
-                quantized = quantize_model(base, policy, samples)
-                _, acc = train(quantized, finetuning, args.finetune_epochs, 5e-4, seed)
-                accs.append(acc)
+            key = (tuple(policy.weight_bits), tuple(policy.act_bits))
+            if key not in finetuned:  # a fixed-width policy is the same network on every preset
+                finetuned[key] = []
+                for seed in range(args.seeds):
+                    torch.manual_seed(seed)
+                    quantized = quantize_model(base, policy, samples)
+                    finetuned[key].append(train(quantized, finetuning, args.finetune_epochs, 5e-4, seed)[1])
+            accs = finetuned[key]
             rows[name] = {"weight_bits": list(policy.weight_bits), "act_bits": list(policy.act_bits),
                           "latency_s": latency(policy), "energy_j": energy(policy), "within_budget": latency(policy)
                           <= budget, "accuracy_values": accs, "accuracy_mean": statistics.fmean(accs),
