@@ -14,49 +14,54 @@ import torch
 import amc  # bench/amc.py (tests/bench/conftest.py puts bench/ on the path)
 
 
-SHAPE = (1, 8, 8)  # digits
+SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
 
 
-@pytest.fixture(scope="module")
-def network() -> torch.nn.Module:
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def bench_network(request) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """The bench's network for each data set (untrained) and its input shape."""
     from adl.models.zoo import build_model
 
     torch.manual_seed(0)
-    family, options = amc.MODEL
-    return build_model(family, options, input_shape=SHAPE, classes=10, mean=[0.0], std=[1.0]).eval()
+    shape = SHAPES[request.param]
+    model = build_model(amc.FAMILY, amc.NETWORKS[request.param], input_shape=shape, classes=10, mean=[0.0],
+                        std=[1.0])
+    return model.eval(), shape
 
 
-def environment(model: torch.nn.Module, budget: float, multiple: int):
+def environment(model: torch.nn.Module, shape: tuple[int, ...], budget: float, multiple: int):
     from adl.passes.amc.env import AmcEnv, PolicyScore, Resources
     from adl.passes.amc.graph import ChannelGraph
 
-    graph = ChannelGraph(model, (1, *SHAPE))
+    graph = ChannelGraph(model, (1, *shape))
     return AmcEnv(graph, Resources(graph.layer_table(), {"flops": budget}), lambda m: PolicyScore(1.0, 0.0),
                   multiple=multiple)
 
 
 @pytest.mark.parametrize("multiple", [8, 16])
 @pytest.mark.parametrize("budget", [0.5, 0.3])
-def test_uniform_lands_within_one_percent_of_the_budget(network, budget, multiple):
-    env = environment(network, budget, multiple)
+def test_uniform_lands_within_one_percent_of_the_budget(bench_network, budget, multiple):
+    network, shape = bench_network
+    env = environment(network, shape, budget, multiple)
     counts, ratio = amc.uniform_counts_at(env, budget)
-    kept = amc.flops(env.build(counts), SHAPE) / amc.flops(network, SHAPE)  # counted on the pruned network
+    kept = amc.flops(env.build(counts), shape) / amc.flops(network, shape)  # counted on the pruned network
     assert abs(kept - budget) <= 0.01 and kept <= budget  # not above it: AMC never is
     assert 0 < ratio < 1
     for d in env.decisions:  # every count is an allowed one: a multiple of the lanes (or the whole group)
         assert counts[d.group] in d.grid
     if multiple == 16 and budget == 0.3:  # the largest single ratio within the budget lands far below it
         old = env.uniform_counts()
-        assert abs(amc.flops(env.build(old), SHAPE) / amc.flops(network, SHAPE) - budget) > 0.01
+        assert abs(amc.flops(env.build(old), shape) / amc.flops(network, shape) - budget) > 0.01
 
 
-def test_torch_pruning_lands_within_one_percent_of_the_budget(network):
+def test_torch_pruning_lands_within_one_percent_of_the_budget(bench_network):
     pytest.importorskip("torch_pruning")
-    env = environment(network, 0.3, 16)
-    pruned, extra = amc.torch_pruning(network, 0.3, SHAPE, env, 16, iterations=2)  # 12 in the bench
+    network, shape = bench_network
+    env = environment(network, shape, 0.3, 16)
+    pruned, extra = amc.torch_pruning(network, 0.3, shape, env, 16, iterations=2)  # 12 in the bench
     assert pruned is not None and "counts_mismatch" not in extra
     assert extra["changed_layers"]  # the ratio alone missed: some layers were given a step more or fewer
-    assert abs(amc.flops(pruned, SHAPE) / amc.flops(network, SHAPE) - 0.3) <= 0.01
+    assert abs(amc.flops(pruned, shape) / amc.flops(network, shape) - 0.3) <= 0.01
 
 
 def test_grid_options():
