@@ -61,6 +61,9 @@ class BuildInfo:
     cross_compiled: bool = False  # built for another machine: it cannot run here
     target: dict | None = None  # the TVM target used (the host's mcpu filled in when none was given)
     notes: tuple[str, ...] = ()  # what made the library less than it could be (shown by `lower`)
+    #: int8 multiply-accumulate kernels of the default schedules by path: "vnni" (vpdpbusd) or
+    #: "generic" (int32 lanes); {} for a float library
+    int8_kernels: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,11 @@ def build_library(
             output_shape, _ = _tensor_type_shape(ret)
 
     with _step(STEP_COMPILE):
+        from adl.backends.tvm.default_schedules import int8_kernel_counts
+
+        int8_kernel_counts()  # reset: count this build's kernels only
         executable = _compile_default(mod, target)
+        int8_kernels = int8_kernel_counts()
         if tune is not None:
             from adl.backends.tvm import tuning
 
@@ -216,6 +223,7 @@ def build_library(
         cross_compiled=fcompile is not None,
         target=target,
         notes=(unfolded,) if unfolded else (),
+        int8_kernels=int8_kernels,
     )
 
 

@@ -62,6 +62,17 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
+#: the int8 kernels scheduled since the last `int8_kernel_counts()` ("vnni" or "generic" each):
+#: how `lower` learns which path a library's integer layers took
+INT8_KERNELS: list[str] = []
+
+
+def int8_kernel_counts() -> dict[str, int]:
+    """How many int8 reductions were scheduled on each path since the last call (and reset)."""
+    counts = {path: INT8_KERNELS.count(path) for path in sorted(set(INT8_KERNELS))}
+    INT8_KERNELS.clear()
+    return counts
+
 # Knobs of the rules (module constants so experiments can flip them; the defaults are what
 # was measured best on Zen 3 / AVX2).
 #: Inline zero-padding into the convolution (conditional loads) instead of materialising it.
@@ -318,6 +329,8 @@ def _make_rule():
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.base import ScheduleRule
 
+    from adl.backends.tvm import int8_kernels
+
     def _is_reduction(sch, block_rv) -> bool:
         return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block_rv).iter_vars)
 
@@ -525,6 +538,7 @@ def _make_rule():
         def apply(self, func, target, tunable):  # noqa: D401
             if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
                 return None
+            generic_only = func.attrs is not None and "adl.int8_generic" in func.attrs
             sch = s_tir.Schedule(func)
             try:
                 root = sch.get_sblock("root")
@@ -543,10 +557,15 @@ def _make_rule():
             if len(reductions) == 1:
                 anchor = reductions[0]
                 others = [b for b in blocks if not _is_reduction(sch, b)]
+                # u8 x s8 -> s32 on a VNNI target: its data operand must stay a buffer (what
+                # vpdpbusd broadcasts from), so the anchor's direct producers are materialised
+                vnni = not generic_only and int8_kernels.int8_path(target) == "vnni" and int8_kernels.vnni_candidate(
+                    sch, anchor, _layout_free(func))
+                keep = {sch.get(b).name_hint for b in sch.get_producers(anchor)} if vnni else set()
                 # Inline producers (padding only when INLINE_PAD) into the anchor.
                 leftovers = []
                 for b in others:
-                    if not INLINE_PAD and "pad" in sch.get(b).name_hint:
+                    if (not INLINE_PAD and "pad" in sch.get(b).name_hint) or sch.get(b).name_hint in keep:
                         leftovers.append(b)
                         continue
                     try:
@@ -559,11 +578,24 @@ def _make_rule():
                     anchor_lanes = _lanes(target, sch.get(anchor).writes[0].source.dtype.bits)
                 except Exception:  # noqa: BLE001
                     anchor_lanes = lanes
-                try:
-                    ok = _schedule_anchor(sch, anchor, anchor_lanes, _layout_free(func))
-                except Exception as exc:  # noqa: BLE001
-                    _LOG.debug("anchor rule failed on %s: %s", sch.get(anchor).name_hint, exc)
-                    ok = False
+                ok = False
+                if vnni:
+                    try:
+                        ok = int8_kernels.schedule_vnni_reduction(sch, anchor, _layout_free(func))
+                    except Exception as exc:  # noqa: BLE001 (then the generic int32 schedule, from scratch)
+                        _LOG.warning("VNNI schedule failed on %s, generic int8 kernel instead: %s",
+                                     sch.get(anchor).name_hint, str(exc).splitlines()[0] if str(exc) else exc)
+                        return self.apply(func.with_attr("adl.int8_generic", True), target, tunable)
+                    if ok:
+                        INT8_KERNELS.append("vnni")
+                if not ok:
+                    try:
+                        ok = _schedule_anchor(sch, anchor, anchor_lanes, _layout_free(func))
+                    except Exception as exc:  # noqa: BLE001
+                        _LOG.debug("anchor rule failed on %s: %s", sch.get(anchor).name_hint, exc)
+                        ok = False
+                    if ok and _is_int8_reduction(sch, anchor):
+                        INT8_KERNELS.append("generic")
                 if not ok:
                     return _fallback(func, lanes)
                 # Blocks left at the root (materialised padding, a non-inlinable producer):
@@ -583,6 +615,10 @@ def _make_rule():
                     _schedule_injective(sch, b, lanes)
                 return sch
             return _fallback(func, lanes)
+
+    def _is_int8_reduction(sch, block_rv) -> bool:
+        """Whether the block multiplies 8-bit integers (what the int8 kernel statistics count)."""
+        return any(str(r.source.dtype) in ("int8", "uint8") for r in sch.get(block_rv).reads)
 
     def _layout_free(func) -> list:
         """Buffers of the params that AttachAttrLayoutFreeBuffers marked as constants."""

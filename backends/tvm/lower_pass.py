@@ -68,6 +68,9 @@ class LowerPass(Pass):
                 raise PassError(str(err)) from err
             for note in info.notes:
                 ctx.log(f"lower: {note}")
+            if info.int8_kernels:
+                paths = ", ".join(f"{count} {path}" for path, count in sorted(info.int8_kernels.items()))
+                ctx.log(f"lower: int8 kernels: {paths} (vnni: vpdpbusd; generic: int32 lanes)")
             bar.advance(1, step="built")
             if ctx.spec.target.remote:
                 return self._run_remote(module, ctx, path, info, bar)

@@ -132,7 +132,8 @@ class HaqPass(Pass):
             trained = finetune(fake, ctx, self.config)
             fake, finetuning["history"] = trained.model, trained.history
         fake.eval()
-        deployed, decisions, packed = deployable_model(fake, ctx.spec.target.kind)
+        deployment = deployable_model(fake, ctx.spec.target.kind)
+        deployed, decisions, packed = deployment
         packed_path = ctx.output_dir() / PACKED_FILE
         with atomic_path(packed_path) as tmp:
             np.savez(tmp, **packed)
@@ -156,6 +157,9 @@ class HaqPass(Pass):
                            zip(names, result.policy.weight_bits, result.policy.act_bits)],
                 "lowering": [d.as_dict() for d in decisions],
                 "integer_layers": sum(d.arithmetic == "int8" for d in decisions),
+                "integer_handoffs": [{"producer": h.producer, "consumers": list(h.consumers), "codes": [h.low, h.high]}
+                                     for h in deployment.handoffs],
+                **({"handoff_note": deployment.handoff_note} if deployment.handoff_note else {}),
                 "weight_bytes": {"float32": 4 * weights, "int8": weights,
                                  "packed": sum(d.packed_bytes for d in decisions)},
                 "val_accuracy_full_precision": result.full_precision_accuracy,
@@ -197,7 +201,8 @@ class HaqPass(Pass):
                  f"{haq['cost']['chosen'] / haq['cost']['highest_bits']:.1%} of the {haq['bits'][1]}-bit "
                  f"{haq['resource']} ({'budget met' if haq['budget_met'] else 'budget NOT met'}); "
                  f"validation accuracy {haq['val_accuracy_full_precision']:.4f} -> {haq['val_accuracy_quantized']:.4f} "
-                 f"before fine-tuning; {haq['integer_layers']} of {len(haq['lowering'])} layers in integer arithmetic; "
+                 f"before fine-tuning; {haq['integer_layers']} of {len(haq['lowering'])} layers in integer arithmetic, "
+                 f"{len(haq.get('integer_handoffs', []))} handing uint8 codes straight to the next; "
                  f"weights {sizes['packed']} B packed ({sizes['float32']} B in float32); deployed and simulated "
                  f"networks agree on {haq['test_agreement_deployed_vs_simulated']:.2%} of the test split.", ""]
         lines += table(["layer", "weight bits", "activation bits", "arithmetic", "why not integer"],

@@ -10,7 +10,9 @@ its input quantizer keeps its calibrated scale and zero point. A layer becomes a
 * its weights are linear codes (a k-means codebook index is not a number to multiply by).
 
 Otherwise it becomes a `SimulatedQuantLayer` -- the same quantized values in float32 -- and
-the reason is recorded. Weight codes at b <= 8 bits are also stored bit-packed
+the reason is recorded. Integer layers that hand their output only to integer layers then
+requantize into those layers' codes in integer arithmetic (`adl.models.integer_graph`), so the
+deployed network and its library compute the same integers. Weight codes at b <= 8 bits are also stored bit-packed
 (`packing.pack_codes`), b bits per weight: `packed_weights` is that file's content.
 """
 
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from adl.models.integer import IntegerConv2d, IntegerLinear, SimulatedQuantLayer
+from adl.models.integer_graph import Handoff, fuse_requantization
 from adl.passes.haq.model import FakeQuantLayer
 from adl.passes.haq.packing import pack_codes, packed_size
 from adl.passes.haq.quantizers import dequantize_weight, kmeans_quantize, quantize_weight
@@ -84,9 +87,23 @@ def _freeze(layer: FakeQuantLayer, reason: str) -> tuple[nn.Module, dict[str, np
     return SimulatedQuantLayer(copy.deepcopy(inner), weight, act.scale, act.zero_point, act.bits, bits), stored
 
 
-def deployable_model(fake: nn.Module, target_kind: str) -> tuple[nn.Module, list[LayerLowering], dict[str, np.ndarray]]:
-    """A copy of `fake` with every FakeQuantLayer frozen; per-layer lowering decisions; the
-    packed weights (``"<layer>.codes"``, ``".scales"`` or ``".centroids"``, ``".shape"``, ``".bits"``)."""
+@dataclass(frozen=True)
+class Deployment:
+    """The deployed network and what lowering it decided."""
+
+    model: nn.Module
+    layers: list[LayerLowering]
+    packed: dict[str, np.ndarray]  # ``"<layer>.codes"``, ``".scales"`` or ``".centroids"``, ``".shape"``, ``".bits"``
+    handoffs: list[Handoff]  # integer layers requantizing straight into their consumers' codes
+    handoff_note: str  # why the network could not be analysed for hand-offs ("" if it was)
+
+    def __iter__(self):  # (model, layers, packed), as callers unpacked it before hand-offs existed
+        return iter((self.model, self.layers, self.packed))
+
+
+def deployable_model(fake: nn.Module, target_kind: str) -> Deployment:
+    """A copy of `fake` with every FakeQuantLayer frozen and integer requantization between integer
+    layers where their outputs allow; per-layer lowering decisions; the packed weights."""
     model = copy.deepcopy(fake).eval()
     decisions: list[LayerLowering] = []
     packed: dict[str, np.ndarray] = {}
@@ -103,4 +120,5 @@ def deployable_model(fake: nn.Module, target_kind: str) -> tuple[nn.Module, list
                 name=name, weight_bits=layer.weight_bits, act_bits=layer.act.bits,
                 arithmetic="float32" if reason else "int8", reason=reason, weights=count,
                 packed_bytes=packed_size(count, layer.weight_bits) if layer.weight_bits <= 8 else 4 * count))
-    return model, decisions, packed
+    model, handoffs, note = fuse_requantization(model)
+    return Deployment(model, decisions, packed, handoffs, note)

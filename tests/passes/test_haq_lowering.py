@@ -53,16 +53,16 @@ def test_integer_linear_and_its_accumulator_are_exact():
     with torch.no_grad():
         assert torch.allclose(integer(x), fake(x), atol=1e-5, rtol=1e-5)
     codes = integer.quantize_input(x)
-    assert codes.dtype == torch.int8
+    assert codes.dtype == torch.uint8  # u8 activations x s8 weights: the operand order of VNNI's vpdpbusd
     expected = (codes.to(torch.int64) - integer.zero_point) @ integer.weight_codes.to(torch.int64).T
     assert torch.equal(torch.ops.adl.int_linear(codes, integer.weight_codes, integer.zero_point),
                        expected.to(torch.int32))
 
 
 def test_integer_conv_accumulates_in_int32_without_overflowing_int8():
-    codes = torch.full((1, 64, 3, 3), 127, dtype=torch.int8)
+    codes = torch.full((1, 64, 3, 3), 255, dtype=torch.uint8)
     weight = torch.full((1, 64, 3, 3), 127, dtype=torch.int8)
-    acc = int_conv2d(codes, weight, -128, [1, 1], [0, 0], [1, 1], 1)
+    acc = int_conv2d(codes, weight, 0, [1, 1], [0, 0], [1, 1], 1)
     assert acc.dtype == torch.int32 and int(acc) == 255 * 127 * 64 * 9
 
 
