@@ -42,6 +42,7 @@ test-fast: $(STAMP)
 
 bench-deps: $(STAMP) fashion-mnist
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps torchvision==0.28.0
 
 # Fashion-MNIST from Debian's package dataset-fashion-mnist (the `fashion_mnist` source's default folder).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist

@@ -45,7 +45,7 @@ QUANTIZATION_MODEL = ("mobilenet", {"width": 2.0, "head": 256})  # the digits ne
 
 
 def trained_quantization_model(dataset, epochs: int) -> tuple[torch.nn.Module, float]:
-    """The MobileNetV2-style digits network of bench/haq.py and bench/haq_int8.py, trained
+    """The MobileNetV2-style digits network of bench/haq.py, trained
     (seed 0, Adam 3e-3) in eval mode, and its test accuracy."""
     from adl.models.zoo import build_model
 

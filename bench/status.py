@@ -4,7 +4,7 @@
 
 Each bench/NAME.py declares `MEASURES`, the repository paths its figures depend on. A result
 bench/results/NAME.json or NAME_SUFFIX.json belongs to the bench with the longest such NAME
-(haq_int8.json: haq_int8.py; haq_budget4.json: haq.py) and measures its MEASURES, or
+(terngrad_adam.json: terngrad_adam.py; haq_budget4.json: haq.py) and measures its MEASURES, or
 `RESULT_MEASURES[stem]` where the bench declares one for a result another tool writes under its
 name (l2o_meta_train.json: meta-training, whose output, the shipped weights, bench/l2o.py measures).
 A result is

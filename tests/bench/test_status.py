@@ -87,9 +87,10 @@ def states(root: Path) -> dict[str, str]:
 
 
 def test_results_map_to_the_bench_with_the_longest_matching_name():
-    benches = ["amc", "costmodel", "fuzz", "haq", "haq_int8", "l2o", "lowering", "nas", "terngrad"]
-    expected = {"amc": "amc", "amc_width3": "amc", "haq": "haq", "haq_budget4": "haq", "haq_int8": "haq_int8",
-                "haq_int8_avx512": "haq_int8", "l2o_meta_train": "l2o", "l2o_quadratic_meta_train": "l2o",
+    benches = ["amc", "costmodel", "fuzz", "haq", "int8", "l2o", "lowering", "nas", "terngrad", "terngrad_adam"]
+    expected = {"amc": "amc", "amc_width3": "amc", "haq": "haq", "haq_budget4": "haq", "haq_int8": "haq",
+                "int8": "int8", "int8_avx512": "int8", "terngrad_adam": "terngrad_adam",
+                "terngrad_adam_2": "terngrad_adam", "l2o_meta_train": "l2o", "l2o_quadratic_meta_train": "l2o",
                 "l2o_quadratic_specialist": "l2o", "costmodel": "costmodel", "fuzz": "fuzz", "nas": "nas",
                 "haqx": None, "amcwidth": None, "unknown": None}
     assert {stem: status.bench_for(stem, benches) for stem in expected} == expected
