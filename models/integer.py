@@ -110,7 +110,9 @@ class OutputRequantization(nn.Module):
     left by the activations in between (ReLU: ``low = zero_point``)."""
 
     def __init__(self, acc_scales: torch.Tensor, bias: torch.Tensor | None, scale: float, zero_point: int, bits: int,
-                 low: int, high: int) -> None:
+                 low: int, high: int, offset: torch.Tensor | None = None) -> None:
+        """`offset`: integers (C,) added to the accumulators, folded into the bias (see
+        `_IntegerLayer.hand_codes_to`)."""
         super().__init__()
         if not 0 <= low <= high <= 2 ** bits - 1:
             raise ValueError(f"code range [{low}, {high}] is not within [0, {2 ** bits - 1}]")
@@ -119,7 +121,8 @@ class OutputRequantization(nn.Module):
         # (C,) each, per output channel: the bias in accumulator units (not rounded to them: with
         # 2-bit weights one accumulator unit can be most of an output code), and the accumulator's
         # scale in units of the consumers' scale
-        self.register_buffer("bias", (bias / acc_scales).to(torch.float32))
+        units = bias / acc_scales + (0.0 if offset is None else offset.to(torch.float64).reshape(-1))
+        self.register_buffer("bias", units.to(torch.float32))
         self.register_buffer("multiplier", (acc_scales / scale).to(torch.float32))
         self.scale, self.zero_point, self.bits = float(scale), int(zero_point), int(bits)
         self.low, self.high = int(low), int(high)
@@ -160,11 +163,27 @@ class _IntegerLayer(nn.Module):
         self.takes_codes = False
         #: set: the output is the next integer layers' uint8 codes, not floats
         self.requantize_output: OutputRequantization | None = None
+        #: the zero point the integer kernel subtracts (0 once `hand_codes_to` folded it into the bias)
+        self.kernel_zero_point = self.zero_point
 
     def hand_codes_to(self, scale: float, zero_point: int, bits: int, low: int, high: int) -> None:
-        """Output the codes of the next integer layers' input quantization (integer requantization)."""
+        """Output the codes of the next integer layers' input quantization (integer requantization).
+
+        Without padding, sum((codes - z) * w) = sum(codes * w) - z * sum(w), and the constant goes
+        into the requantization's bias: the kernel accumulates raw codes and its epilogue has one
+        operation less (a zero-point correction per output measured 40-80 % of a 1x1 convolution
+        of 16 input channels on AVX-512)."""
+        offset = None
+        if self.zero_point and not self.pads:
+            offset = -self.zero_point * self.weight_codes.to(torch.float64).reshape(len(self.weight_scales), -1).sum(1)
+            self.kernel_zero_point = 0
         self.requantize_output = OutputRequantization(self.act_scale * self.weight_scales, self.bias, scale,
-                                                      zero_point, bits, low, high)
+                                                      zero_point, bits, low, high, offset)
+
+    @property
+    def pads(self) -> bool:
+        """Whether the kernel pads its input (with the zero point)."""
+        return False
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 codes of `x` (or `x` itself, when the producer already requantized into them)."""
@@ -227,9 +246,13 @@ class IntegerConv2d(_IntegerLayer):
                          self.dilation, self.groups, bias=self.bias is not None, device="meta")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = int_conv2d(self.quantize_input(x), self.weight_codes, self.zero_point, self.stride, self.padding,
-                         self.dilation, self.groups)
+        acc = int_conv2d(self.quantize_input(x), self.weight_codes, self.kernel_zero_point, self.stride,
+                         self.padding, self.dilation, self.groups)
         return self.finish(acc)
+
+    @property
+    def pads(self) -> bool:
+        return any(self.padding)
 
 
 class IntegerLinear(_IntegerLayer):
@@ -243,7 +266,7 @@ class IntegerLinear(_IntegerLayer):
         return nn.Linear(in_features, out_features, bias=self.bias is not None, device="meta")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.finish(int_linear(self.quantize_input(x), self.weight_codes, self.zero_point))
+        return self.finish(int_linear(self.quantize_input(x), self.weight_codes, self.kernel_zero_point))
 
 
 class SimulatedQuantLayer(nn.Module):

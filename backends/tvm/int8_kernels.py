@@ -16,7 +16,7 @@ with the weights repacked at compile time to ``[co // 16, kh, kw, ci // 4, co % 
 (64 contiguous bytes per instruction) and the epilogue (zero-point correction, requantization
 or float rescale) applied per tile. TVM's own ``dot_16x4_vnni`` intrinsic passes the
 operands as ``<16 x i32>``, which LLVM 20+ rejects (it takes ``<64 x i8>``), so adl
-registers its own, with the operand types this TVM's LLVM accepts, and with the accumulators in "local" scope.
+registers its own, with the operand types this TVM's LLVM accepts.
 
 Everything else (depthwise convolutions, channels that are not multiples, targets without
 VNNI) keeps the generic int32 schedule of `adl.backends.tvm.default_schedules`: correct,
@@ -61,13 +61,12 @@ def int8_path(target: Any) -> str:
 
 
 def _intrinsic_desc(lanes: int):
-    """c[i] += sum over k of a[k] * b[i, k] (u8 x s8 -> s32) for `lanes` outputs, with `c` in "local"
-    scope: the register tile of accumulators (see `schedule_vnni_reduction`)."""
+    """c[i] += sum over k of a[k] * b[i, k] (u8 x s8 -> s32) for `lanes` outputs."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((lanes, 4), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
             T.writes(c[0:lanes])
@@ -90,7 +89,7 @@ def _intrinsic_impl(lanes: int, byte_vectors: bool):
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((lanes, 4), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
             T.writes(c[0:lanes])
@@ -228,9 +227,10 @@ def schedule_vnni_reduction(sch, block_rv, layout_free) -> bool:
     sch.reorder(*outer, *red, *tile, v_vec, v_lane, r_lane)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
 
-    # "local": the tile of accumulators is a stack array LLVM keeps in registers; a "global" one of
-    # >= 1 KiB is a TVMBackendAllocWorkspace call per tile (measured: 2-3x the whole kernel)
-    write_back = sch.cache_write(block_rv, 0, "local")
+    # the tile of accumulators: compacted to the tile, under 1 KiB it is a stack array LLVM keeps in
+    # registers (1 KiB or more: a TVMBackendAllocWorkspace call per tile, 2-3x the whole kernel;
+    # "local" scope is not compacted: a full-size buffer in memory, 2-3x slower again at 112x112)
+    write_back = sch.cache_write(block_rv, 0, "global")
     _inline_consumers(sch, write_back)
     sch.reverse_compute_at(write_back, par, preserve_unit_loops=True)
     work = 1
