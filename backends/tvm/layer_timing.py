@@ -96,7 +96,7 @@ def layer_model(group: KernelGroup) -> Any:
 
 
 def _integer_layer(op: Any, weight_bits: int, act_bits: int) -> Any:
-    """`op` as the `haq` pass deploys it at <= 8 bits: int8 x int8 -> int32 (random codes)."""
+    """`op` as the `haq` pass deploys it at <= 8 bits: u8 x s8 -> s32 (random codes)."""
     import torch
 
     from adl.models.integer import IntegerConv2d, IntegerLinear
@@ -105,7 +105,9 @@ def _integer_layer(op: Any, weight_bits: int, act_bits: int) -> Any:
     codes = torch.randint(-limit, limit + 1, op.weight.shape, dtype=torch.int32)
     scales = torch.full((op.weight.shape[0],), 0.01)
     cls = IntegerConv2d if isinstance(op, torch.nn.Conv2d) else IntegerLinear
-    return cls(op, codes, scales, 0.05, 2 ** (act_bits - 1), act_bits, weight_bits)
+    # zero point 0, as after a ReLU (most integer layers' inputs): padding is the convolution's own,
+    # fused, not a separate kernel filling in the zero point
+    return cls(op, codes, scales, 0.05, 0, act_bits, weight_bits)
 
 
 @dataclass(frozen=True)
