@@ -246,7 +246,8 @@ def adl_library(model: torch.nn.Module, prepared: Prepared, path: Path) -> Engin
 
     info = build_library(model, prepared.example, TARGET, path)
     library = CompiledLibrary(path, (1, *prepared.input_shape), num_threads=THREADS)
-    return Engine(library.run, {"build_seconds": info.build_seconds, "library_bytes": info.library_bytes})
+    return Engine(library.run, {"build_seconds": info.build_seconds, "library_bytes": info.library_bytes,
+                                "int8_kernels": info.int8_kernels})
 
 
 def adl_fp32(prepared: Prepared, folder: Path) -> Engine:
@@ -256,7 +257,6 @@ def adl_fp32(prepared: Prepared, folder: Path) -> Engine:
 
 def adl_int8(prepared: Prepared, folder: Path) -> Engine:
     """adl's int8 library: the haq pass's deployment with every layer at 8 bits, post-training."""
-    from adl.backends.tvm.default_schedules import int8_kernel_counts
     from adl.passes.haq.budget import BitPolicy, quantized_layers
     from adl.passes.haq.lowering import deployable_model
     from adl.passes.haq.model import quantize_model
@@ -265,11 +265,10 @@ def adl_int8(prepared: Prepared, folder: Path) -> Engine:
     n = len(quantized_layers(deployed_layers(prepared.model, prepared.input_shape)))
     fake = quantize_model(prepared.model, BitPolicy.uniform(n, 8), torch.from_numpy(prepared.calibration)).eval()
     deployment = deployable_model(fake, "llvm")
-    int8_kernel_counts()  # reset
-    engine = adl_library(deployment.model, prepared, folder / "adl_int8.so")
+    engine = adl_library(deployment.model, prepared, folder / "adl_int8.so")  # info: int8_kernels by path
     engine.info.update(quantized_layers=n, integer_layers=sum(d.arithmetic == "int8" for d in deployment.layers),
                        layers=len(deployment.layers), handoffs=len(deployment.handoffs),
-                       handoff_note=deployment.handoff_note, kernels=int8_kernel_counts())
+                       handoff_note=deployment.handoff_note)
     fallbacks = sorted({d.reason for d in deployment.layers if d.arithmetic != "int8"})
     if fallbacks:
         engine.info["fallback_reasons"] = fallbacks
