@@ -37,7 +37,7 @@ class LowerPass(Pass):
         Option("warmup", "int", 10, "untimed runs before timing", low=0, high=1_000_000),
         Option("tolerance", "float", 1e-4, "max abs difference allowed between library and PyTorch outputs",
                low=0.0, high=1e6),
-        Option("rounding_flips", "fraction", 0.0, "libraries with integer layers: the fraction of test samples "
+        Option("rounding_flips", "fraction", 0.01, "libraries with integer layers: the fraction of test samples "
                "whose outputs may exceed `tolerance` through float rounding between integer layers (residual "
                "additions, means), if their top-1 class agrees",
                low=0.0, high=1.0),
@@ -132,7 +132,7 @@ class LowerPass(Pass):
 
     def _check_agreement(self, agreement, model, ctx: PassContext) -> dict | None:
         """Refuse a library that disagrees with PyTorch beyond `tolerance`, except, in a library
-        with integer layers and `rounding_flips` > 0, a few samples whose top-1 class agrees:
+        with integer layers, a few samples whose top-1 class agrees (`rounding_flips`):
         integer layers that hand codes to each other agree bit for bit, but where a float32
         operation sits between them (a residual addition, a mean) the library may sum in another
         order, and an activation within an ulp of a rounding tie can land one code apart and
