@@ -81,6 +81,24 @@ def cost_function(layers: Sequence[LayerDesc], estimate: Callable[[Sequence[Laye
     return cost
 
 
+def _next_saving(weights: list[int], acts: list[int], lowering: tuple[list[int], ...], i: int, low: int,
+                 cost: Callable[[BitPolicy], float], current_cost: float) -> tuple[BitPolicy, float] | None:
+    """Lower layer `i`'s width in each list of `lowering` (`weights`, `acts` or both, in place) to
+    the widest width below the current one that costs less than `current_cost`: (that policy,
+    its cost); None, with the widths unchanged, if none does."""
+    originals = [widths[i] for widths in lowering]
+    for bits in range(max(originals) - 1, low - 1, -1):
+        for widths, original in zip(lowering, originals):
+            widths[i] = min(original, bits)
+        candidate = BitPolicy(tuple(weights), tuple(acts))
+        candidate_cost = cost(candidate)
+        if candidate_cost < current_cost:
+            return candidate, candidate_cost
+    for widths, original in zip(lowering, originals):
+        widths[i] = original
+    return None
+
+
 def enforce_budget(policy: BitPolicy, cost: Callable[[BitPolicy], float], budget: float, low: int,
                    resource: str = "latency") -> BitPolicy:
     """The policy with widths lowered one bit at a time (layer by layer, weights before
@@ -89,7 +107,10 @@ def enforce_budget(policy: BitPolicy, cost: Callable[[BitPolicy], float], budget
 
     A decrement that does not lower the cost is not made: a size budget never touches
     activation widths, and a layer the cost model prices the same at fewer bits (a
-    memory-bound layer's weights, say) keeps its accuracy for free.
+    memory-bound layer's weights, say) keeps its accuracy for free. Where one bit saves
+    nothing but more bits do -- a measured CPU prices 9..16 bits alike (float kernels) and
+    2..8 alike (int8 kernels) -- the width drops to the widest that saves, and where only
+    weights and activations together save (an int8 kernel needs both at <= 8 bits), both drop.
     """
     weights, acts = list(policy.weight_bits), list(policy.act_bits)
     if any(b < low for b in weights + acts):
@@ -98,16 +119,15 @@ def enforce_budget(policy: BitPolicy, cost: Callable[[BitPolicy], float], budget
     while current_cost > budget:
         lowered = False
         for i in range(len(weights)):
-            for widths in (weights, acts):
-                if widths[i] <= low:
+            saved = False
+            # the weights, then the activations; both together only when neither saves alone
+            for lowering in ((weights,), (acts,), (weights, acts)):
+                if saved and len(lowering) == 2:
+                    break
+                step = _next_saving(weights, acts, lowering, i, low, cost, current_cost)
+                if step is None:  # no narrower width saves anything: keep the bits
                     continue
-                widths[i] -= 1
-                candidate = BitPolicy(tuple(weights), tuple(acts))
-                candidate_cost = cost(candidate)
-                if candidate_cost >= current_cost:  # no saving: keep the bit
-                    widths[i] += 1
-                    continue
-                current, current_cost, lowered = candidate, candidate_cost, True
+                (current, current_cost), saved, lowered = step, True, True
                 if current_cost <= budget:
                     return current
         if not lowered:

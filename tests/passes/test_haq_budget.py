@@ -91,3 +91,16 @@ def test_a_lowering_that_saves_nothing_is_not_made():
 def test_edge_and_cloud_presets_price_the_same_policy_differently():
     policy = BitPolicy((8, 4, 8, 2), (8, 8, 4, 4))
     assert _cost("latency", "edge")(policy) != _cost("latency", "cloud")(policy)
+
+
+def test_a_step_priced_cost_drops_to_the_widest_width_that_saves():
+    """A measured CPU prices every width above 8 bits as a float kernel and every width up to 8 as
+    an int8 kernel: one bit less from 16 saves nothing, 8 bits do. The budget is reachable, so it is
+    reached -- with the wider layer kept where the other alone pays for it."""
+    def cost(policy: BitPolicy) -> float:
+        return sum(10.0 if w > 8 or a > 8 else 7.0 for w, a in zip(policy.weight_bits, policy.act_bits))
+
+    result = enforce_budget(BitPolicy((16, 16), (16, 16)), cost, budget=17.0, low=4)
+    assert result == BitPolicy((8, 16), (8, 16)) and cost(result) == 17.0
+    with pytest.raises(BudgetUnreachable):
+        enforce_budget(BitPolicy((16, 16), (16, 16)), cost, budget=13.0, low=4)
