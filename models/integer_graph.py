@@ -4,8 +4,8 @@ After the `haq` pass freezes a network, each integer layer takes floats, quantiz
 uint8 codes, and hands floats on (``acc * s + bias``). Where a layer's output reaches *only*
 integer layers that quantize it the same way -- directly, or through ReLU/ReLU6/Hardtanh clamps,
 max pooling, flattening and identities -- the float detour is pure loss: the producer can
-requantize its int32 accumulators straight into the consumers' codes with an integer
-multiplier and shift (`adl.models.integer.requantize`), the clamps become a code range, and
+requantize its int32 accumulators straight into the consumers' codes with single IEEE
+operations (`adl.models.integer.requantize`), the clamps become a code range, and
 max pooling and reshapes work on the codes as they are (quantization is monotone, so the max
 of codes is the code of the max). Then PyTorch and the library compute the same integers,
 bit for bit, and the library moves one byte per activation instead of four.
