@@ -13,7 +13,7 @@ network fits the budget (`budget.py`). Each episode's policy is scored by the va
 accuracy of the fake-quantized network (`model.py`: BatchNorm folded, per-channel weight
 scales, calibrated activation ranges). The best policy is fine-tuned with quantization-aware
 training (straight-through estimators, the `train` loop) and frozen for deployment
-(`lowering.py`): layers at <= 8 bits on a CPU target compute in int8 x int8 -> int32 in the
+(`lowering.py`): layers at <= 8 bits on a CPU target compute in u8 x s8 -> s32 in the
 TVM library (`adl.models.integer`), the others in float32 on quantized values, each with its
 reason in the manifest. The weight codes are also written bit-packed (`weights.packed.npz`
 in the artifact: b bits per weight).

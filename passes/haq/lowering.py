@@ -2,7 +2,7 @@
 
 Every `FakeQuantLayer` is frozen: its weights become integer codes (per-channel scales) and
 its input quantizer keeps its calibrated scale and zero point. A layer becomes an
-`IntegerConv2d`/`IntegerLinear` (int8 x int8 -> int32 in the TVM library, see
+`IntegerConv2d`/`IntegerLinear` (u8 x s8 -> s32 in the TVM library, see
 `adl.models.integer`) when
 
 * the target can run it: integer lowering is built for CPU (`llvm`) targets;
