@@ -30,6 +30,8 @@ import functools
 import logging
 from typing import Any
 
+from adl.backends.tvm.register_tiles import register_tile
+
 __all__ = ["INTRINSICS", "int8_path", "schedule_vnni_reduction", "vnni_candidate"]
 
 _LOG = logging.getLogger(__name__)
@@ -138,24 +140,11 @@ def _int(expr) -> int | None:
     return int(expr.value) if isinstance(expr, tirx.IntImm) else None
 
 
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
-
 def _register_tile(vectors: int, width: int) -> tuple[int, int]:
-    """(vectors of output channels, output columns) of a register tile: the most accumulators (at
-    most MAX_ACCUMULATORS, each extent dividing its axis), then the fewest loads per step (one
-    weight vector per channel vector, one broadcast per column). 64 channels x 56 columns: 2 x 7
-    (14 accumulators, 9 loads), not 4 x 2 (8, 6): ResNet-18 224 int8 ran 1.44x faster (28.5 -> 19.8 ms,
+    """`register_tile` within this module's limits. 64 channels x 56 columns: 2 x 7 (14
+    accumulators, 9 loads), not 4 x 2 (8, 6): ResNet-18 224 int8 ran 1.44x faster (28.5 -> 19.8 ms,
     measured under load)."""
-    best = (0, 0, 0)
-    for nv in range(1, min(vectors, MAX_VECTORS) + 1):
-        if vectors % nv:
-            continue
-        w_tile = _largest_divisor(width, max(1, MAX_ACCUMULATORS // nv))
-        best = max(best, (nv * w_tile, -(nv + w_tile), nv))
-    nv = best[2]
-    return nv, _largest_divisor(width, max(1, MAX_ACCUMULATORS // nv))
+    return register_tile(vectors, width, MAX_ACCUMULATORS, MAX_VECTORS)
 
 
 def _operands(sch, block_rv, layout_free) -> tuple[int, int] | None:

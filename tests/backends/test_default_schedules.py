@@ -193,3 +193,79 @@ def test_channel_counts_off_the_vector_width_still_get_whole_vectors():
     assert "T.vectorized(T.int64(8))" in conv and "T.vectorized(T.int64(24))" not in conv
     (quantize,) = [text for name, text in funcs.items() if "round" in name]
     assert "T.vectorized(T.int64(16))" in quantize
+
+
+def test_fast_sigmoid_is_within_float32_rounding_of_the_true_sigmoid():
+    """`_vectorizable_sigmoid` (TOPI's polynomial fast_exp) against float64 over [-100, 100]: its
+    absolute error stays at float32's rounding of values near 1 (ulp 1.2e-7; 8.9e-8 measured)."""
+    from tvm import te
+
+    x = te.placeholder((1 << 16,), "float32")
+    kernel = tvm.compile(te.create_prim_func([x, ds._vectorizable_sigmoid(x)]), target="llvm")
+    values = np.linspace(-100, 100, 1 << 16).astype(np.float32)
+    out = tvm.runtime.empty((1 << 16,), "float32")
+    kernel(tvm.runtime.tensor(values), out)
+    exact = 1 / (1 + np.exp(-values.astype(np.float64)))
+    assert float(np.max(np.abs(out.numpy() - exact))) <= 1.2e-7
+
+
+@pytest.mark.slow
+def test_sigmoid_and_silu_epilogues_are_vector_code_and_match_pytorch():
+    """EfficientNet's SiLU and squeeze-and-excitation sigmoid: fused into the convolution's
+    write-back without a call of libm's expf per element (scalar code), and equal to PyTorch's
+    within float32 rounding (|SiLU(z)| <= |z| < 8 here: 8 x 1.2e-7 from the sigmoid, plus the
+    convolution's summation order)."""
+
+    class Swish(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.gate = torch.nn.Conv2d(16, 16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.silu(self.conv(x))
+            return y * torch.sigmoid(self.gate(y))
+
+    from tvm import relax
+
+    torch.manual_seed(0)
+    model = Swish().eval()
+    target = tvm.target.Target(TARGET)
+    with target:
+        scheduled = tvm.transform.Sequential(ds.graph_passes() + ds.schedule_passes())(_relax_module(model))
+    for name, func in _prim_funcs(scheduled).items():
+        assert "T.exp(" not in func.script(), name
+    executable = tvm.compile(_relax_module(model), target=target, relax_pipeline=ds.default_cpu_pipeline(target))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
+    got = vm["main"](tvm.runtime.tensor(x))[0].numpy()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert float(np.max(np.abs(expected))) < 8
+    assert float(np.max(np.abs(got - expected))) <= 1e-5
+
+
+@pytest.mark.slow
+def test_an_unpadded_convolution_reads_its_input_in_place(scheduled):
+    """A 1x1 convolution's "pad" block pads nothing: it is inlined, not a copy of the whole input;
+    a 3x3 one (padding 1) keeps its padded copy (INLINE_PAD is off)."""
+    convs = [f.script() for name, f in _prim_funcs(scheduled).items() if "conv2d" in name]
+    copies = ["pad_temp = T.sblock_alloc_buffer" in text for text in convs]
+    assert copies.count(False) == 2  # the block's two 1x1 convolutions
+    assert copies.count(True) == 3  # stem, depthwise and strided 3x3 convolutions
+
+
+@pytest.mark.parametrize("vectors, width, accumulators, expected", [
+    (4, 56, 15, (2, 7)),  # 14 multiply-adds for 9 loads; not 4 x 2 (8 for 6) nor 1 x 14 (14 for 15)
+    (3, 56, 15, (3, 4)),  # 24 channels as 3 vectors of 8: 12 for 7, not 1 x 14
+    (80, 7, 15, (2, 7)),  # 1280 channels at 7x7: the whole row
+    (4, 7, 12, (1, 7)),  # AVX2's 12: 7 for 8 beats 2 x 3 (6 for 5)
+    (1, 13, 15, (1, 13)),  # a prime width divides only by itself
+    (5, 1, 15, (5, 1)),  # one position: as many channel vectors as allowed (max_vectors 4 does not divide 5)
+])
+def test_register_tile_takes_the_most_multiply_adds_per_load(vectors, width, accumulators, expected):
+    from adl.backends.tvm.register_tiles import register_tile
+
+    nv, w = register_tile(vectors, width, accumulators, max_vectors=5 if vectors == 5 else 4)
+    assert (nv, w) == expected
+    assert nv * w <= accumulators and vectors % nv == 0 and width % w == 0
