@@ -151,7 +151,8 @@ class CompiledLibrary:
     path:
         The shared library written by :func:`adl.backends.tvm.build_library`.
     input_shape:
-        The library's input shape, batch axis first and equal to 1, e.g. ``(1, 1, 8, 8)``.
+        The library's input shape, batch axis first: ``(1, 1, 8, 8)`` for what `lower` ships
+        (batch 1); a library built with ``build_library(..., batch=B)`` takes ``B`` samples a call.
     num_threads:
         Threads the TVM runtime may use for this library's kernels, 1 to :data:`MAX_THREADS`;
         ``None`` leaves the runtime's setting alone (TVM's own default, or ``TVM_NUM_THREADS``).
@@ -175,9 +176,9 @@ class CompiledLibrary:
             shape = tuple(int(d) for d in input_shape)
         except (TypeError, ValueError):
             raise ValueError(f"input_shape must be a sequence of ints, got {input_shape!r}") from None
-        if len(shape) < 1 or shape[0] != 1 or any(d <= 0 for d in shape):
+        if len(shape) < 1 or any(d <= 0 for d in shape):
             raise ValueError(
-                f"input_shape must be a positive shape with batch axis 1 first, e.g. (1, 1, 8, 8); "
+                f"input_shape must be a positive shape with the batch axis first, e.g. (1, 1, 8, 8); "
                 f"got {shape}"
             )
         self.input_shape: tuple[int, ...] = shape
@@ -262,31 +263,33 @@ class CompiledLibrary:
         """Run the library on ``x``.
 
         ``x`` is a batch ``(N, *input_shape[1:])`` or one sample ``input_shape[1:]`` (treated as
-        N = 1), checked by :func:`check_input`. The library is compiled for batch 1, so the samples
-        run one call at a time.
-        Returns the outputs stacked along a new batch axis, float32, e.g. ``(N, classes)``.
+        N = 1), checked by :func:`check_input`. The library is compiled for ``input_shape[0]``
+        samples a call (1 for what `lower` ships), so the batch runs in calls of that many, the
+        last one filled up with zeros.
+        Returns the outputs stacked along the batch axis, float32, e.g. ``(N, classes)``.
         """
         batch, _ = check_input(x, self.input_shape, self.input_dtype)
         self._apply_threads()
-        n = batch.shape[0]
+        n, per_call = batch.shape[0], self.input_shape[0]
         staging = self._tvm.runtime.empty(self.input_shape, str(self.input_dtype), self._device)
         outputs: np.ndarray | None = None
-        for i in range(n):
-            staging.copyfrom(batch[i : i + 1])
+        for i in range(0, n, per_call):
+            chunk = batch[i : i + per_call]
+            if len(chunk) < per_call:
+                chunk = np.concatenate([chunk, np.zeros((per_call - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            staging.copyfrom(np.ascontiguousarray(chunk))
             y = self._call(staging)
-            # batch-1 output (1, *rest) -> one row of the result
-            y = y.reshape(y.shape[1:]) if y.ndim >= 1 and y.shape[0] == 1 else y
             if outputs is None:
-                outputs = np.empty((n, *y.shape), dtype=np.float32)
-                self._output_shape = (1, *y.shape)
-            outputs[i] = y
+                outputs = np.empty((n, *y.shape[1:]), dtype=np.float32)
+                self._output_shape = tuple(y.shape)
+            outputs[i : i + per_call] = y[: min(per_call, n - i)]
         if outputs is None:  # empty batch: learn the output shape from one call
             return np.empty((0, *self.output_shape[1:]), dtype=np.float32)
         return outputs
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        """Shape of one batch-1 output, e.g. ``(1, classes)`` (found by one call if unknown)."""
+        """Shape of one call's output, e.g. ``(1, classes)`` (found by one call if unknown)."""
         if self._output_shape is None:
             self.run(np.zeros(self.input_shape, dtype=self.input_dtype))
         assert self._output_shape is not None
@@ -297,7 +300,8 @@ class CompiledLibrary:
         return np.argmax(self.run(x), axis=-1).astype(np.int64)
 
     def latency(self, *, repeats: int = 50, warmup: int = 10) -> LatencyStats:
-        """Batch-1 latency of one call of ``main`` on a random input, via the VM's time_evaluator.
+        """Latency of one call of ``main`` (``input_shape[0]`` samples) on a random input, via the
+        VM's time_evaluator.
 
         ``warmup`` untimed calls first, then ``repeats`` timed runs of one call each
         (``number=1, repeat=repeats``); the statistics are over those runs.

@@ -77,6 +77,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[SmallCNN, Path, Bui
 # Build, run, compare (compiles: slow)
 
 
+def test_library_built_for_a_batch(tmp_path: Path) -> None:
+    """`batch=3`: one call takes three samples; `run` splits a batch of 7 into calls of 3, the
+    last filled up with zeros, and returns exactly the 7 outputs torch computes."""
+    model = make_model()
+    info = build_library(model, random_inputs(1), {"kind": "llvm", "num-cores": 1}, tmp_path / "b3.so", batch=3)
+    assert info.input_shape == (3, *INPUT_SHAPE[1:]) and info.output_shape == (3, CLASSES)
+    library = CompiledLibrary(tmp_path / "b3.so", info.input_shape)
+    x = random_inputs(7, seed=5)
+    got = library.run(x)
+    assert got.shape == (7, CLASSES)
+    assert np.max(np.abs(got - torch_outputs(model, x))) <= 1e-4
+    assert library.output_shape == (3, CLASSES)
+
+
 @pytest.mark.slow
 def test_build_info_and_files(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
     _, out_path, info = built
@@ -264,8 +278,10 @@ def test_bad_target_raises_lowering_error(tmp_path: Path) -> None:
 def test_compiled_library_argument_checks(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         CompiledLibrary(tmp_path / "missing.so", INPUT_SHAPE)
-    with pytest.raises(ValueError, match="batch axis 1"):
-        CompiledLibrary(tmp_path / "missing.so", (4, 1, 8, 8))
+    with pytest.raises(ValueError, match="positive shape"):
+        CompiledLibrary(tmp_path / "missing.so", (0, 1, 8, 8))
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        build_library(make_model(), random_inputs(1), {"kind": "llvm"}, tmp_path / "b.so", batch=0)
     with pytest.raises(ValueError, match="num_threads"):
         CompiledLibrary(tmp_path / "missing.so", INPUT_SHAPE, num_threads=0)
     junk = tmp_path / "junk.so"
