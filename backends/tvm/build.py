@@ -268,7 +268,7 @@ def _faster(default, tuned, input_shape, threads: int | None, cross: bool, folde
             paths[name] = Path(tmp) / f"{name}.so"
             executable.export_library(str(paths[name]))
         choices = fastest_thread_counts(paths, input_shape, _local_threads(threads), rounds=3)
-    times = {name: c.median_s[c.threads] for name, c in choices.items()}
+    times = {name: c.best_s[c.threads] for name, c in choices.items()}
     chosen_threads = {name: c.threads for name, c in choices.items()}
     chosen = min(times, key=times.get)
     return (default if chosen == "default" else tuned), {
