@@ -31,10 +31,12 @@ each) on one fixed batch-1 input, after a pause (`PAUSE_S`) that lets the previo
 spinning worker threads go idle, and the round's figure is the median call; an engine's latency
 is the median over rounds (the rounds are kept, `rounds_s`).
 
-Peaks: a C microbenchmark compiled here (`cc -O2 -march=native -pthread`) times 12 independent
-chains of `_mm512_dpbusd_epi32` (64 int8 MACs each) and of `_mm512_fmadd_ps` (32 FLOPs each) on
-1 and 2 threads; each engine's MACs / latency is reported as a percentage of the 2-thread int8
-MAC peak (int8 engines) or fp32 FLOP peak (fp32 engines, 2 FLOPs a MAC).
+Peaks (`peers.peaks`): a C microbenchmark compiled here (`cc -O2 -pthread` with the vector flags
+the CPU's flags allow) times 12 independent chains of `_mm512_dpbusd_epi32` (64 int8 MACs each,
+only with avx512_vnni) and of `_mm512_fmadd_ps` (32 FLOPs each; `_mm256_fmadd_ps`, 16 FLOPs, on
+a CPU without AVX-512) on 1 and 2 threads; each engine's MACs / latency is reported as a
+percentage of the 2-thread int8 MAC peak (int8 engines) or fp32 FLOP peak (fp32 engines, 2
+FLOPs a MAC). The peer engines, the MAC count and the timing loop are bench/peers.py's.
 """
 
 from __future__ import annotations
@@ -43,31 +45,28 @@ import argparse
 import dataclasses
 import json
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import types
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from common import log, train
-from provenance import cpu_info, provenance
+from peers import (WARMUP, Engine, _guarded, _with, count_macs, export_onnx, first_line, import_torchvision,
+                   openvino_compiled, ort_engine, ort_session, peaks, time_interleaved)
+from provenance import provenance
 
 # what the figures depend on (`python -m bench.status`)
-MEASURES = ("bench/int8.py", "bench/common.py", "models", "passes/haq", "backends/tvm", "backends/runtime.py",
+MEASURES = ("bench/int8.py", "bench/peers.py", "bench/common.py", "models", "passes/haq", "backends/tvm", "backends/runtime.py",
             "compiler/layers.py", "compiler/folding.py", "data")
 
 THREADS = 2
 TARGET = {"kind": "llvm", "num-cores": THREADS}
-WARMUP = 10  # untimed calls before each engine's timed calls in a round
-PAUSE_S = 0.05  # idle time before each engine's calls: the previous engine's spinning worker threads go to sleep
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FASHION_OPTIONS = {"width": 1.0, "head": 128, "kernels": (3,) * 6, "expand": (1, 6, 6, 6, 6, 6)}
@@ -146,15 +145,6 @@ class Prepared:
         return np.ascontiguousarray(self.calibration[:1])
 
 
-def import_torchvision() -> types.ModuleType:
-    """torchvision, with its compiled-op registrations stubbed out: they are CUDA-built here, and
-    the model builders never use them."""
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    import torchvision
-
-    return torchvision
-
-
 def synthetic_images(count: int, shape: Sequence[int], seed: int = 0) -> np.ndarray:
     """`count` uniform [0, 1) RGB images of `shape` (C, H, W), normalised with ImageNet's mean and std."""
     rng = np.random.default_rng(seed)
@@ -188,31 +178,6 @@ def prepare(name: str, args: argparse.Namespace) -> Prepared:
                     np.ascontiguousarray(dataset.x_test, dtype=np.float32), dataset.y_test, float(accuracy))
 
 
-def count_macs(model: torch.nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one batch-1 forward pass: the Conv2d and Linear layers', counted by
-    forward hooks (conv: out_h * out_w * out_channels * in_channels / groups * kh * kw)."""
-    total = 0
-
-    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += (output.shape[-1] * output.shape[-2] * module.out_channels * module.in_channels // module.groups
-                      * kh * kw)
-        else:
-            total += int(np.prod(output.shape[:-1])) * module.in_features * module.out_features
-
-    counted = (torch.nn.Conv2d, torch.nn.Linear)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return int(total)
-
-
 def torch_logits(model: torch.nn.Module, x: np.ndarray, chunk: int = 500) -> np.ndarray:
     """`model`'s logits (float32) for the batch `x`, `chunk` images at a time."""
     with torch.inference_mode():
@@ -222,21 +187,6 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, chunk: int = 500) -> np.
 
 
 # -- engines ----------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Engine:
-    """One way of running a network: `call` maps a (1, C, H, W) float32 input to its (1, classes)
-    logits. `info` goes into the JSON; `references` are PyTorch models to compare it with."""
-
-    call: Callable[[np.ndarray], np.ndarray]
-    info: dict = dataclasses.field(default_factory=dict)
-    references: dict = dataclasses.field(default_factory=dict)
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's first non-empty message line, prefixed by its type."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def adl_library(model: torch.nn.Module, prepared: Prepared, path: Path) -> Engine:
@@ -276,41 +226,6 @@ def adl_int8(prepared: Prepared, folder: Path) -> Engine:
     return engine
 
 
-def export_onnx(model: torch.nn.Module, example: np.ndarray, path: Path) -> str:
-    """Export `model` to ONNX at `path` (input "x", output "y", opset 17): the TorchScript exporter
-    (dynamo=False, deprecated), else torch.export's. Returns which."""
-    args = (torch.from_numpy(example),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, args, str(path), opset_version=17, dynamo=False, input_names=["x"],
-                              output_names=["y"])
-            return "torchscript"
-        except Exception as err:  # noqa: BLE001 - the legacy exporter may be gone: use the new one
-            log(f"TorchScript ONNX export failed ({first_line(err)}); using torch.export's")
-            torch.onnx.export(model, args, str(path), opset_version=17, dynamo=True, external_data=False,
-                              input_names=["x"], output_names=["y"])
-            return "dynamo"
-
-
-def ort_session(path: Path, **options: Any):
-    """An ONNX Runtime CPU session on THREADS intra-op threads, every graph optimization on."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for key, value in options.items():
-        setattr(so, key, value)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def ort_engine(session) -> Callable[[np.ndarray], np.ndarray]:
-    """An engine call running `session` on input "x"."""
-    return lambda x: session.run(None, {"x": x})[0]
-
-
 class CalibrationReader:
     """ONNX Runtime's CalibrationDataReader protocol (`get_next`, None at the end): the
     calibration images one at a time, as input "x"."""
@@ -346,7 +261,7 @@ def ort_engines(prepared: Prepared, folder: Path, wanted: Sequence[str]) -> dict
     exporter = export_onnx(prepared.model, prepared.example, fp32_path)
     base = {"version": ort.__version__, "exporter": exporter}
     if "ort_fp32" in wanted:
-        out["ort_fp32"] = _guarded(lambda: Engine(ort_engine(ort_session(fp32_path)), dict(base)))
+        out["ort_fp32"] = _guarded(lambda: Engine(ort_engine(ort_session(fp32_path, THREADS)), dict(base)))
     if "ort_int8" in wanted:
         out["ort_int8"] = _guarded(lambda: ort_int8(prepared, folder, fp32_path, base))
     return out
@@ -370,55 +285,12 @@ def ort_int8(prepared: Prepared, folder: Path, fp32_path: Path, base: dict) -> E
     quantize_static(str(source), str(int8_path), CalibrationReader(prepared.calibration), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     optimized = folder / "ort_int8_optimized.onnx"
-    session = ort_session(int8_path, optimized_model_filepath=str(optimized))
+    session = ort_session(int8_path, THREADS, optimized_model_filepath=str(optimized))
     try:
         info["integer_ops"] = integer_op_counts(optimized)  # what the session runs after fusing the QDQ pairs
     except Exception as err:  # noqa: BLE001 - a diagnostic only
         info["integer_ops"] = f"unknown: {first_line(err)}"
     return Engine(ort_engine(session), info)
-
-
-def openvino_config() -> dict:
-    """compile_model's properties: THREADS threads, f32 precision (this CPU has bf16, which OpenVINO
-    would otherwise run fp32 models in; int8 layers stay int8), latency mode."""
-    import openvino as ov
-    import openvino.properties as props
-    import openvino.properties.hint as hints
-
-    return dict([props.inference_num_threads(THREADS), hints.inference_precision(ov.Type.f32),
-                 hints.performance_mode(hints.PerformanceMode.LATENCY)])
-
-
-def openvino_compiled(core, model) -> Engine:
-    """`model` compiled for the CPU with `openvino_config`, called through one infer request."""
-    import openvino.properties as props
-    import openvino.properties.hint as hints
-
-    compiled = core.compile_model(model, "CPU", openvino_config())
-    request = compiled.create_infer_request()
-    output = compiled.output(0)
-    precision = compiled.get_property(hints.inference_precision())
-    info = {"threads": int(compiled.get_property(props.inference_num_threads())),
-            "inference_precision": precision.to_string() if hasattr(precision, "to_string") else str(precision),
-            "performance_mode": str(compiled.get_property(hints.performance_mode()))}
-    try:
-        info["runtime_precisions"] = runtime_precisions(compiled)
-    except Exception as err:  # noqa: BLE001 - a diagnostic only
-        info["runtime_precisions"] = f"unknown: {first_line(err)}"
-    return Engine(lambda x: request.infer({0: x})[output], info)
-
-
-def runtime_precisions(compiled) -> dict[str, int]:
-    """How many convolution / fully-connected / matmul nodes of the compiled model run at each
-    precision (the CPU plugin's runtime graph, rt_info "runtimePrecision")."""
-    kinds = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "InnerProduct")
-    counts: dict[str, int] = {}
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if "layerType" in info and str(info["layerType"].astype(str)) in kinds:
-            precision = str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else "?"
-            counts[precision] = counts.get(precision, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def openvino_engines(prepared: Prepared, wanted: Sequence[str]) -> dict[str, Engine | dict]:
@@ -431,7 +303,7 @@ def openvino_engines(prepared: Prepared, wanted: Sequence[str]) -> dict[str, Eng
         model = ov.convert_model(prepared.model, example_input=torch.from_numpy(prepared.example))
     out: dict[str, Engine | dict] = {}
     if "openvino_fp32" in wanted:  # compiled first: nncf.quantize must not change what it runs
-        out["openvino_fp32"] = _guarded(lambda: _with(openvino_compiled(core, model), version=ov.__version__))
+        out["openvino_fp32"] = _guarded(lambda: _with(openvino_compiled(core, model, THREADS), version=ov.__version__))
     if "openvino_int8" in wanted:
         out["openvino_int8"] = _guarded(lambda: openvino_int8(core, model, prepared))
     return out
@@ -444,20 +316,7 @@ def openvino_int8(core, model, prepared: Prepared) -> Engine:
 
     images = [np.ascontiguousarray(prepared.calibration[i:i + 1]) for i in range(len(prepared.calibration))]
     quantized = nncf.quantize(model.clone(), nncf.Dataset(images), subset_size=len(images))
-    return _with(openvino_compiled(core, quantized), version=ov.__version__, nncf_version=nncf.__version__)
-
-
-def _with(engine: Engine, **info: Any) -> Engine:
-    engine.info.update(info)
-    return engine
-
-
-def _guarded(make: Callable[[], Engine]) -> Engine | dict:
-    """`make()`, or {"error": its first line} where it raises."""
-    try:
-        return make()
-    except Exception as err:  # noqa: BLE001 - every engine is optional
-        return {"error": first_line(err)}
+    return _with(openvino_compiled(core, quantized, THREADS), version=ov.__version__, nncf_version=nncf.__version__)
 
 
 def make_engines(prepared: Prepared, folder: Path, wanted: Sequence[str]) -> dict[str, Engine | dict]:
@@ -520,37 +379,6 @@ def evaluate(name: str, engine: Engine, prepared: Prepared, fp32_classes: np.nda
     return row
 
 
-def time_round(call: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int, warmup: int = WARMUP) -> float:
-    """The median of `repeats` timed calls of `call(x)` after `warmup` untimed ones (seconds)."""
-    for _ in range(warmup):
-        call(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def time_interleaved(calls: Mapping[str, Callable[[np.ndarray], Any]], x: np.ndarray, rounds: int,
-                     repeats: int, warmup: int = WARMUP, pause_s: float = PAUSE_S) -> dict[str, list[float] | str]:
-    """Per engine the median call of each round, all engines timed in every round in turn, each
-    after `pause_s` idle seconds (ONNX Runtime's, OpenVINO's and TVM's worker threads spin a while
-    after their last call, and would take the cores from the next engine); an engine that raises
-    is dropped from the later rounds, its entry the error's first line."""
-    out: dict[str, list[float] | str] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            if isinstance(out[name], str):
-                continue
-            time.sleep(pause_s)
-            try:
-                out[name].append(time_round(call, x, repeats, warmup))
-            except Exception as err:  # noqa: BLE001 - that engine fails, the others go on
-                out[name] = first_line(err)
-    return out
-
-
 def percent_of_peak(engine: str, macs: int, latency_s: float | None, peaks: Mapping) -> float | None:
     """An engine's MACs per second as a percentage of this CPU's THREADS-thread peak: the int8 MAC
     peak for int8 engines, the fp32 FLOP peak (2 FLOPs a MAC) for the others; None without one."""
@@ -560,114 +388,6 @@ def percent_of_peak(engine: str, macs: int, latency_s: float | None, peaks: Mapp
         return None
     work = macs if engine.endswith("_int8") else 2 * macs
     return 100.0 * work / latency_s / peak
-
-
-# -- peaks ------------------------------------------------------------------------------------
-
-PEAK_SOURCE = r"""
-#include <immintrin.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-static long iterations;
-static volatile double sinks[64];
-
-static void *vnni(void *arg) {
-  long id = (long)arg;
-  __m512i x = _mm512_set1_epi8(1), y = _mm512_set1_epi8(3);
-  __m512i a0 = _mm512_set1_epi32(0), a1 = _mm512_set1_epi32(1), a2 = _mm512_set1_epi32(2),
-          a3 = _mm512_set1_epi32(3), a4 = _mm512_set1_epi32(4), a5 = _mm512_set1_epi32(5),
-          a6 = _mm512_set1_epi32(6), a7 = _mm512_set1_epi32(7), a8 = _mm512_set1_epi32(8),
-          a9 = _mm512_set1_epi32(9), a10 = _mm512_set1_epi32(10), a11 = _mm512_set1_epi32(11);
-  for (long i = 0; i < iterations; i++) {
-    __asm__ volatile("" : "+v"(x));
-    a0 = _mm512_dpbusd_epi32(a0, x, y); a1 = _mm512_dpbusd_epi32(a1, x, y);
-    a2 = _mm512_dpbusd_epi32(a2, x, y); a3 = _mm512_dpbusd_epi32(a3, x, y);
-    a4 = _mm512_dpbusd_epi32(a4, x, y); a5 = _mm512_dpbusd_epi32(a5, x, y);
-    a6 = _mm512_dpbusd_epi32(a6, x, y); a7 = _mm512_dpbusd_epi32(a7, x, y);
-    a8 = _mm512_dpbusd_epi32(a8, x, y); a9 = _mm512_dpbusd_epi32(a9, x, y);
-    a10 = _mm512_dpbusd_epi32(a10, x, y); a11 = _mm512_dpbusd_epi32(a11, x, y);
-  }
-  __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
-              _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
-  s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
-  sinks[id] = (double)_mm512_reduce_add_epi32(s);
-  return NULL;
-}
-
-static void *fma(void *arg) {
-  long id = (long)arg;
-  __m512 x = _mm512_set1_ps(1e-3f), y = _mm512_set1_ps(1e-3f);
-  __m512 a0 = _mm512_set1_ps(0.f), a1 = _mm512_set1_ps(1.f), a2 = _mm512_set1_ps(2.f),
-         a3 = _mm512_set1_ps(3.f), a4 = _mm512_set1_ps(4.f), a5 = _mm512_set1_ps(5.f),
-         a6 = _mm512_set1_ps(6.f), a7 = _mm512_set1_ps(7.f), a8 = _mm512_set1_ps(8.f),
-         a9 = _mm512_set1_ps(9.f), a10 = _mm512_set1_ps(10.f), a11 = _mm512_set1_ps(11.f);
-  for (long i = 0; i < iterations; i++) {
-    __asm__ volatile("" : "+v"(x));
-    a0 = _mm512_fmadd_ps(x, y, a0); a1 = _mm512_fmadd_ps(x, y, a1);
-    a2 = _mm512_fmadd_ps(x, y, a2); a3 = _mm512_fmadd_ps(x, y, a3);
-    a4 = _mm512_fmadd_ps(x, y, a4); a5 = _mm512_fmadd_ps(x, y, a5);
-    a6 = _mm512_fmadd_ps(x, y, a6); a7 = _mm512_fmadd_ps(x, y, a7);
-    a8 = _mm512_fmadd_ps(x, y, a8); a9 = _mm512_fmadd_ps(x, y, a9);
-    a10 = _mm512_fmadd_ps(x, y, a10); a11 = _mm512_fmadd_ps(x, y, a11);
-  }
-  __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-  s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-  sinks[id] = (double)_mm512_reduce_add_ps(s);
-  return NULL;
-}
-
-/* usage: peak vnni|fma THREADS ITERATIONS; prints int8 MAC/s (vnni) or fp32 FLOP/s (fma) */
-int main(int argc, char **argv) {
-  if (argc != 4) return 2;
-  int is_vnni = strcmp(argv[1], "vnni") == 0;
-  long threads = atol(argv[2]);
-  iterations = atol(argv[3]);
-  if (threads < 1 || threads > 64 || iterations < 1) return 2;
-  pthread_t ids[64];
-  struct timespec t0, t1;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  for (long t = 0; t < threads; t++) pthread_create(&ids[t], NULL, is_vnni ? vnni : fma, (void *)t);
-  for (long t = 0; t < threads; t++) pthread_join(ids[t], NULL);
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  double seconds = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-  double per_instruction = is_vnni ? 64.0 : 32.0;
-  printf("%.6e\n", (double)iterations * 12.0 * per_instruction * threads / seconds);
-  return 0;
-}
-"""
-PEAK_ITERATIONS = 50_000_000  # 600 M instructions a thread: a few tenths of a second
-
-
-def peaks(tries: int = 3, iterations: int = PEAK_ITERATIONS) -> dict:
-    """This CPU's int8 MAC/s (VNNI) and fp32 FLOP/s (AVX-512 FMA) peaks on 1 and THREADS threads,
-    the best of `tries` runs each; {"error": why} where it cannot be measured."""
-    flags = cpu_info(Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else "").get("flags") or {}
-    compiler = shutil.which("cc")
-    if not (flags.get("avx512f") and flags.get("avx512_vnni")):
-        return {"int8_macs_per_s": None, "fp32_flops_per_s": None, "error": "this CPU lacks avx512f/avx512_vnni"}
-    if compiler is None:
-        return {"int8_macs_per_s": None, "fp32_flops_per_s": None, "error": "no C compiler (cc)"}
-    with tempfile.TemporaryDirectory(prefix="int8-peak-") as folder:
-        source, binary = Path(folder) / "peak.c", Path(folder) / "peak"
-        source.write_text(PEAK_SOURCE)
-        built = subprocess.run([compiler, "-O2", "-march=native", "-pthread", str(source), "-o", str(binary)],
-                               capture_output=True, text=True)
-        if built.returncode != 0:
-            return {"int8_macs_per_s": None, "fp32_flops_per_s": None,
-                    "error": f"cc failed: {(built.stderr.strip().splitlines() or ['?'])[0]}"}
-        out: dict = {"method": f"12 independent accumulator chains, {iterations} iterations a thread, best of {tries}",
-                     "compiler": f"{compiler} -O2 -march=native -pthread"}
-        for key, kernel in (("int8_macs_per_s", "vnni"), ("fp32_flops_per_s", "fma")):
-            out[key] = {str(t): max(float(subprocess.run([str(binary), kernel, str(t), str(iterations)],
-                                                         capture_output=True, text=True, check=True).stdout)
-                                    for _ in range(tries))
-                        for t in sorted({1, THREADS})}
-    return out
 
 
 # -- goals ------------------------------------------------------------------------------------
@@ -777,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     torch.set_num_threads(THREADS)
     log("measuring this CPU's peaks")
-    peak = peaks()
+    peak = peaks(THREADS)
     log(f"peaks: {peak.get('int8_macs_per_s')} int8 MAC/s, {peak.get('fp32_flops_per_s')} fp32 FLOP/s")
     networks: dict[str, dict] = {}
     for name in args.networks:

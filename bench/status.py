@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = frozenset({"common", "provenance", "status"})  # bench/*.py that are not benches
+HELPERS = frozenset({"common", "peers", "provenance", "status"})  # bench/*.py that are not benches
 
 
 @dataclass(frozen=True)
