@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from adl.backends.tvm.padding_taps import skip_padding_taps
 from adl.backends.tvm.register_tiles import largest_divisor, register_tile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -311,6 +312,7 @@ def graph_passes() -> list:
 
     return [
         fold_batchnorm_into_conv(),
+        skip_padding_taps(),  # after the BN fold, which only matches the original convolutions
         relax.transform.DecomposeOpsForInference(),  # any BN left (not after a conv)
         _rewrite_clip(),
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
