@@ -48,7 +48,8 @@ def host_cpu() -> str:
 
 
 #: adl's code that decides what a measured kernel runs (folder adl/backends/tvm)
-LOWERING_FILES = ("default_schedules.py", "int8_kernels.py", "build.py", "integer_ops.py", "layer_timing.py")
+LOWERING_FILES = ("default_schedules.py", "register_tiles.py", "padding_taps.py", "int8_kernels.py", "build.py",
+                  "integer_ops.py", "layer_timing.py")
 
 
 @functools.cache
