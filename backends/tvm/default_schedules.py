@@ -78,7 +78,7 @@ def int8_kernel_counts() -> dict[str, int]:
     return counts
 
 # Knobs of the rules (module constants so experiments can flip them; the defaults are what
-# was measured best on Zen 3 / AVX2).
+# measured best on a Zen 3 (AVX2) and, where they say so, on a Zen 4 (AVX-512)).
 #: Inline zero-padding into the convolution (conditional loads) instead of materialising it:
 #: "auto" inlines on AVX-512 targets and keeps the padded copy on narrower ones. Measured with
 #: torchvision networks at 224x224, batch 1, on a Zen 4 (AVX-512): inlined, MobileNetV2 ran

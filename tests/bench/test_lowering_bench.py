@@ -83,9 +83,11 @@ def test_goals_met_missed_and_the_peer_targets():
         "mobilenet_v2_224": {"batches": {
             "1": case(pytorch_eager=40.0, onnxruntime=10.0, openvino=12.0,
                       adl={"latency_ms": 9.0, "compile_seconds": 45.0, "output_ok": True},
-                      adl_tuned_5min={"latency_ms": 8.5, "tune_minutes": 5.0},
-                      adl_tuned_15min={"latency_ms": 8.0, "tune_minutes": 15.0},
-                      adl_tuned_30min={"latency_ms": 1.0, "tune_minutes": 30.0}),
+                      adl_tuned_5min={"latency_ms": 7.0, "tune_minutes": 5.0, "tuning": {"chosen": "default"}},
+                      adl_tuned_15min={"latency_ms": 8.0, "tune_minutes": 15.0,
+                                       "tuning": {"chosen": "metaschedule"}},
+                      adl_tuned_30min={"latency_ms": 1.0, "tune_minutes": 30.0,
+                                       "tuning": {"chosen": "metaschedule"}}),
             "8": case(pytorch_eager=100.0, adl=60.0)}},
         "mnasnet1_0_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, openvino=9.0, adl=10.5)}},
         "efficientnet_b0_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, adl=12.5)}},
@@ -104,7 +106,8 @@ def test_goals_met_missed_and_the_peer_targets():
     assert eager == {"value": pytest.approx(9.0 / 40.0), "target": 0.5, "met": True}
     assert out["mobilenet_v2_224 b8: adl / PyTorch eager"]["met"] is False  # 0.6
     assert out["mobilenet_v2_224: untuned compile seconds"] == {"value": 45.0, "target": 60.0, "met": True}
-    tuned = out["mobilenet_v2_224 b1: adl tuned <= 15 min" + peers_text]  # the 30-minute run does not count
+    # the 30-minute run does not count, nor the 5-minute one: tuning lost, the default library shipped
+    tuned = out["mobilenet_v2_224 b1: adl tuned <= 15 min" + peers_text]
     assert tuned == {"value": pytest.approx(0.8), "target": 0.9, "met": True}
     threads = out["mobilenet_v2_224 b1: thread count the same quiet and under load of one busy core"]
     assert threads == {"value": 1.0, "target": 1.0, "met": True}
