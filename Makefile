@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-quick demo-fashion test test-fast install bench-deps bench-status fashion-mnist clean
+.PHONY: demo demo-quick demo-fashion test test-fast lint install bench-deps bench-status fashion-mnist clean
 
 install: $(STAMP)
 
@@ -34,8 +34,14 @@ demo-fashion: $(STAMP) fashion-mnist
 	$(BIN)/adl data examples/fashion.adl --split test -o build/fashion.test.npz
 	$(BIN)/adl run build/fashion --input build/fashion.test.npz --expect-accuracy
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q --durations=15
+
+# The rules a change must keep: ruff's lint and format check, and the layer contract (docs/architecture.md).
+lint: $(STAMP)
+	$(BIN)/ruff check --quiet .
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/lint-imports --no-cache
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

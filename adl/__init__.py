@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from adl.ir import ADL_VERSION as __version__
 
 if TYPE_CHECKING:
     from adl.backends.artifact import Artifact
-    from adl.compiler.spec import Spec
     from adl.dsl.ast import SpecFile
+    from adl.ir.spec import Spec
 
 
 def parse(text: str, filename: str = "<spec>") -> "SpecFile":
@@ -32,32 +32,42 @@ def parse(text: str, filename: str = "<spec>") -> "SpecFile":
 
 def check(text: str, filename: str = "<spec>") -> "Spec":
     """Parse and check spec text into the typed `Spec`; raises `adl.dsl.AdlError`."""
-    from adl.compiler.check import load_spec
+    from adl.driver.check import load_spec
 
     return load_spec(text, filename)
 
 
-def compile(path_or_text: str | os.PathLike[str], *, out_dir: str | os.PathLike[str] | None = None,
-            pipeline: str | None = None, seed: int = 0, dump_ir: str | os.PathLike[str] | None = None,
-            cache_dir: str | os.PathLike[str] | None = None) -> "Artifact":
+def compile(
+    path_or_text: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    pipeline: str | None = None,
+    seed: int = 0,
+    dump_ir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> "Artifact":
     """Compile a spec (a path to an .adl file, or spec text) and return the loaded artifact.
 
     `artifact.manifest["all_budgets_hold"]` tells whether every budget held.
     """
     from adl.backends.artifact import load as load_artifact
-    from adl.compiler.check import load_spec, load_spec_file
-    from adl.compiler.driver import compile_spec
-    from adl.compiler.pipeline import Pipeline
+    from adl.driver.check import load_spec, load_spec_file
+    from adl.driver.run import compile_spec
+    from adl.ir.pipeline import Pipeline
 
     text = str(path_or_text)
     if isinstance(path_or_text, os.PathLike) or ("\n" not in text and Path(text).is_file()):
         spec = load_spec_file(path_or_text)
     else:
         spec = load_spec(text)
-    result = compile_spec(spec, out_dir=Path(out_dir) if out_dir else None,
-                          pipeline=Pipeline.parse(pipeline) if pipeline else None, seed=seed,
-                          dump_ir=Path(dump_ir) if dump_ir else None,
-                          cache_dir=Path(cache_dir) if cache_dir else None)
+    result = compile_spec(
+        spec,
+        out_dir=Path(out_dir) if out_dir else None,
+        pipeline=Pipeline.parse(pipeline) if pipeline else None,
+        seed=seed,
+        dump_ir=Path(dump_ir) if dump_ir else None,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+    )
     return load_artifact(result.artifact_dir)
 
 
@@ -73,4 +83,12 @@ def load(path: str | os.PathLike[str]) -> "Artifact":
     return load_artifact(path)
 
 
-__all__ = ["__version__", "check", "compile", "load", "parse"]
+def __getattr__(name: str) -> Any:  # lazy: `import adl` must not import the driver
+    if name == "Pipeline":
+        from adl.driver.embed import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'adl' has no attribute {name!r}")
+
+
+__all__ = ["Pipeline", "__version__", "check", "compile", "load", "parse"]

@@ -30,11 +30,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=_seed, default=0, help="seed for initialisation and training (default 0)")
     c.add_argument("--cache", type=Path, metavar="DIR", help="checkpoint folder (default: <out>/../.adl-cache)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    c.add_argument("-v", "--verbose", action="store_true",
-                   help="show TVM's, torch's and jax's own messages here instead of in the compile's log file "
-                        "(<cache>/logs/<out name>-<date>-<time>-<pid>.log)")
-    c.add_argument("--depfile", type=Path, metavar="FILE",
-                   help="write a Make/Ninja depfile: <out>/manifest.json and the files it depends on")
+    c.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show TVM's, torch's and jax's own messages here instead of in the compile's log file "
+        "(<cache>/logs/<out name>-<date>-<time>-<pid>.log)",
+    )
+    c.add_argument(
+        "--depfile",
+        type=Path,
+        metavar="FILE",
+        help="write a Make/Ninja depfile: <out>/manifest.json and the files it depends on",
+    )
 
     k = sub.add_parser("check", help="parse and check a spec (fast: no training, no TVM)")
     k.add_argument("spec", type=Path)
@@ -44,26 +52,47 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hw", help="hardware cost models")
     hw_sub = h.add_subparsers(dest="hw_command", required=True, metavar="HW_COMMAND")
     hw_sub.add_parser("list", help="list the registered cost models, their options and the targets they support")
-    target_help = ('the target: "host" (this machine), or a target block\'s settings, e.g. '
-                   '\'cores = 4  rpc = "10.0.0.5:9190"  key = "board"\'')
+    target_help = (
+        'the target: "host" (this machine), or a target block\'s settings, e.g. '
+        '\'cores = 4  rpc = "10.0.0.5:9190"  key = "board"\''
+    )
     lut = hw_sub.add_parser("lut", help="measure the latency table of the `measured` cost model for a spec's layers")
     lut.add_argument("target", nargs="?", help=target_help + " (default: the spec's target)")
-    lut.add_argument("--space", type=Path, required=True, metavar="SPEC.adl",
-                     help="the spec whose networks the table must price (its model)")
-    lut.add_argument("--cache", type=Path, metavar="DIR", help="table folder (default: $ADL_LUT_DIR or ~/.cache/adl/lut)")
-    lut.add_argument("--no-calibrate", action="store_true",
-                     help="do not compile the spec's model whole to calibrate the per-network overhead")
-    cal = hw_sub.add_parser("calibrate", help="measure the roofline's peak, bandwidth and per-layer overhead on a target")
+    lut.add_argument(
+        "--space",
+        type=Path,
+        required=True,
+        metavar="SPEC.adl",
+        help="the spec whose networks the table must price (its model)",
+    )
+    lut.add_argument(
+        "--cache", type=Path, metavar="DIR", help="table folder (default: $ADL_LUT_DIR or ~/.cache/adl/lut)"
+    )
+    lut.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not compile the spec's model whole to calibrate the per-network overhead",
+    )
+    cal = hw_sub.add_parser(
+        "calibrate", help="measure the roofline's peak, bandwidth and per-layer overhead on a target"
+    )
     cal.add_argument("target", nargs="?", default="host", help=target_help)
 
     r = sub.add_parser("run", help="run a compiled artifact on inputs")
     r.add_argument("artifact", type=Path, help="artifact directory (or its model.so)")
-    r.add_argument("--input", type=Path, required=True,
-                   help=".npy of inputs (N samples or one), or .npz with 'x' (and optional labels 'y')")
+    r.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help=".npy of inputs (N samples or one), or .npz with 'x' (and optional labels 'y')",
+    )
     r.add_argument("--output", type=Path, help="save predicted labels (.npy)")
-    r.add_argument("--expect-accuracy", action="store_true",
-                   help="the input is the spec's test split (`adl data --split test`): exit 1 unless the "
-                        "library's accuracy on it is the one the manifest records")
+    r.add_argument(
+        "--expect-accuracy",
+        action="store_true",
+        help="the input is the spec's test split (`adl data --split test`): exit 1 unless the "
+        "library's accuracy on it is the one the manifest records",
+    )
 
     lo = sub.add_parser("l2o", help="the learned optimizer (docs/l2o.md)")
     l2o_sub = lo.add_subparsers(dest="l2o_command", required=True, metavar="L2O_COMMAND")
@@ -102,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print("interrupted; finished passes are checkpointed and a rerun resumes from them")
         return 130
     except Exception as exc:
-        from adl.compiler.passes import PassCrash, PassError
         from adl.dsl.errors import AdlError
+        from adl.ir.passes import PassCrash, PassError
 
         if args.debug:
             raise
@@ -118,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif isinstance(exc, PassError):
             err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         else:
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", markup=True,
-                      soft_wrap=True)
+            err.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}", markup=True, soft_wrap=True
+            )
             err.print("rerun with --debug for the traceback")
         return EXIT_FAILURE
 
@@ -135,23 +165,27 @@ def _as_adl_error(exc: Exception) -> Exception:
 
 
 def _cmd_check(args, out, err) -> int:
-    from adl.compiler.check import load_spec_file
+    from adl.driver.check import load_spec_file
     from adl.dsl.errors import printable
 
     spec = load_spec_file(args.spec)
     stages = ",".join(s.pass_name for s in spec.pipeline)
-    line = (f"{args.spec}: ok: spec '{spec.name}', {spec.data.source} data, target {spec.target.name}, "
-            f"{len(spec.budgets)} budget(s), pipeline {stages}")
+    line = (
+        f"{args.spec}: ok: spec '{spec.name}', {spec.data.source} data, target {spec.target.name}, "
+        f"{len(spec.budgets)} budget(s), pipeline {stages}"
+    )
     out.print(printable(line), markup=False)  # a file name is text, not markup ("[x].adl"), and may not be UTF-8
     return EXIT_OK
 
 
 def _cmd_passes(args, out, err) -> int:
-    from adl.compiler.passes import default_registry
+    from adl.ir.passes import default_registry
 
     for pass_cls in default_registry():
         out.print(_option_table(f"{pass_cls.name}: {pass_cls.summary}", pass_cls.options))
-        out.print(f"  requires: {', '.join(pass_cls.requires) or '-'}   ensures: {', '.join(pass_cls.ensures) or '-'}\n")
+        out.print(
+            f"  requires: {', '.join(pass_cls.requires) or '-'}   ensures: {', '.join(pass_cls.ensures) or '-'}\n"
+        )
     return EXIT_OK
 
 
@@ -176,16 +210,16 @@ def _cmd_hw(args, out, err) -> int:
 def _cmd_hw_lut(args, out, err) -> int:
     import time
 
-    from adl.compiler.check import load_spec_file
-    from adl.compiler.driver import initial_module, load_data
-    from adl.compiler.layers import describe_model
-    from adl.compiler.progress import RichProgress
+    from adl.driver.check import load_spec_file
+    from adl.driver.run import initial_module, load_data
     from adl.hwmodels.measured import MeasuredModel, calibrate
+    from adl.ir.layers import describe_model
+    from adl.ir.progress import RichProgress
 
     spec = load_spec_file(args.space)
     target = _checked_target(args.target) if args.target else spec.target
     if not args.target:
-        from adl.compiler.driver import preflight_target
+        from adl.driver.run import preflight_target
 
         preflight_target(spec)
     dataset = load_data(spec)
@@ -199,41 +233,47 @@ def _cmd_hw_lut(args, out, err) -> int:
         network = module.model
         model.measure_networks([describe_model(network, input_shape)], target)
         what = "the spec's model"
-    else:  # a searched spec: every candidate op of its nas stage's space
-        from adl.compiler.pipeline import Pipeline
+    else:  # a searched spec: every candidate of the spaces its passes search
+        from adl.ir.pipeline import Pipeline
 
-        nas = next((p for p in Pipeline.from_stages(spec.pipeline) if p.name == "nas"), None)
-        if nas is None:
-            err.print(f"{args.space}: no `model` block and no `nas` stage: nothing to measure")
+        spaces = [
+            space
+            for p in Pipeline.from_stages(spec.pipeline)
+            if (space := p.search_space(tuple(dataset.input_shape), spec.task.classes)) is not None
+        ]
+        if not spaces:
+            err.print(f"{args.space}: no `model` block and no pass that searches a space: nothing to measure")
             return EXIT_SPEC
-        from adl.passes.nas import supernet_for
-        from adl.passes.nas.pricing import price_candidates, reference_model
-
-        supernet = supernet_for(nas.config["space"], tuple(dataset.input_shape), spec.task.classes)
-        price_candidates(supernet, model, target)
-        network = reference_model(supernet)
-        what = f"the first network of {supernet.space}"
+        for space in spaces:
+            space.price(model, target)
+        network = spaces[0].reference_network()
+        what = spaces[0].description
     layers = describe_model(network, input_shape)
     table = model.table(target)
-    out.print(f"{table.path}: {len(table.entries)} kernels, {len(table.entries) - before} measured now in "
-              f"{time.perf_counter() - start:.1f} s (the rest were in the table)")
+    out.print(
+        f"{table.path}: {len(table.entries)} kernels, {len(table.entries) - before} measured now in "
+        f"{time.perf_counter() - start:.1f} s (the rest were in the table)"
+    )
     if args.no_calibrate:
         return EXIT_OK
     from adl.backends.tvm.layer_timing import network_latency
 
-    latency = network_latency(network, input_shape, target.tvm_target(), threads=target.cores,
-                              session_factory=_session_factory(target))
+    latency = network_latency(
+        network, input_shape, target.tvm_target(), threads=target.cores, session_factory=_session_factory(target)
+    )
     overhead = calibrate(model, target, [(layers, latency)])
     predicted = model.estimate(layers, target).latency_s
-    out.print(f"per-network overhead {overhead.seconds * 1e6:.1f} us, calibrated on {what} "
-              f"(measured {latency * 1e3:.3f} ms whole; the table now predicts {predicted * 1e3:.3f} ms)")
+    out.print(
+        f"per-network overhead {overhead.seconds * 1e6:.1f} us, calibrated on {what} "
+        f"(measured {latency * 1e3:.3f} ms whole; the table now predicts {predicted * 1e3:.3f} ms)"
+    )
     return EXIT_OK
 
 
 def _checked_target(settings: str):
     """The TARGET argument of `adl hw`, its `mcpu`/`triple` checked against LLVM's lists."""
     from adl.backends.tvm.llvm_names import check_target_settings
-    from adl.compiler.check import load_target
+    from adl.driver.check import load_target
 
     target = load_target(settings, filename="TARGET")
     check_target_settings(target, "TARGET")
@@ -251,15 +291,18 @@ def _session_factory(target):
 
 def _cmd_hw_calibrate(args, out, err) -> int:
     from adl.backends.tvm.calibrate import measure_roofline
-    from adl.compiler.progress import RichProgress
     from adl.hwmodels.calibration import save_calibration
+    from adl.ir.progress import RichProgress
 
     target = _checked_target(args.target)
-    values = measure_roofline(target.tvm_target(), threads=target.cores, progress=RichProgress(err),
-                              session_factory=_session_factory(target))
+    values = measure_roofline(
+        target.tvm_target(), threads=target.cores, progress=RichProgress(err), session_factory=_session_factory(target)
+    )
     path = save_calibration(target, values)
-    out.print(f"roofline for {target.tvm_target()}: peak {values['gflops']:.1f} GFLOP/s, bandwidth "
-              f"{values['bandwidth']:.1f} GB/s, overhead {values['overhead'] * 1e6:.1f} us per layer")
+    out.print(
+        f"roofline for {target.tvm_target()}: peak {values['gflops']:.1f} GFLOP/s, bandwidth "
+        f"{values['bandwidth']:.1f} GB/s, overhead {values['overhead'] * 1e6:.1f} us per layer"
+    )
     out.print(f"saved to {path}; `roofline` uses it for the options a spec leaves unset")
     return EXIT_OK
 
@@ -270,16 +313,18 @@ def _cmd_hw_list(args, out, err) -> int:
     registry = default_registry()
     for name, model_cls in registry.items():
         out.print(_option_table(f"{name}: {model_cls.summary}", model_cls.options))
-        out.print(f"  supports: {model_cls.targets}   spec: target {{ cost = {name}(...) }}   "
-                  f"from: {model_cls.__module__}.{model_cls.__qualname__}\n")
+        out.print(
+            f"  supports: {model_cls.targets}   spec: target {{ cost = {name}(...) }}   "
+            f"from: {model_cls.__module__}.{model_cls.__qualname__}\n"
+        )
     return EXIT_OK
 
 
 def _cmd_compile(args, out, err) -> int:
-    from adl.compiler.check import load_spec_file
-    from adl.compiler.driver import compile_spec, default_cache_dir, default_out_dir
-    from adl.compiler.pipeline import Pipeline
-    from adl.compiler.progress import RichProgress, SilentProgress
+    from adl.driver.check import load_spec_file
+    from adl.driver.run import compile_spec, default_cache_dir, default_out_dir
+    from adl.ir.pipeline import Pipeline
+    from adl.ir.progress import RichProgress, SilentProgress
 
     spec = load_spec_file(args.spec)
     pipeline = Pipeline.parse(args.pipeline, filename="--pipeline") if args.pipeline else None
@@ -292,9 +337,18 @@ def _cmd_compile(args, out, err) -> int:
 
     out_dir = args.out or default_out_dir(spec)
     with _libraries_logged(args, args.cache or default_cache_dir(out_dir), out_dir.name, err):
-        result = compile_spec(spec, out_dir=out_dir, pipeline=pipeline, seed=args.seed, dump_ir=args.dump_ir,
-                              cache_dir=args.cache, progress=progress, log=lambda m: err.print(f"  {m}"),
-                              on_pass=on_pass, depfile=args.depfile)
+        result = compile_spec(
+            spec,
+            out_dir=out_dir,
+            pipeline=pipeline,
+            seed=args.seed,
+            dump_ir=args.dump_ir,
+            cache_dir=args.cache,
+            progress=progress,
+            log=lambda m: err.print(f"  {m}"),
+            on_pass=on_pass,
+            depfile=args.depfile,
+        )
     _print_summary(result, out)
     return EXIT_OK if result.ok else EXIT_BUDGET
 
@@ -306,7 +360,7 @@ def _libraries_logged(args, cache_dir: Path, name: str, err) -> Iterator[None]:
     Where the log is, is said at the end (on a failure even with `--quiet`)."""
     import time
 
-    from adl.compiler.driver import prepare_cache
+    from adl.driver.run import prepare_cache
     from adl.dsl.errors import printable
     from adl.library_log import LibraryLog
 
@@ -330,8 +384,9 @@ def _libraries_logged(args, cache_dir: Path, name: str, err) -> Iterator[None]:
         if fresh:
             _remove_empty_folder(cache_dir)  # a spec refused before any pass leaves no cache behind
         if log.lines and (failed or not args.quiet):
-            err.print(f"  libraries' messages ({log.lines} lines): {printable(str(log.path))}", markup=False,
-                      soft_wrap=True)
+            err.print(
+                f"  libraries' messages ({log.lines} lines): {printable(str(log.path))}", markup=False, soft_wrap=True
+            )
 
 
 def _remove_empty_folder(folder: Path) -> None:
@@ -349,8 +404,11 @@ def _print_summary(result, out) -> None:
     for column in ("metric", "measured", "budget", "verdict"):
         table.add_column(column)
     by_metric = {v.budget.metric: v for v in result.verdicts}
-    shown = {"accuracy": _percent(m.get("accuracy")), "latency": _ms(m.get("latency_s")),
-             "size": _kb(m.get("size_bytes"))}
+    shown = {
+        "accuracy": _percent(m.get("accuracy")),
+        "latency": _ms(m.get("latency_s")),
+        "size": _kb(m.get("size_bytes")),
+    }
     for metric in dict.fromkeys([*shown, *by_metric]):
         verdict = by_metric.get(metric)
         measured = verdict.measured_text if verdict else shown.get(metric, "-")
@@ -358,8 +416,9 @@ def _print_summary(result, out) -> None:
             table.add_row(metric, measured, "-", "")
         else:
             mark = "[green]holds[/]" if verdict.holds else "[bold red]FAILS[/]"
-            table.add_row(metric, measured, f"{verdict.budget.op} {verdict.budget.text}",
-                          f"{mark} ({verdict.margin_text})")
+            table.add_row(
+                metric, measured, f"{verdict.budget.op} {verdict.budget.text}", f"{mark} ({verdict.margin_text})"
+            )
     out.print(table)
     if not result.ok:
         out.print("[bold red]a budget does not hold[/] (the artifact was still written)")
@@ -414,15 +473,25 @@ def _manifest_accuracy(manifest: dict, input_path: Path, labels) -> tuple[int, i
     accuracy = (manifest.get("metrics") or {}).get("accuracy")
     samples = (manifest.get("data") or {}).get("test_samples")
     if labels is None:
-        raise _user_error(input_path, "--expect-accuracy needs labels: an .npz with 'x' and 'y' "
-                                      "(adl data SPEC --split test -o FILE)")
-    if not (isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1
-            and isinstance(samples, int) and not isinstance(samples, bool) and samples > 0):
-        raise _user_error(input_path, "--expect-accuracy: the manifest records no test accuracy "
-                                      "(its pipeline did not measure one)")
+        raise _user_error(
+            input_path, "--expect-accuracy needs labels: an .npz with 'x' and 'y' (adl data SPEC --split test -o FILE)"
+        )
+    if not (
+        isinstance(accuracy, (int, float))
+        and 0 <= accuracy <= 1
+        and isinstance(samples, int)
+        and not isinstance(samples, bool)
+        and samples > 0
+    ):
+        raise _user_error(
+            input_path, "--expect-accuracy: the manifest records no test accuracy (its pipeline did not measure one)"
+        )
     if len(labels) != samples:
-        raise _user_error(input_path, f"--expect-accuracy compares with the manifest's test split of {samples} "
-                                      f"samples; the input holds {len(labels)}")
+        raise _user_error(
+            input_path,
+            f"--expect-accuracy compares with the manifest's test split of {samples} "
+            f"samples; the input holds {len(labels)}",
+        )
     return round(accuracy * samples), samples
 
 
@@ -430,8 +499,10 @@ def _compare_with_manifest(right: int, expected: int, samples: int, out, err) ->
     """The library alone reproduces the compile's test accuracy (the same samples, so the same
     count of right answers), else exit 1."""
     if right != expected:
-        err.print(f"error: accuracy {100 * right / samples:.2f} % ({right}/{samples}) differs from the "
-                  f"manifest's {100 * expected / samples:.2f} % ({expected}/{samples})")
+        err.print(
+            f"error: accuracy {100 * right / samples:.2f} % ({right}/{samples}) differs from the "
+            f"manifest's {100 * expected / samples:.2f} % ({expected}/{samples})"
+        )
         return EXIT_BUDGET
     out.print(f"reproduces the manifest's accuracy: {100 * expected / samples:.2f} % on {samples} test samples")
     return EXIT_OK
@@ -449,8 +520,9 @@ def _labels(y, n: int, x_shape: tuple[int, ...]):
     import numpy as np
 
     if y.shape not in ((n,), (n, 1)):
-        raise ValueError(f"labels 'y' of shape {y.shape} do not match inputs 'x' of shape {x_shape}: "
-                         f"expected ({n},) or ({n}, 1)")
+        raise ValueError(
+            f"labels 'y' of shape {y.shape} do not match inputs 'x' of shape {x_shape}: expected ({n},) or ({n}, 1)"
+        )
     whole = y.dtype.kind in "iu" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (y == np.round(y)))))
     if not whole:
         raise ValueError(f"labels 'y' must be whole class numbers, got dtype {y.dtype}")
@@ -492,7 +564,7 @@ def _read_inputs(path: Path):
 
 def _first_line(exc: BaseException) -> str:
     """``Type: first line of its text``, or the type alone."""
-    from adl.compiler.passes import first_line
+    from adl.ir.passes import first_line
 
     line = first_line(exc, limit=None)
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
@@ -518,8 +590,8 @@ def _write(path: Path, save) -> None:
 def _cmd_data(args, out, err) -> int:
     import numpy as np
 
-    from adl.compiler.check import load_spec_file
-    from adl.compiler.driver import load_data
+    from adl.driver.check import load_spec_file
+    from adl.driver.run import load_data
 
     if args.out.is_dir():
         raise _user_error(args.out, "is a directory: give the .npz file to write, e.g. test.npz")
@@ -541,8 +613,15 @@ def _cmd_l2o(args, out, err) -> int:
     return run(args)
 
 
-_COMMANDS = {"compile": _cmd_compile, "check": _cmd_check, "passes": _cmd_passes, "hw": _cmd_hw,
-             "run": _cmd_run, "data": _cmd_data, "l2o": _cmd_l2o}
+_COMMANDS = {
+    "compile": _cmd_compile,
+    "check": _cmd_check,
+    "passes": _cmd_passes,
+    "hw": _cmd_hw,
+    "run": _cmd_run,
+    "data": _cmd_data,
+    "l2o": _cmd_l2o,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

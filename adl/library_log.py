@@ -47,7 +47,7 @@ class LibraryLog:
         self._saved_showwarning = None
 
     def __enter__(self) -> TextIO:
-        from adl.compiler.files import private_dir
+        from adl.ir.files import private_dir
 
         private_dir(self.path.parent)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -103,8 +103,13 @@ def _terminal_stream() -> tuple[TextIO, bool]:
         return stream, False
     stream.flush()
     fd = os.dup(2)
-    return os.fdopen(fd, "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8",
-                     errors=getattr(stream, "errors", None) or "backslashreplace"), True
+    return os.fdopen(
+        fd,
+        "w",
+        buffering=1,
+        encoding=getattr(stream, "encoding", None) or "utf-8",
+        errors=getattr(stream, "errors", None) or "backslashreplace",
+    ), True
 
 
 def _flush(*streams) -> None:

@@ -23,13 +23,17 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from adl.cli import EXIT_FAILURE, EXIT_OK, main as cli_main
+    from adl.cli import EXIT_FAILURE, EXIT_OK
+    from adl.cli import main as cli_main
     from adl.passes.train.distributed.launch import ATTACH_ENV
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        print("adl.train: RANK and WORLD_SIZE are not set: start it with torchrun (see docs/distributed.md); "
-              "on one machine `adl compile` starts its own workers", file=sys.stderr)
+        print(
+            "adl.train: RANK and WORLD_SIZE are not set: start it with torchrun (see docs/distributed.md); "
+            "on one machine `adl compile` starts its own workers",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     os.environ[ATTACH_ENV] = "torchrun"
     if int(os.environ["RANK"]) == 0:
@@ -37,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _train_only(argv, int(os.environ["RANK"]))
     except Exception as exc:
-        from adl.compiler.passes import PassError
         from adl.dsl.errors import AdlError
+        from adl.ir.passes import PassError
 
         if isinstance(exc, AdlError):
             print(exc.render(), file=sys.stderr)
@@ -54,17 +58,17 @@ def _train_only(argv: list[str], rank: int) -> None:
     """A rank other than 0: the pipeline up to and including the first distributed `train`, no artifact."""
     from adl import __version__
     from adl.cli import _parser
-    from adl.compiler.check import load_spec_file
-    from adl.compiler.checkpoint import CheckpointStore, root_key
-    from adl.compiler.driver import (default_out_dir, initial_module, load_data, make_cost_model, prepare_cache,
-                                     run_pipeline)
-    from adl.compiler.passes import PassContext
-    from adl.compiler.pipeline import Pipeline
+    from adl.driver.check import load_spec_file
+    from adl.driver.checkpoint import CheckpointStore, root_key
+    from adl.driver.run import default_out_dir, initial_module, load_data, make_cost_model, prepare_cache, run_pipeline
+    from adl.ir.passes import PassContext
+    from adl.ir.pipeline import Pipeline
 
     args = _parser().parse_args(["compile", *argv])
     spec = load_spec_file(args.spec)
-    pipeline = (Pipeline.parse(args.pipeline, filename="--pipeline") if args.pipeline
-                else Pipeline.from_stages(spec.pipeline))
+    pipeline = (
+        Pipeline.parse(args.pipeline, filename="--pipeline") if args.pipeline else Pipeline.from_stages(spec.pipeline)
+    )
     stages = []
     for p in pipeline:
         stages.append(p)
@@ -75,9 +79,14 @@ def _train_only(argv: list[str], rank: int) -> None:
     out_dir = Path(args.out) if args.out else default_out_dir(spec)
     cache_dir = prepare_cache(Path(args.cache) if args.cache else out_dir.parent / ".adl-cache") / f"rank{rank}"
     dataset = load_data(spec)
-    ctx = PassContext(spec=spec, work_dir=cache_dir, seed=args.seed, load_dataset=lambda: dataset,
-                      log=lambda message: print(f"rank {rank}: {message}", file=sys.stderr),
-                      cost_model=make_cost_model(spec))
+    ctx = PassContext(
+        spec=spec,
+        work_dir=cache_dir,
+        seed=args.seed,
+        load_dataset=lambda: dataset,
+        log=lambda message: print(f"rank {rank}: {message}", file=sys.stderr),
+        cost_model=make_cost_model(spec),
+    )
     upstream = root_key(spec, dataset.fingerprint(), args.seed, __version__)
     run_pipeline(initial_module(spec, dataset, args.seed), Pipeline(stages), ctx, CheckpointStore(cache_dir), upstream)
 

@@ -56,35 +56,52 @@ import math
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from common import TRAIN_THREADS, log, set_train_threads, train
+from provenance import provenance
 
-from adl.compiler.layers import describe_model
 from adl.data import load_dataset
 from adl.hwmodels.calibration import host_cpu
+from adl.ir.layers import describe_model
 from adl.models.zoo import build_model
 from adl.passes.amc.env import AmcEnv
 from adl.passes.amc.graph import ChannelGraph
 from adl.passes.amc.search import AmcConfig, make_env, run_amc
-from common import TRAIN_THREADS, log, set_train_threads, train
-from provenance import provenance
+
+if TYPE_CHECKING:
+    from adl.backends.tvm.build import TuneRequest
 
 # what the figures depend on (`python -m bench.status`): search, fine-tuning, the network, the data, the lowering
-MEASURES = ("bench/amc.py", "bench/common.py", "passes/amc", "passes/rl", "passes/train/loop.py", "models", "data",
-            "compiler/layers.py", "compiler/folding.py", "backends/tvm", "backends/runtime.py")
+MEASURES = (
+    "bench/amc.py",
+    "bench/common.py",
+    "adl/passes/amc",
+    "adl/passes/rl",
+    "adl/passes/train/loop.py",
+    "adl/models",
+    "adl/data",
+    "adl/ir/layers.py",
+    "adl/models/folding.py",
+    "adl/backends/tvm",
+    "adl/backends/runtime.py",
+)
 FAMILY = "mobilenet"
 # the network per data set: digits (8x8) width 2, head 256 (~3 MFLOPs); Fashion-MNIST (28x28) six
 # blocks at width 1, head 128 -- what two cores can train, search and fine-tune 3 seeds of in about an hour
-NETWORKS = {"digits": {"width": 2.0, "head": 256},
-            "fashion_mnist": {"width": 1.0, "head": 128, "kernels": (3,) * 6, "expand": (1, 6, 6, 6, 6, 6)}}
-DATA = {"digits": "digits (scikit-learn 8x8; test split 0.2, seed 0)",
-        "fashion_mnist": "Fashion-MNIST (official split: 60,000 training, 10,000 test images)"}
+NETWORKS = {
+    "digits": {"width": 2.0, "head": 256},
+    "fashion_mnist": {"width": 1.0, "head": 128, "kernels": (3,) * 6, "expand": (1, 6, 6, 6, 6, 6)},
+}
+DATA = {
+    "digits": "digits (scikit-learn 8x8; test split 0.2, seed 0)",
+    "fashion_mnist": "Fashion-MNIST (official split: 60,000 training, 10,000 test images)",
+}
 BUDGETS = (0.5, 0.3)
 METHODS = ("amc", "amc_train_images", "uniform", "torch_pruning")
 LOWERED = ("amc", "uniform", "torch_pruning")  # the methods whose seed-0 networks are timed
@@ -100,7 +117,7 @@ def simd_multiple() -> int:
     the `amc` pass does by default): 8 on AVX2, 16 on AVX-512. Other counts fall off the default
     schedules' fast path (5x slower with multiples of 8 on AVX-512). (Imports TVM: called by
     `main`, not at import, so the pure functions below load without it.)"""
-    from adl.backends.tvm.default_schedules import float_lanes
+    from adl.hwmodels.cpu import float_lanes
 
     return float_lanes({"kind": "llvm", "num-cores": THREADS})
 
@@ -114,9 +131,15 @@ def within_tolerance(kept: float, budget: float, tolerance: float = TOLERANCE) -
     return abs(kept - budget) <= tolerance + 1e-12
 
 
-def nearest_counts(fraction: Callable[[np.ndarray], float], ideal: np.ndarray, sizes: Mapping[int, int],
-                   options: Mapping[int, Sequence[int]], target: float, tolerance: float = TOLERANCE,
-                   limit: int = 1 << 14) -> np.ndarray:
+def nearest_counts(
+    fraction: Callable[[np.ndarray], float],
+    ideal: np.ndarray,
+    sizes: Mapping[int, int],
+    options: Mapping[int, Sequence[int]],
+    target: float,
+    tolerance: float = TOLERANCE,
+    limit: int = 1 << 14,
+) -> np.ndarray:
     """Per group g of `options` one of `options[g]` kept channels (the other entries as in `ideal`):
     among the combinations whose FLOPs fraction, `fraction(counts)`, is within `tolerance` of
     `target` -- those not above `target` first (AMC's never are) -- the one nearest `ideal`
@@ -165,8 +188,9 @@ def grid_options(grid: Sequence[int], x: float, steps: int) -> list[int]:
     return sorted(set(below) | set(above))
 
 
-def uniform_counts_at(env: AmcEnv, target: float, tolerance: float = TOLERANCE,
-                      max_steps: int = 3) -> tuple[np.ndarray, float]:
+def uniform_counts_at(
+    env: AmcEnv, target: float, tolerance: float = TOLERANCE, max_steps: int = 3
+) -> tuple[np.ndarray, float]:
     """Uniform pruning at a FLOPs fraction: one keep ratio for every prunable group, bisected so
     that the fractional channel counts (ratio x size, within the group's grid) cost `target` of
     the unpruned FLOPs -- by the layer table AMC's environment counts FLOPs with -- then each
@@ -212,8 +236,9 @@ def group_modules(env: AmcEnv) -> dict[int, list[str]]:
     return out
 
 
-def torch_pruning(model: torch.nn.Module, budget: float, shape, env: AmcEnv, multiple: int,
-                  iterations: int = 12) -> tuple[torch.nn.Module | None, dict]:
+def torch_pruning(
+    model: torch.nn.Module, budget: float, shape, env: AmcEnv, multiple: int, iterations: int = 12
+) -> tuple[torch.nn.Module | None, dict]:
     """Torch-Pruning's magnitude (L1) pruner: one pruning ratio for every layer, each layer's kept
     channels rounded down to a multiple of `multiple` (its `round_to`). The ratio is bisected to
     the budget (`iterations` halvings) and the one whose FLOPs are nearest it kept; if that is
@@ -237,11 +262,20 @@ def torch_pruning(model: torch.nn.Module, budget: float, shape, env: AmcEnv, mul
         named = dict(copy_.named_modules())
         last = [m for m in copy_.modules() if isinstance(m, torch.nn.Linear)][-1]
         # keeps int(size * (1 - r)) = k channels, a multiple of round_to already
-        per_layer = ({named[name]: max(0.0, 1.0 - (k + 0.5) / sizes[g])
-                      for g, k in kept.items() for name in modules[g]} if kept else None)
-        pruner = tp.pruner.MagnitudePruner(copy_, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, pruning_ratio_dict=per_layer, ignored_layers=[last],
-                                           round_to=multiple)
+        per_layer = (
+            {named[name]: max(0.0, 1.0 - (k + 0.5) / sizes[g]) for g, k in kept.items() for name in modules[g]}
+            if kept
+            else None
+        )
+        pruner = tp.pruner.MagnitudePruner(
+            copy_,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            pruning_ratio_dict=per_layer,
+            ignored_layers=[last],
+            round_to=multiple,
+        )
         pruner.step()
         return copy_
 
@@ -266,8 +300,10 @@ def torch_pruning(model: torch.nn.Module, budget: float, shape, env: AmcEnv, mul
     at_ratio = counts_of(best)
     fraction = lambda c: float(table.flops_per_layer(c).sum()) / float(table.flops_full.sum())  # noqa: E731
     for steps in range(1, 4):
-        options = {d.group: sorted({int(at_ratio[d.group]), *grid_options(d.grid, at_ratio[d.group], steps)})
-                   for d in env.decisions}
+        options = {
+            d.group: sorted({int(at_ratio[d.group]), *grid_options(d.grid, at_ratio[d.group], steps)})
+            for d in env.decisions
+        }
         counts = nearest_counts(fraction, at_ratio, sizes, options, budget)
         if within_tolerance(fraction(counts), budget) and fraction(counts) <= budget + 1e-12:
             break
@@ -275,8 +311,9 @@ def torch_pruning(model: torch.nn.Module, budget: float, shape, env: AmcEnv, mul
     pruned = prune(ratio, adjusted)
     got = counts_of(pruned)
     extra["per_layer_counts"] = {env.graph.groups[g].name: k for g, k in adjusted.items()}
-    extra["changed_layers"] = {env.graph.groups[g].name: [int(at_ratio[g]), k] for g, k in adjusted.items()
-                               if k != int(at_ratio[g])}
+    extra["changed_layers"] = {
+        env.graph.groups[g].name: [int(at_ratio[g]), k] for g, k in adjusted.items() if k != int(at_ratio[g])
+    }
     if any(int(got[g]) != k for g, k in adjusted.items()):
         extra["counts_mismatch"] = {env.graph.groups[g].name: int(got[g]) for g in adjusted}
     return pruned, extra
@@ -309,29 +346,51 @@ def policy_study(env, dataset, policies: int, epochs: int, finetune_seeds: int, 
             continue
         one_epoch = evaluate(train(copy.deepcopy(model), dataset, 1, 0.001, 0)[0], dataset.x_val, dataset.y_val)
         tuned = [train(copy.deepcopy(model), dataset, epochs, 0.001, k) for k in range(finetune_seeds)]
-        rows.append({"policy": "uniform" if not rows else "random", "ratios": env.ratios(counts),
-                     "val_before": before, "val_after_one_epoch": one_epoch,
-                     "val_after": statistics.fmean(evaluate(m, dataset.x_val, dataset.y_val) for m, _ in tuned),
-                     "test_after": statistics.fmean(a for _, a in tuned)})
+        rows.append(
+            {
+                "policy": "uniform" if not rows else "random",
+                "ratios": env.ratios(counts),
+                "val_before": before,
+                "val_after_one_epoch": one_epoch,
+                "val_after": statistics.fmean(evaluate(m, dataset.x_val, dataset.y_val) for m, _ in tuned),
+                "test_after": statistics.fmean(a for _, a in tuned),
+            }
+        )
         log(f"policy {len(rows)}: val {before:.4f} -> {rows[-1]['val_after']:.4f}, test {rows[-1]['test_after']:.4f}")
     test = [r["test_after"] for r in rows]
     correlations = {}
     for score in ("val_before", "val_after_one_epoch", "val_after"):
         rho, p = spearmanr([r[score] for r in rows], test) if len(rows) > 2 else (float("nan"), float("nan"))
         correlations[score] = {"spearman": float(rho), "p": float(p)}
-    return {"budget": 0.5, "min_val_before": min_accuracy, "policies": rows, "spearman_with_test_after": correlations,
-            "uniform_rank_by_test": 1 + sum(t > test[0] for t in test[1:]),
-            "test_after_range": [min(test), max(test)]}
+    return {
+        "budget": 0.5,
+        "min_val_before": min_accuracy,
+        "policies": rows,
+        "spearman_with_test_after": correlations,
+        "uniform_rank_by_test": 1 + sum(t > test[0] for t in test[1:]),
+        "test_after_range": [min(test), max(test)],
+    }
 
 
 def summarise(values: list[float]) -> dict:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": spread, "standard_error": spread / math.sqrt(len(values)),
-            "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": spread,
+        "standard_error": spread / math.sqrt(len(values)),
+        "values": values,
+    }
 
 
-def measure_latency(models: dict[str, torch.nn.Module], dataset, rounds: int, repeats: int, workdir: Path,
-                    tune: "TuneRequest | None", tuned: tuple[str, ...]) -> dict:
+def measure_latency(
+    models: dict[str, torch.nn.Module],
+    dataset,
+    rounds: int,
+    repeats: int,
+    workdir: Path,
+    tune: "TuneRequest | None",
+    tuned: tuple[str, ...],
+) -> dict:
     """Build every model with the default schedules (and the `tuned` ones also with MetaSchedule,
     which keeps the faster of tuned and default), then time every library with 1..THREADS
     threads in interleaved rounds. A library ships with its fastest thread count (what `lower`
@@ -347,10 +406,16 @@ def measure_latency(models: dict[str, torch.nn.Module], dataset, rounds: int, re
             key = name if variant == "default" else f"{name}+tuned"
             log(f"lowering {key}")
             path = workdir / f"{key}.so"
-            info = build_library(model, x, {"kind": "llvm", "num-cores": THREADS}, path,
-                                 tune=tune if variant == "tuned" else None)
-            out[key] = {"path": path, "build_seconds": info.build_seconds, "library_bytes": info.library_bytes,
-                        "tuning": info.tuning, "max_abs_diff": max_abs_difference(model, path, dataset.x_test[:64])}
+            info = build_library(
+                model, x, {"kind": "llvm", "num-cores": THREADS}, path, tune=tune if variant == "tuned" else None
+            )
+            out[key] = {
+                "path": path,
+                "build_seconds": info.build_seconds,
+                "library_bytes": info.library_bytes,
+                "tuning": info.tuning,
+                "max_abs_diff": max_abs_difference(model, path, dataset.x_test[:64]),
+            }
     paths = {key: row.pop("path") for key, row in out.items()}
     choices = fastest_thread_counts(paths, (1, *shape), THREADS, rounds=rounds, repeats=repeats, warmup=10)
     for key, row in out.items():
@@ -362,8 +427,10 @@ def measure_latency(models: dict[str, torch.nn.Module], dataset, rounds: int, re
     for key, row in out.items():
         base = out["unpruned+tuned" if key.endswith("+tuned") else "unpruned"]
         row["speedup"] = statistics.median(b / r for b, r in zip(base["shipped_ms"], row["shipped_ms"]))
-        row["speedup_per_threads"] = {n: statistics.median(b / r for b, r in zip(base["rounds_ms"][n], times))
-                                      for n, times in row["rounds_ms"].items()}
+        row["speedup_per_threads"] = {
+            n: statistics.median(b / r for b, r in zip(base["rounds_ms"][n], times))
+            for n, times in row["rounds_ms"].items()
+        }
     return out
 
 
@@ -390,13 +457,19 @@ def plot(report: dict, path: Path) -> None:
     left.set_xlabel("FLOPs kept (%)")
     left.set_ylabel("test accuracy after fine-tuning (%)")
     model = report["settings"]["model"]
-    left.set_title(f"{report['settings']['data']}, mobilenet width {model['width']:g} head {model['head']}: "
-                   f"{report['settings']['seeds']} seeds (mean, std)", fontsize=10)
+    left.set_title(
+        f"{report['settings']['data']}, mobilenet width {model['width']:g} head {model['head']}: "
+        f"{report['settings']['seeds']} seeds (mean, std)",
+        fontsize=10,
+    )
     left.legend(fontsize=8)
     latency = report.get("latency", {})
     names = list(latency)
-    right.bar(range(len(names)), [latency[n]["speedup"] for n in names],
-              color=[colors.get(n.split("@")[0], "gray") for n in names])
+    right.bar(
+        range(len(names)),
+        [latency[n]["speedup"] for n in names],
+        color=[colors.get(n.split("@")[0], "gray") for n in names],
+    )
     right.axhline(1.6, color="black", ls=":", label="goal at 50 %: 1.6x")
     right.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     right.set_ylabel("speedup over unpruned (TVM, batch 1)")
@@ -406,38 +479,51 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def unequal_flops(rows: Mapping[str, dict], methods: Sequence[str], budget: float,
-                  tolerance: float = TOLERANCE) -> str:
+def unequal_flops(rows: Mapping[str, dict], methods: Sequence[str], budget: float, tolerance: float = TOLERANCE) -> str:
     """Why `methods` are not at equal FLOPs at `budget` ("" when they are): every seed of each
     must have kept the budget +- `tolerance` of the unpruned FLOPs (`rows[m]["flops_kept"]`)."""
-    off = [f"{m} kept {kept:.1%} (seed {seed})" for m in methods
-           for seed, kept in enumerate(rows[m]["flops_kept"]) if not within_tolerance(kept, budget, tolerance)]
+    off = [
+        f"{m} kept {kept:.1%} (seed {seed})"
+        for m in methods
+        for seed, kept in enumerate(rows[m]["flops_kept"])
+        if not within_tolerance(kept, budget, tolerance)
+    ]
     if not off:
         return ""
-    return (f"not compared at equal FLOPs: {', '.join(off)}, outside {budget:.0%} +- {tolerance:.0%} "
-            f"of the unpruned FLOPs")
+    return (
+        f"not compared at equal FLOPs: {', '.join(off)}, outside {budget:.0%} +- {tolerance:.0%} of the unpruned FLOPs"
+    )
 
 
 def paired_difference(first: Sequence[float], second: Sequence[float]) -> dict:
     """Per seed first - second (in points), their mean and its standard error (None below two seeds)."""
     differences = [100 * (a - b) for a, b in zip(first, second)]
     n = len(differences)
-    return {"mean": statistics.fmean(differences) if n else None,
-            "standard_error": statistics.stdev(differences) / math.sqrt(n) if n > 1 else None,
-            "differences": differences}
+    return {
+        "mean": statistics.fmean(differences) if n else None,
+        "standard_error": statistics.stdev(differences) / math.sqrt(n) if n > 1 else None,
+        "differences": differences,
+    }
 
 
-def comparison_goal(rows: Mapping[str, dict], budget: float, first: str = "amc", second: str = "uniform",
-                    tolerance: float = TOLERANCE) -> dict:
+def comparison_goal(
+    rows: Mapping[str, dict], budget: float, first: str = "amc", second: str = "uniform", tolerance: float = TOLERANCE
+) -> dict:
     """The goal `first` >= `second` in test accuracy at `budget`: the paired difference over
     seeds (mean +- s.e., points); met only if it is >= 0 and both kept the budget's FLOPs
     +- `tolerance` on every seed -- otherwise `reason` says which did not."""
     paired = paired_difference(rows[first]["accuracy_values"], rows[second]["accuracy_values"])
     reason = unequal_flops(rows, (first, second), budget, tolerance)
-    goal = {"value": paired["mean"], "target": 0.0, "met": not reason and paired["mean"] >= 0.0,
-            "standard_error": paired["standard_error"], "statistic": "mean +- s.e. of the per-seed paired difference",
-            "paired_differences": paired["differences"],
-            "flops_kept": {m: rows[m]["flops_kept"] for m in (first, second)}, "flops_tolerance": tolerance}
+    goal = {
+        "value": paired["mean"],
+        "target": 0.0,
+        "met": not reason and paired["mean"] >= 0.0,
+        "standard_error": paired["standard_error"],
+        "statistic": "mean +- s.e. of the per-seed paired difference",
+        "paired_differences": paired["differences"],
+        "flops_kept": {m: rows[m]["flops_kept"] for m in (first, second)},
+        "flops_tolerance": tolerance,
+    }
     if reason:
         goal["reason"] = reason
     return goal
@@ -456,14 +542,20 @@ def goals(report: dict) -> dict:
         reference = report["unpruned"].get("finetuned_accuracy", {}).get("mean", unpruned)
         drop = (reference - half["amc"]["accuracy"]["mean"]) * 100
         out["AMC accuracy drop from unpruned at 50 % FLOPs (points)"] = {
-            "value": drop, "target": DROP_TARGET, "met": drop <= DROP_TARGET,
-            "reference": "the unpruned network with the same fine-tuning"}
+            "value": drop,
+            "target": DROP_TARGET,
+            "met": drop <= DROP_TARGET,
+            "reference": "the unpruned network with the same fine-tuning",
+        }
     latency = report.get("latency", {})
     speed = latency.get("amc@0.50+tuned") or latency.get("amc@0.50")
     if speed:
         how = "tuned" if "amc@0.50+tuned" in latency else "untuned"
-        out[f"AMC measured speedup at 50 % FLOPs (TVM, {how})"] = {"value": speed["speedup"], "target": 1.6,
-                                                                   "met": speed["speedup"] >= 1.6}
+        out[f"AMC measured speedup at 50 % FLOPs (TVM, {how})"] = {
+            "value": speed["speedup"],
+            "target": 1.6,
+            "met": speed["speedup"] >= 1.6,
+        }
     return out
 
 
@@ -482,15 +574,27 @@ def main() -> None:
     parser.add_argument("--width", type=float, help="width multiplier of the network (default: NETWORKS[data])")
     parser.add_argument("--head", type=int, help="channels of the 1x1 head convolution (default: NETWORKS[data])")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--reward", choices=("acc", "flops"), default="acc",
-                        help="AMC's reward: validation accuracy, or the paper's -error * log(FLOPs)")
-    parser.add_argument("--train-threads", type=int, default=TRAIN_THREADS,
-                        help="torch threads for training and search (2 only on an otherwise idle machine)")
+    parser.add_argument(
+        "--reward",
+        choices=("acc", "flops"),
+        default="acc",
+        help="AMC's reward: validation accuracy, or the paper's -error * log(FLOPs)",
+    )
+    parser.add_argument(
+        "--train-threads",
+        type=int,
+        default=TRAIN_THREADS,
+        help="torch threads for training and search (2 only on an otherwise idle machine)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
     parser.add_argument("--repeats", type=int, default=100, help="timed runs per round")
     parser.add_argument("--tune-trials", type=int, default=8, help="MetaSchedule trials per task (0: no tuning)")
-    parser.add_argument("--tune-minutes", type=float, default=3.0,
-                        help="tuning time cap per network (checked between rounds: overshoots under load)")
+    parser.add_argument(
+        "--tune-minutes",
+        type=float,
+        default=3.0,
+        help="tuning time cap per network (checked between rounds: overshoots under load)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.episodes, args.warmup, args.base_epochs, args.finetune_epochs = 1, 8, 4, 1, 1
@@ -515,29 +619,55 @@ def main() -> None:
     log(f"training the unpruned {family}{options} for {args.base_epochs} epochs")
     base, base_accuracy = train(base, dataset, args.base_epochs, 0.003, seed=0)
     base_flops = flops(base, shape)
-    log(f"unpruned: {base_accuracy:.4f} test accuracy, {base_flops / 1e6:.2f} MFLOPs, "
-        f"{len(ChannelGraph(base, (1, *shape)).groups)} channel groups")
+    log(
+        f"unpruned: {base_accuracy:.4f} test accuracy, {base_flops / 1e6:.2f} MFLOPs, "
+        f"{len(ChannelGraph(base, (1, *shape)).groups)} channel groups"
+    )
     report: dict = {
         "goals": {},
         "provenance": origin,
-        "machine": {"platform": platform.platform(), "cpu": host_cpu(), "threads": THREADS,
-                    "float_lanes": multiple, "torch": torch.__version__},
-        "settings": {"data": args.data, "model": {"family": family, **options}, "budgets": BUDGETS,
-                     "methods": methods, "seeds": args.seeds, "train_threads": args.train_threads,
-                     "episodes": args.episodes, "warmup": args.warmup, "base_epochs": args.base_epochs,
-                     "finetune_epochs": args.finetune_epochs, "finetune_optimizer": "adam(lr=0.001), cosine",
-                     "finetune_seeds": args.finetune_seeds, "validation": VALIDATION,
-                     "samples": {"train": len(dataset.y_train), "validation": len(dataset.y_val),
-                                 "test": len(dataset.y_test)},
-                     "multiple": multiple, "flops_tolerance": TOLERANCE, "reward": args.reward, "reconstruct": True,
-                     "val_samples": 500,
-                     "lowering": ("default schedules; unpruned and amc@0.50 also MetaSchedule "
-                                  f"({args.tune_trials} trials/task, <= {args.tune_minutes:g} min per network)"
-                                  if args.tune_trials else "default (untuned) schedules"),
-                     "latency_threads": f"each library at its fastest of 1..{THREADS} threads", "quick": args.quick},
-        "unpruned": {"accuracy": base_accuracy, "flops": base_flops,
-                     "channel_groups": len(ChannelGraph(base, (1, *shape)).groups),
-                     "params": sum(p.numel() for p in base.parameters())},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": host_cpu(),
+            "threads": THREADS,
+            "float_lanes": multiple,
+            "torch": torch.__version__,
+        },
+        "settings": {
+            "data": args.data,
+            "model": {"family": family, **options},
+            "budgets": BUDGETS,
+            "methods": methods,
+            "seeds": args.seeds,
+            "train_threads": args.train_threads,
+            "episodes": args.episodes,
+            "warmup": args.warmup,
+            "base_epochs": args.base_epochs,
+            "finetune_epochs": args.finetune_epochs,
+            "finetune_optimizer": "adam(lr=0.001), cosine",
+            "finetune_seeds": args.finetune_seeds,
+            "validation": VALIDATION,
+            "samples": {"train": len(dataset.y_train), "validation": len(dataset.y_val), "test": len(dataset.y_test)},
+            "multiple": multiple,
+            "flops_tolerance": TOLERANCE,
+            "reward": args.reward,
+            "reconstruct": True,
+            "val_samples": 500,
+            "lowering": (
+                "default schedules; unpruned and amc@0.50 also MetaSchedule "
+                f"({args.tune_trials} trials/task, <= {args.tune_minutes:g} min per network)"
+                if args.tune_trials
+                else "default (untuned) schedules"
+            ),
+            "latency_threads": f"each library at its fastest of 1..{THREADS} threads",
+            "quick": args.quick,
+        },
+        "unpruned": {
+            "accuracy": base_accuracy,
+            "flops": base_flops,
+            "channel_groups": len(ChannelGraph(base, (1, *shape)).groups),
+            "params": sum(p.numel() for p in base.parameters()),
+        },
         "results": {},
     }
 
@@ -548,8 +678,10 @@ def main() -> None:
 
     def finetuned(model: torch.nn.Module, seed: int) -> float:
         """Mean test accuracy over `--finetune-seeds` identical fine-tunings of `model`."""
-        return statistics.fmean(train(copy.deepcopy(model), dataset, args.finetune_epochs, 0.001,
-                                      seed * 1000 + k)[1] for k in range(args.finetune_seeds))
+        return statistics.fmean(
+            train(copy.deepcopy(model), dataset, args.finetune_epochs, 0.001, seed * 1000 + k)[1]
+            for k in range(args.finetune_seeds)
+        )
 
     controls = []
     for seed in range(args.seeds):
@@ -560,11 +692,18 @@ def main() -> None:
 
     seed0_models: dict[str, torch.nn.Module] = {"unpruned": base}
     for budget in BUDGETS:
-        rows: dict[str, dict] = {m: {"accuracy_values": [], "flops_kept": [], "val_accuracy_before_finetune": []}
-                                 for m in methods}
+        rows: dict[str, dict] = {
+            m: {"accuracy_values": [], "flops_kept": [], "val_accuracy_before_finetune": []} for m in methods
+        }
         for seed in range(args.seeds):
-            config = AmcConfig(budgets={"flops": budget}, episodes=args.episodes, warmup=args.warmup,
-                               multiple=multiple, seed=seed, reward=args.reward)
+            config = AmcConfig(
+                budgets={"flops": budget},
+                episodes=args.episodes,
+                warmup=args.warmup,
+                multiple=multiple,
+                seed=seed,
+                reward=args.reward,
+            )
             envs = {"validation": make_env(base, dataset, config)}
             if "amc_train_images" in methods:
                 envs["training"] = make_env(base, training_images, config)
@@ -585,8 +724,11 @@ def main() -> None:
                 else:
                     result = run_amc(base, dataset, dataclasses.replace(config, strategy="ddpg"), env=env)
                     pruned, val = result.model, result.info["accuracy"]
-                    extra = {"ratios": result.ratios, "best_episode_reward": result.info["reward"],
-                             "rewards": [h["reward"] for h in result.history]}
+                    extra = {
+                        "ratios": result.ratios,
+                        "best_episode_reward": result.info["reward"],
+                        "rewards": [h["reward"] for h in result.history],
+                    }
                 search_seconds = time.perf_counter() - t0
                 kept = flops(pruned, shape) / base_flops
                 if seed == 0 and method in LOWERED:
@@ -594,8 +736,10 @@ def main() -> None:
                 if method == "amc_train_images":  # scored on the validation split like the others, for the table
                     val = envs["validation"].evaluate(pruned).accuracy
                 accuracy = finetuned(pruned, seed)
-                log(f"{budget:.0%} FLOPs, seed {seed}, {method}: kept {kept:.3f}, val before fine-tuning "
-                    f"{val:.3f}, test after {accuracy:.4f} (search {search_seconds:.0f} s)")
+                log(
+                    f"{budget:.0%} FLOPs, seed {seed}, {method}: kept {kept:.3f}, val before fine-tuning "
+                    f"{val:.3f}, test after {accuracy:.4f} (search {search_seconds:.0f} s)"
+                )
                 row = rows[method]
                 row["accuracy_values"].append(accuracy)
                 row["flops_kept"].append(kept)
@@ -612,21 +756,22 @@ def main() -> None:
     if args.study:
         log(f"policy study: {args.study} policies at 50 % FLOPs")
         study_env = make_env(base, dataset, AmcConfig(budgets={"flops": 0.5}, multiple=multiple, seed=0))
-        report["policy_study"] = policy_study(study_env, dataset, args.study, args.finetune_epochs,
-                                              args.finetune_seeds)
+        report["policy_study"] = policy_study(study_env, dataset, args.study, args.finetune_epochs, args.finetune_seeds)
         save()
 
     with tempfile.TemporaryDirectory(prefix="adl-bench-amc-") as tmp:
-        tune = (TuneRequest(args.tune_trials, args.tune_minutes, root=Path(tmp) / "tuning")
-                if args.tune_trials else None)
-        report["latency"] = measure_latency(seed0_models, dataset, args.rounds, args.repeats, Path(tmp), tune,
-                                            tuned=("unpruned", "amc@0.50"))
+        tune = TuneRequest(args.tune_trials, args.tune_minutes, root=Path(tmp) / "tuning") if args.tune_trials else None
+        report["latency"] = measure_latency(
+            seed0_models, dataset, args.rounds, args.repeats, Path(tmp), tune, tuned=("unpruned", "amc@0.50")
+        )
     save()
     plot(report, args.out.with_suffix(".png"))
     for goal, verdict in report["goals"].items():
         value = verdict["value"]
-        print(f"{goal}: {value if value is None else f'{value:.3f}'} (target {verdict['target']}) "
-              f"{'met' if verdict['met'] else 'MISSED'}" + (f" -- {verdict['reason']}" if "reason" in verdict else ""))
+        print(
+            f"{goal}: {value if value is None else f'{value:.3f}'} (target {verdict['target']}) "
+            f"{'met' if verdict['met'] else 'MISSED'}" + (f" -- {verdict['reason']}" if "reason" in verdict else "")
+        )
 
 
 if __name__ == "__main__":

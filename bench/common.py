@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from adl.compiler.progress import SilentProgress
-from adl.compiler.spec import CallValue
+from adl.ir.progress import SilentProgress
+from adl.ir.spec import CallValue
 from adl.passes.train.loop import train_model
 
 TRAIN_THREADS = 1  # training and search: on a shared 2-core machine a second torch thread spins and slows it ~5x
@@ -33,11 +33,24 @@ def log(message: str) -> None:
 def train(model: torch.nn.Module, dataset, epochs: int, lr: float, seed: int) -> tuple[torch.nn.Module, float]:
     """Train `model` in place for `epochs` (Adam at `lr`, cosine) and return it with its test
     accuracy, on TRAIN_THREADS torch threads or what `set_train_threads` chose."""
-    config = {"epochs": epochs, "batch_size": 64, "optimizer": CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
-              "schedule": "cosine", "label_smoothing": 0.0}
+    config = {
+        "epochs": epochs,
+        "batch_size": 64,
+        "optimizer": CallValue("adam", (("lr", lr), ("weight_decay", 0.0))),
+        "schedule": "cosine",
+        "label_smoothing": 0.0,
+    }
     with tempfile.TemporaryDirectory() as state:
-        result = train_model(model, dataset, config, seed=seed, state_dir=Path(state), progress=SilentProgress(),
-                             threads=_train_threads, log=lambda message: None)
+        result = train_model(
+            model,
+            dataset,
+            config,
+            seed=seed,
+            state_dir=Path(state),
+            progress=SilentProgress(),
+            threads=_train_threads,
+            log=lambda message: None,
+        )
     return result.model, float(result.test_accuracy)
 
 
@@ -51,8 +64,9 @@ def trained_quantization_model(dataset, epochs: int) -> tuple[torch.nn.Module, f
 
     family, options = QUANTIZATION_MODEL
     torch.manual_seed(0)
-    model = build_model(family, options, input_shape=tuple(dataset.input_shape), classes=10, mean=dataset.mean,
-                        std=dataset.std)
+    model = build_model(
+        family, options, input_shape=tuple(dataset.input_shape), classes=10, mean=dataset.mean, std=dataset.std
+    )
     log(f"training the fp32 {family}{options} for {epochs} epochs")
     model, accuracy = train(model, dataset, epochs, 3e-3, seed=0)
     return model.eval(), accuracy

@@ -49,13 +49,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 from provenance import provenance  # noqa: E402
 
 # what the outcomes depend on (`python -m bench.status`): the parser and checker, the CLI, the artifact loader
-MEASURES = ("bench/fuzz.py", "tests/dsl/fuzzing.py", "adl/cli.py", "dsl", "compiler/check.py", "compiler/options.py",
-            "backends/artifact.py", "backends/runtime.py")
+MEASURES = (
+    "bench/fuzz.py",
+    "tests/dsl/fuzzing.py",
+    "adl/cli.py",
+    "adl/dsl",
+    "adl/driver/check.py",
+    "adl/ir/options.py",
+    "adl/backends/artifact.py",
+    "adl/backends/runtime.py",
+)
 
 
 def _load_fuzzing():
     """tests/dsl/fuzzing.py (the strategies and the judge `make test` uses), loaded by path."""
-    spec = importlib.util.spec_from_file_location("adl_fuzzing", ROOT / "tests" / "dsl" / "fuzzing.py")
+    spec = importlib.util.spec_from_file_location("adl_fuzzing", ROOT / "tests" / "adl/dsl" / "fuzzing.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["adl_fuzzing"] = module
     spec.loader.exec_module(module)
@@ -144,8 +152,13 @@ def check_cases(args: argparse.Namespace) -> Iterator[Case]:
     drawn: list[bytes] = []
 
     @seed(args.seed)
-    @settings(max_examples=args.specs, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=args.specs,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(fuzzing.spec_files())
     def draw(data: bytes) -> None:
         drawn.append(data)
@@ -227,7 +240,7 @@ def _input_files(folder: Path, shape: tuple[int, ...]) -> Iterator[tuple[str, Pa
     yield npy("inf", np.full_like(good, np.inf))
     yield npy("huge values", np.full_like(good, 3e38))
     valid = file("valid", ".npy").read_bytes()
-    yield raw("truncated .npy", valid[:len(valid) // 2])
+    yield raw("truncated .npy", valid[: len(valid) // 2])
     yield raw("header only", valid[:128])
     yield raw("garbage bytes", rng.bytes(4096))
     yield raw("empty file", b"")
@@ -251,7 +264,7 @@ def _input_files(folder: Path, shape: tuple[int, ...]) -> Iterator[tuple[str, Pa
 def _manifest_damage(manifest: Any) -> Iterator[tuple[str, str | bytes]]:
     """Broken manifest.json texts: cut short, not JSON, keys missing, wrong types."""
     text = json.dumps(manifest, indent=2)
-    yield "manifest cut short", text[:len(text) // 2]
+    yield "manifest cut short", text[: len(text) // 2]
     yield "manifest empty", ""
     yield "manifest not JSON", "{ this is not json"
     yield "manifest is a list", "[]"
@@ -262,12 +275,20 @@ def _manifest_damage(manifest: Any) -> Iterator[tuple[str, str | bytes]]:
     if isinstance(manifest, dict):
         for key in manifest:
             yield f"manifest without '{key}'", json.dumps({k: v for k, v in manifest.items() if k != key})
-        for key, value in (("schema_version", 99), ("schema_version", "1"), ("input", []), ("library", "x"),
-                           ("target", None), ("metrics", {"runtime_threads": 10**9})):
+        for key, value in (
+            ("schema_version", 99),
+            ("schema_version", "1"),
+            ("input", []),
+            ("library", "x"),
+            ("target", None),
+            ("metrics", {"runtime_threads": 10**9}),
+        ):
             yield f"manifest {key} = {value!r}", json.dumps({**manifest, key: value})
         shape_input = manifest.get("input") if isinstance(manifest.get("input"), dict) else {}
-        for key, values in (("shape", ("x", [], [-1], [1, 0], [1, 2**40], [1] * 20, [1, 1.5], [1, True])),
-                            ("dtype", ("complex128", "object", "nonsense", 7, "float16"))):
+        for key, values in (
+            ("shape", ("x", [], [-1], [1, 0], [1, 2**40], [1] * 20, [1, 1.5], [1, True])),
+            ("dtype", ("complex128", "object", "nonsense", 7, "float16")),
+        ):
             for value in values:
                 damaged = {**manifest, "input": {**shape_input, key: value}}
                 yield f"manifest input.{key} = {value!r}", json.dumps(damaged)
@@ -290,7 +311,8 @@ def run_cases(args: argparse.Namespace) -> Iterator[Case]:
     files = list(_input_files(inputs, tuple(shape) if isinstance(shape, list) and shape else (1, 1, 8, 8)))
     valid = dict(files)["valid"]
     plans: list[tuple[str, Path, Callable[[Path], None] | None]] = [
-        (f"input: {label}", path, None) for label, path in files]
+        (f"input: {label}", path, None) for label, path in files
+    ]
     plans += [(f"artifact: {label}", valid, damage) for label, damage in _artifact_damage(manifest)]
     if args.runs is not None and args.runs < len(plans):
         plans = [plans[round(i * (len(plans) - 1) / max(1, args.runs - 1))] for i in range(args.runs)]
@@ -317,12 +339,14 @@ def _artifact_damage(manifest: Any) -> Iterator[tuple[str, Callable[[Path], None
             elif path.exists() or path.is_symlink():
                 path.unlink()
             path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
         return apply
 
     def truncate(name: str) -> Callable[[Path], None]:
         def apply(folder: Path) -> None:
             path = folder / name
-            path.write_bytes(path.read_bytes()[:max(1, path.stat().st_size // 2)])
+            path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+
         return apply
 
     def remove(name: str) -> Callable[[Path], None]:
@@ -332,12 +356,14 @@ def _artifact_damage(manifest: Any) -> Iterator[tuple[str, Callable[[Path], None
         def apply(folder: Path) -> None:
             (folder / name).unlink()
             (folder / name).mkdir()
+
         return apply
 
     def loop(name: str) -> Callable[[Path], None]:
         def apply(folder: Path) -> None:
             (folder / name).unlink()
             (folder / name).symlink_to(folder / name)
+
         return apply
 
     for label, text in _manifest_damage(manifest):
@@ -357,8 +383,15 @@ def run_run(case: Case, args: argparse.Namespace) -> Outcome:
     command = [sys.executable, "-m", "adl", "run", str(case.payload["artifact"]), "--input", str(case.payload["input"])]
     start = time.monotonic()
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=args.run_timeout,
-                              stdin=subprocess.DEVNULL, cwd=ROOT)
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=args.run_timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
     except subprocess.TimeoutExpired:
         return Outcome("hang", f"no exit in {args.run_timeout:g} s", time.monotonic() - start)
     seconds = time.monotonic() - start
@@ -383,10 +416,16 @@ def judge_run(code: int, out: str, err: str, seconds: float = 0.0) -> Outcome:
 HANDLED = {"ok", "spec error", "error"}
 
 SECTIONS = (
-    Section("check", "check: no spec mishandled (internal error, traceback, unpositioned, hang)",
-            check_cases, run_check),
-    Section("run", "run: no input or artifact copy mishandled (exit other than 0/2, traceback, hang)",
-            run_cases, run_run, enabled=lambda args: args.artifact is not None),
+    Section(
+        "check", "check: no spec mishandled (internal error, traceback, unpositioned, hang)", check_cases, run_check
+    ),
+    Section(
+        "run",
+        "run: no input or artifact copy mishandled (exit other than 0/2, traceback, hang)",
+        run_cases,
+        run_run,
+        enabled=lambda args: args.artifact is not None,
+    ),
 )
 
 
@@ -404,17 +443,23 @@ def run_section(section: Section, args: argparse.Namespace) -> dict:
         seconds.append(outcome.seconds)
         keep = 3 if outcome.kind in HANDLED else 20
         if len(examples[outcome.kind]) < keep:
-            examples[outcome.kind].append({"case": case.label, "detail": outcome.detail,
-                                           "input": _shown(case.payload)})
+            examples[outcome.kind].append({"case": case.label, "detail": outcome.detail, "input": _shown(case.payload)})
         if outcome.kind not in HANDLED:
             log(f"{section.name}: MISHANDLED {outcome.kind}: {case.label}: {outcome.detail[:200]}")
         if (i + 1) % 500 == 0:
             log(f"{section.name}: {i + 1} cases, {dict(counts)}")
     mishandled = sum(n for kind, n in counts.items() if kind not in HANDLED)
-    return {"cases": sum(counts.values()), "outcomes": dict(counts), "mishandled": mishandled,
-            "seconds": {"total": time.monotonic() - started, "mean_per_case": _mean(seconds),
-                        "max_per_case": max(seconds, default=0.0)},
-            "examples": dict(examples)}
+    return {
+        "cases": sum(counts.values()),
+        "outcomes": dict(counts),
+        "mishandled": mishandled,
+        "seconds": {
+            "total": time.monotonic() - started,
+            "mean_per_case": _mean(seconds),
+            "max_per_case": max(seconds, default=0.0),
+        },
+        "examples": dict(examples),
+    }
 
 
 def _shown(payload: Any) -> Any:
@@ -458,8 +503,10 @@ def main() -> int:
     if args.artifact is not None and not (args.artifact / "manifest.json").is_file():
         parser.error(f"--artifact {args.artifact}: no manifest.json there")
 
-    origin = provenance(f"hostile specs from tests/dsl/fuzzing.py (Hypothesis seed {args.seed})"
-                        + (f"; inputs and damaged copies of the artifact {args.artifact}" if args.artifact else ""))
+    origin = provenance(
+        f"hostile specs from tests/dsl/fuzzing.py (Hypothesis seed {args.seed})"
+        + (f"; inputs and damaged copies of the artifact {args.artifact}" if args.artifact else "")
+    )
     sections: dict[str, dict] = {}
     for section in SECTIONS:
         if not section.enabled(args):
@@ -469,9 +516,15 @@ def main() -> int:
     report = {
         "goals": goals(sections, args),
         "sections": sections,
-        "settings": {"specs": args.specs, "seed": args.seed, "timeout_s": args.timeout,
-                     "artifact": str(args.artifact) if args.artifact else None, "runs": args.runs,
-                     "run_timeout_s": args.run_timeout, "quick": args.quick},
+        "settings": {
+            "specs": args.specs,
+            "seed": args.seed,
+            "timeout_s": args.timeout,
+            "artifact": str(args.artifact) if args.artifact else None,
+            "runs": args.runs,
+            "run_timeout_s": args.run_timeout,
+            "quick": args.quick,
+        },
         "provenance": origin,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

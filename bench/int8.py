@@ -55,15 +55,37 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from common import log, train
-from peers import (WARMUP, Engine, _guarded, _with, count_macs, export_onnx, first_line, import_torchvision,
-                   openvino_compiled, ort_engine, ort_session, peaks, time_interleaved)
+from peers import (
+    WARMUP,
+    Engine,
+    _guarded,
+    _with,
+    count_macs,
+    export_onnx,
+    first_line,
+    import_torchvision,
+    openvino_compiled,
+    ort_engine,
+    ort_session,
+    peaks,
+    time_interleaved,
+)
 from provenance import provenance
 
 # what the figures depend on (`python -m bench.status`)
-MEASURES = ("bench/int8.py", "bench/peers.py", "bench/common.py", "models", "passes/haq", "backends/tvm", "backends/runtime.py",
-            "compiler/layers.py", "compiler/folding.py", "data")
+MEASURES = (
+    "bench/int8.py",
+    "bench/peers.py",
+    "bench/common.py",
+    "adl/models",
+    "adl/passes/haq",
+    "adl/backends/tvm",
+    "adl/backends/runtime.py",
+    "adl/ir/layers.py",
+    "adl/models/folding.py",
+    "adl/data",
+)
 
 THREADS = 2
 TARGET = {"kind": "llvm", "num-cores": THREADS}
@@ -105,6 +127,7 @@ DEFAULTS = {"rounds": (7, 3), "repeats": (100, 20), "calibration": (64, 16), "ep
 
 # -- settings ---------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; settings not given take their `DEFAULTS` (the quick ones with --quick)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -126,6 +149,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # -- networks ---------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Prepared:
@@ -168,21 +192,35 @@ def prepare(name: str, args: argparse.Namespace) -> Prepared:
 
     dataset = load_dataset("fashion_mnist")
     torch.manual_seed(0)
-    model = build_model(network.builder, FASHION_OPTIONS, input_shape=tuple(dataset.input_shape),
-                        classes=dataset.classes, mean=dataset.mean, std=dataset.std)
+    model = build_model(
+        network.builder,
+        FASHION_OPTIONS,
+        input_shape=tuple(dataset.input_shape),
+        classes=dataset.classes,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
     log(f"{name}: training the fp32 network for {args.epochs} epochs")
     model, accuracy = train(model, dataset, args.epochs, 0.003, seed=0)
     torch.set_num_threads(THREADS)  # training chose its own
-    calibration = np.ascontiguousarray(dataset.x_train[:args.calibration], dtype=np.float32)
-    return Prepared(model.eval(), tuple(dataset.input_shape), calibration,
-                    np.ascontiguousarray(dataset.x_test, dtype=np.float32), dataset.y_test, float(accuracy))
+    calibration = np.ascontiguousarray(dataset.x_train[: args.calibration], dtype=np.float32)
+    return Prepared(
+        model.eval(),
+        tuple(dataset.input_shape),
+        calibration,
+        np.ascontiguousarray(dataset.x_test, dtype=np.float32),
+        dataset.y_test,
+        float(accuracy),
+    )
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, chunk: int = 500) -> np.ndarray:
     """`model`'s logits (float32) for the batch `x`, `chunk` images at a time."""
     with torch.inference_mode():
-        parts = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + chunk]))).float().numpy()
-                 for i in range(0, len(x), chunk)]
+        parts = [
+            model(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk]))).float().numpy()
+            for i in range(0, len(x), chunk)
+        ]
     return np.concatenate(parts)
 
 
@@ -196,8 +234,10 @@ def adl_library(model: torch.nn.Module, prepared: Prepared, path: Path) -> Engin
 
     info = build_library(model, prepared.example, TARGET, path)
     library = CompiledLibrary(path, (1, *prepared.input_shape), num_threads=THREADS)
-    return Engine(library.run, {"build_seconds": info.build_seconds, "library_bytes": info.library_bytes,
-                                "int8_kernels": info.int8_kernels})
+    return Engine(
+        library.run,
+        {"build_seconds": info.build_seconds, "library_bytes": info.library_bytes, "int8_kernels": info.int8_kernels},
+    )
 
 
 def adl_fp32(prepared: Prepared, folder: Path) -> Engine:
@@ -216,9 +256,13 @@ def adl_int8(prepared: Prepared, folder: Path) -> Engine:
     fake = quantize_model(prepared.model, BitPolicy.uniform(n, 8), torch.from_numpy(prepared.calibration)).eval()
     deployment = deployable_model(fake, "llvm")
     engine = adl_library(deployment.model, prepared, folder / "adl_int8.so")  # info: int8_kernels by path
-    engine.info.update(quantized_layers=n, integer_layers=sum(d.arithmetic == "int8" for d in deployment.layers),
-                       layers=len(deployment.layers), handoffs=len(deployment.handoffs),
-                       handoff_note=deployment.handoff_note)
+    engine.info.update(
+        quantized_layers=n,
+        integer_layers=sum(d.arithmetic == "int8" for d in deployment.layers),
+        layers=len(deployment.layers),
+        handoffs=len(deployment.handoffs),
+        handoff_note=deployment.handoff_note,
+    )
     fallbacks = sorted({d.reason for d in deployment.layers if d.arithmetic != "int8"})
     if fallbacks:
         engine.info["fallback_reasons"] = fallbacks
@@ -238,7 +282,7 @@ class CalibrationReader:
         return next(self.batches, None)
 
     def rewind(self) -> None:
-        self.batches = iter([{"x": np.ascontiguousarray(self.images[i:i + 1])} for i in range(len(self.images))])
+        self.batches = iter([{"x": np.ascontiguousarray(self.images[i : i + 1])} for i in range(len(self.images))])
 
 
 def integer_op_counts(path: Path) -> dict[str, int]:
@@ -282,8 +326,15 @@ def ort_int8(prepared: Prepared, folder: Path, fp32_path: Path, base: dict) -> E
         info["quant_pre_process"] = f"failed: {first_line(err)}"
         source = fp32_path
     int8_path = folder / "ort_int8.onnx"
-    quantize_static(str(source), str(int8_path), CalibrationReader(prepared.calibration), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(source),
+        str(int8_path),
+        CalibrationReader(prepared.calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     optimized = folder / "ort_int8_optimized.onnx"
     session = ort_session(int8_path, THREADS, optimized_model_filepath=str(optimized))
     try:
@@ -314,7 +365,7 @@ def openvino_int8(core, model, prepared: Prepared) -> Engine:
     import nncf
     import openvino as ov
 
-    images = [np.ascontiguousarray(prepared.calibration[i:i + 1]) for i in range(len(prepared.calibration))]
+    images = [np.ascontiguousarray(prepared.calibration[i : i + 1]) for i in range(len(prepared.calibration))]
     quantized = nncf.quantize(model.clone(), nncf.Dataset(images), subset_size=len(images))
     return _with(openvino_compiled(core, quantized, THREADS), version=ov.__version__, nncf_version=nncf.__version__)
 
@@ -326,7 +377,8 @@ def make_engines(prepared: Prepared, folder: Path, wanted: Sequence[str]) -> dic
         (("adl_fp32",), lambda: {"adl_fp32": adl_fp32(prepared, folder)}),
         (("adl_int8",), lambda: {"adl_int8": adl_int8(prepared, folder)}),
         (("ort_fp32", "ort_int8"), lambda: ort_engines(prepared, folder, wanted)),
-        (("openvino_fp32", "openvino_int8"), lambda: openvino_engines(prepared, wanted))]
+        (("openvino_fp32", "openvino_int8"), lambda: openvino_engines(prepared, wanted)),
+    ]
     for names, make in groups:
         names = tuple(n for n in names if n in wanted)
         if not names:
@@ -347,10 +399,12 @@ def make_engines(prepared: Prepared, folder: Path, wanted: Sequence[str]) -> dic
 
 # -- measuring --------------------------------------------------------------------------------
 
+
 def run_all(call: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """An engine's logits (N, classes) for the batch `x`, one batch-1 call per image."""
-    return np.concatenate([np.asarray(call(np.ascontiguousarray(x[i:i + 1])), np.float32).reshape(1, -1)
-                           for i in range(len(x))])
+    return np.concatenate(
+        [np.asarray(call(np.ascontiguousarray(x[i : i + 1])), np.float32).reshape(1, -1) for i in range(len(x))]
+    )
 
 
 def evaluate(name: str, engine: Engine, prepared: Prepared, fp32_classes: np.ndarray) -> dict:
@@ -392,6 +446,7 @@ def percent_of_peak(engine: str, macs: int, latency_s: float | None, peaks: Mapp
 
 # -- goals ------------------------------------------------------------------------------------
 
+
 def _goal(value: float | None, target: float, at_least: bool) -> dict:
     """{"value", "target", "met"}: met when `value` is >= `target` (`at_least`) or <= it; not without a value."""
     met = value is not None and (value >= target if at_least else value <= target)
@@ -420,19 +475,23 @@ def goals(report: Mapping) -> dict:
         if net in PEER_NETWORKS:
             for peer, text in PEERS.items():
                 out[f"{net}: adl int8 latency <= {text}"] = _goal(
-                    _ratio(int8, _engine(row, peer).get("latency_s")), 1.0, False)
+                    _ratio(int8, _engine(row, peer).get("latency_s")), 1.0, False
+                )
         if net == "fashion":
             adl = _engine(row, "adl_int8")
             out["fashion: library logits bit-identical to the PyTorch integer model"] = _goal(
-                adl.get("bit_identical_to_integer_model"), 1.0, True)
+                adl.get("bit_identical_to_integer_model"), 1.0, True
+            )
             fp32, accuracy = row.get("fp32_accuracy"), adl.get("test_accuracy")
             drop = 100.0 * (fp32 - accuracy) if fp32 is not None and accuracy is not None else None
             out[f"fashion: adl int8 accuracy within {ACCURACY_POINTS:g} point of fp32"] = _goal(
-                drop, ACCURACY_POINTS, False)
+                drop, ACCURACY_POINTS, False
+            )
     return out
 
 
 # -- the bench --------------------------------------------------------------------------------
+
 
 def measure_network(name: str, args: argparse.Namespace, peak: Mapping) -> dict:
     """One network's row: its MACs, input shape, and per engine latency, rounds, % of peak and
@@ -441,10 +500,13 @@ def measure_network(name: str, args: argparse.Namespace, peak: Mapping) -> dict:
     log(f"{name}: preparing ({network.source} {network.builder}, {network.input_shape})")
     prepared = prepare(name, args)
     torch.set_num_threads(THREADS)
-    row: dict = {"source": network.source, "input_shape": [1, *prepared.input_shape],
-                 "macs": count_macs(prepared.model, prepared.input_shape),
-                 "weights": "trained" if prepared.eval_y is not None else "random (torch seed 0)",
-                 "calibration_images": len(prepared.calibration)}
+    row: dict = {
+        "source": network.source,
+        "input_shape": [1, *prepared.input_shape],
+        "macs": count_macs(prepared.model, prepared.input_shape),
+        "weights": "trained" if prepared.eval_y is not None else "random (torch seed 0)",
+        "calibration_images": len(prepared.calibration),
+    }
     if prepared.fp32_accuracy is not None:
         row["fp32_accuracy"] = prepared.fp32_accuracy
     with tempfile.TemporaryDirectory(prefix=f"int8-{name}-") as folder:
@@ -467,8 +529,9 @@ def measure_network(name: str, args: argparse.Namespace, peak: Mapping) -> dict:
             rows[engine]["error"] = rounds
             continue
         latency = statistics.median(rounds)
-        rows[engine].update(latency_s=latency, rounds_s=rounds,
-                            percent_of_peak=percent_of_peak(engine, row["macs"], latency, peak))
+        rows[engine].update(
+            latency_s=latency, rounds_s=rounds, percent_of_peak=percent_of_peak(engine, row["macs"], latency, peak)
+        )
         log(f"  {engine}: {latency * 1e6:.1f} us")
     row["engines"] = rows
     return row
@@ -491,9 +554,11 @@ def versions() -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     uses_fashion = "fashion" in args.networks
-    origin = provenance(("Fashion-MNIST for `fashion` (" + FASHION_DATA + "); " if uses_fashion else "")
-                        + "torchvision networks: random weights (torch seed 0), synthetic inputs (uniform [0, 1) "
-                          "normalised with ImageNet's mean and std, seed 0)")
+    origin = provenance(
+        ("Fashion-MNIST for `fashion` (" + FASHION_DATA + "); " if uses_fashion else "")
+        + "torchvision networks: random weights (torch seed 0), synthetic inputs (uniform [0, 1) "
+        "normalised with ImageNet's mean and std, seed 0)"
+    )
     started = time.perf_counter()
     torch.set_num_threads(THREADS)
     log("measuring this CPU's peaks")
@@ -506,16 +571,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - the next network may still run
             log(f"{name}: failed: {first_line(err)}")
             networks[name] = {"error": first_line(err)}
-    report: dict = {"provenance": origin,
-                    "settings": {"threads": THREADS, "batch": 1, "target": TARGET, "rounds": args.rounds,
-                                 "repeats": args.repeats, "warmup": WARMUP, "calibration": args.calibration,
-                                 "epochs": args.epochs, "quick": args.quick, "networks": args.networks,
-                                 "engines": args.engines, "schedules": "adl default (untuned)",
-                                 "adl_int8": "haq pass, 8 bits everywhere, percentile calibration, no fine-tuning",
-                                 "ort": "quantize_static QDQ, per-channel, QUInt8 activations, QInt8 weights, MinMax",
-                                 "openvino": "nncf.quantize defaults; INFERENCE_PRECISION_HINT f32, LATENCY",
-                                 "versions": versions()},
-                    "peaks": peak, "networks": networks}
+    report: dict = {
+        "provenance": origin,
+        "settings": {
+            "threads": THREADS,
+            "batch": 1,
+            "target": TARGET,
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "warmup": WARMUP,
+            "calibration": args.calibration,
+            "epochs": args.epochs,
+            "quick": args.quick,
+            "networks": args.networks,
+            "engines": args.engines,
+            "schedules": "adl default (untuned)",
+            "adl_int8": "haq pass, 8 bits everywhere, percentile calibration, no fine-tuning",
+            "ort": "quantize_static QDQ, per-channel, QUInt8 activations, QInt8 weights, MinMax",
+            "openvino": "nncf.quantize defaults; INFERENCE_PRECISION_HINT f32, LATENCY",
+            "versions": versions(),
+        },
+        "peaks": peak,
+        "networks": networks,
+    }
     report = {"goals": goals(report), **report, "seconds": time.perf_counter() - started}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

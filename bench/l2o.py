@@ -27,19 +27,25 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+from provenance import provenance
 
 from adl.passes.train.l2o import load_weights
 from adl.passes.train.l2o.config import IN_FAMILY, OUT_OF_FAMILY, MetaConfig
 from adl.passes.train.l2o.rule import l2o
 from adl.passes.train.l2o.tasks import Task, make_task, rollout
-from provenance import provenance
 
 # what the figures depend on (`python -m bench.status`): the rule, the shipped weights, the tasks, the data
-MEASURES = ("bench/l2o.py", "passes/train/l2o", "data")
+MEASURES = ("bench/l2o.py", "adl/passes/train/l2o", "adl/data")
 # `adl l2o meta-train --curves bench/results/l2o[_TASK]_meta_train.json` (then `python bench/provenance.py`) measures
 # meta-training, whose output the weights are: not the weights themselves, nor this file
-META_TRAINING = ("passes/train/l2o/meta_train.py", "passes/train/l2o/rule.py", "passes/train/l2o/tasks.py",
-                 "passes/train/l2o/config.py", "passes/train/l2o/weights.py", "data")
+META_TRAINING = (
+    "adl/passes/train/l2o/meta_train.py",
+    "adl/passes/train/l2o/rule.py",
+    "adl/passes/train/l2o/tasks.py",
+    "adl/passes/train/l2o/config.py",
+    "adl/passes/train/l2o/weights.py",
+    "adl/data",
+)
 RESULT_MEASURES = {"l2o_meta_train": META_TRAINING, "l2o_quadratic_meta_train": META_TRAINING}
 BASELINES = {
     "adam": optax.adam,
@@ -57,16 +63,29 @@ def _final(losses: np.ndarray) -> np.ndarray:
 
 def _stats(values: np.ndarray) -> dict:
     finite = values[np.isfinite(values)]
-    return {"mean": float(np.mean(values)) if len(finite) == len(values) else float("inf"),
-            "std": float(np.std(finite)) if len(finite) else None, "median": float(np.median(values)),
-            # the typical problem's loss (the mean is the hardest problems'): both are reported
-            "geomean": float(np.exp(np.mean(np.log(values)))) if len(finite) == len(values) and np.all(values > 0)
-            else None,
-            "diverged": int(len(values) - len(finite)), "per_seed": [float(v) for v in values]}
+    return {
+        "mean": float(np.mean(values)) if len(finite) == len(values) else float("inf"),
+        "std": float(np.std(finite)) if len(finite) else None,
+        "median": float(np.median(values)),
+        # the typical problem's loss (the mean is the hardest problems'): both are reported
+        "geomean": float(np.exp(np.mean(np.log(values))))
+        if len(finite) == len(values) and np.all(values > 0)
+        else None,
+        "diverged": int(len(values) - len(finite)),
+        "per_seed": [float(v) for v in values],
+    }
 
 
-def bench_task(name: str, weights, horizon: int, seeds: list[int], grid: tuple[float, ...],
-               tuning_seeds: list[int], specialist=None, task: Task | None = None) -> dict:
+def bench_task(
+    name: str,
+    weights,
+    horizon: int,
+    seeds: list[int],
+    grid: tuple[float, ...],
+    tuning_seeds: list[int],
+    specialist=None,
+    task: Task | None = None,
+) -> dict:
     """L2O (and, given `specialist` weights meta-trained on this task kind alone, as the paper
     trains one optimizer per family, that one too) against the tuned baselines on `name`
     (on its held-out digits subset), or on `task` when one is given."""
@@ -78,9 +97,11 @@ def bench_task(name: str, weights, horizon: int, seeds: list[int], grid: tuple[f
         tuned = rollout(task, make, grid, tuning_seeds, steps)  # (lrs, seeds, steps + 1)
         score = {t: _final(tuned[:, :, t]).mean(axis=1) for t in (horizon, steps)}
         chosen[opt] = {t: grid[int(np.argmin(score[t]))] for t in score}
-        result["tuning"][opt] = {"grid": list(grid), **{f"mean_loss_at_{t}": [float(v) for v in score[t]]
-                                                        for t in score},
-                                 **{f"best_lr_at_{t}": chosen[opt][t] for t in score}}
+        result["tuning"][opt] = {
+            "grid": list(grid),
+            **{f"mean_loss_at_{t}": [float(v) for v in score[t]] for t in score},
+            **{f"best_lr_at_{t}": chosen[opt][t] for t in score},
+        }
     learned = rollout(task, lambda scale: l2o(weights, scale=scale), (1.0,), seeds, steps)[0]
     runs = {"l2o": {horizon: learned, steps: learned}}  # untuned: one run serves both
     if specialist is not None:
@@ -101,8 +122,7 @@ def bench_task(name: str, weights, horizon: int, seeds: list[int], grid: tuple[f
         finals["best_baseline"] = best
         finals["l2o_over_best"] = l2o_final / best_final if np.isfinite(best_final) and best_final > 0 else None
         finals["l2o_beats_best"] = bool(l2o_final < best_final)
-        finals["l2o_wins_per_seed"] = int(np.sum(_final(runs["l2o"][t][:, t]) <
-                                                 _final(runs[best][t][:, t])))
+        finals["l2o_wins_per_seed"] = int(np.sum(_final(runs["l2o"][t][:, t]) < _final(runs[best][t][:, t])))
         if specialist is not None:
             alone = finals["l2o_specialist"]["mean"]
             finals["l2o_specialist_over_best"] = alone / best_final if best_final > 0 else None
@@ -111,8 +131,10 @@ def bench_task(name: str, weights, horizon: int, seeds: list[int], grid: tuple[f
     for opt, by_t in runs.items():
         curves = by_t[horizon]  # the horizon-tuned baselines' curves, to 2x the horizon
         with np.errstate(invalid="ignore"):
-            result["curves"][opt] = {"mean": [float(v) for v in np.mean(curves, axis=0)],
-                                     "std": [float(v) for v in np.std(curves, axis=0)]}
+            result["curves"][opt] = {
+                "mean": [float(v) for v in np.mean(curves, axis=0)],
+                "std": [float(v) for v in np.std(curves, axis=0)],
+            }
     return result
 
 
@@ -124,15 +146,16 @@ def step_overhead(weights, repeats: int) -> dict:
         params, instance = task.init(jax.random.key(0))
         fns = {}
         for opt, tx in (("l2o", l2o(weights)), ("adam", optax.adam(1e-2))):
+
             def step(params, state, key, tx=tx):
-                grads = jax.grad(task.loss)(params, instance, key)
+                grads = jax.grad(task.loss)(params, instance, key)  # noqa: B023 -- jitted and run in this iteration
                 updates, state = tx.update(grads, state, params)
                 return optax.apply_updates(params, updates), state
 
             fns[opt] = (jax.jit(step), tx.init(params))
         times: dict[str, list[float]] = {opt: [] for opt in fns}
         key = jax.random.key(1)
-        for opt, (fn, state) in fns.items():
+        for opt, (fn, state) in fns.items():  # noqa: B007 -- names the optimizer being warmed up
             jax.block_until_ready(fn(params, state, key))
         for _ in range(repeats):
             for opt, (fn, state) in fns.items():  # interleaved, so load changes hit both alike
@@ -171,8 +194,11 @@ def _torch_overhead(weights, repeats: int) -> dict:
             if i >= 5:
                 times[opt].append(time.perf_counter() - start)
     med = {opt: statistics.median(v) for opt, v in times.items()}
-    return {"parameters": sum(p.numel() for p in setups["adam"][0].parameters()), "median_step_s": med,
-            "l2o_over_adam": med["l2o"] / med["adam"]}
+    return {
+        "parameters": sum(p.numel() for p in setups["adam"][0].parameters()),
+        "median_step_s": med,
+        "l2o_over_adam": med["l2o"] / med["adam"],
+    }
 
 
 def plot(results: dict, horizon: int, path: Path) -> None:
@@ -190,10 +216,11 @@ def plot(results: dict, horizon: int, path: Path) -> None:
         for opt, curve in results[name]["curves"].items():
             mean, std = np.array(curve["mean"], float), np.array(curve["std"], float)
             label = f"{opt} (lr {final[opt]['lr']:g})" if opt in BASELINES else opt
-            line, = ax.plot(mean, label=label, lw=1 if opt in BASELINES else 2)
+            (line,) = ax.plot(mean, label=label, lw=1 if opt in BASELINES else 2)
             # ±std where it stays positive (a log axis cannot show the rest)
-            ax.fill_between(np.arange(len(mean)), mean - std, mean + std, where=mean - std > 0, alpha=0.15,
-                            color=line.get_color())
+            ax.fill_between(
+                np.arange(len(mean)), mean - std, mean + std, where=mean - std > 0, alpha=0.15, color=line.get_color()
+            )
         ax.axvline(horizon, color="grey", ls=":", lw=1)
         ax.set_yscale("log")
         family = "in-family" if name in IN_FAMILY else "out-of-family"
@@ -213,16 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, help="weights file (default: the shipped weights)")
     parser.add_argument("--seeds", type=int, default=10, help="evaluation seeds (default 10)")
     parser.add_argument("--tasks", nargs="+", choices=IN_FAMILY + OUT_OF_FAMILY, help="only these tasks")
-    parser.add_argument("--specialist", action="append", default=[], metavar="TASK=FILE",
-                        help="also run weights meta-trained on TASK alone (adl l2o meta-train --tasks TASK) on TASK")
+    parser.add_argument(
+        "--specialist",
+        action="append",
+        default=[],
+        metavar="TASK=FILE",
+        help="also run weights meta-trained on TASK alone (adl l2o meta-train --tasks TASK) on TASK",
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from an existing --out JSON")
     args = parser.parse_args(argv)
     if args.plot_only:
         report = json.loads(args.out.read_text())
         plot(report["tasks"], report["horizon"], args.out.with_suffix(".png"))
         return 0
-    origin = provenance("digits (scikit-learn 8x8: the held-out 40 % meta-training never saw) and random quadratics",
-                        None if argv is None else [sys.argv[0], *argv])
+    origin = provenance(
+        "digits (scikit-learn 8x8: the held-out 40 % meta-training never saw) and random quadratics",
+        None if argv is None else [sys.argv[0], *argv],
+    )
     weights = load_weights(args.weights)
     specialists = {}
     for item in args.specialist:
@@ -243,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = []
         for t in (horizon, 2 * horizon):
             f = results[name]["final"][f"step_{t}"]
-            summary.append(f"at {t}: l2o {f['l2o']['mean']:.4g} vs {f['best_baseline']} "
-                           f"{f[f['best_baseline']]['mean']:.4g}")
-        print(f"{name}: " + "; ".join(summary) + " "
-              f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+            summary.append(
+                f"at {t}: l2o {f['l2o']['mean']:.4g} vs {f['best_baseline']} {f[f['best_baseline']]['mean']:.4g}"
+            )
+        print(f"{name}: " + "; ".join(summary) + f" ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     overhead = step_overhead(weights, 30 if args.quick else 200)
     goals = {}
     for name in names:
@@ -254,28 +288,43 @@ def main(argv: list[str] | None = None) -> int:
         for t, tag in ((horizon, "horizon"), (2 * horizon, "2x_horizon")):
             f = results[name]["final"][f"step_{t}"]
             goals[f"{family}_{name}_l2o_beats_best_tuned_at_{tag}"] = {
-                "value": f["l2o_over_best"], "target": "< 1 (L2O mean final loss / best tuned baseline's)",
-                "met": f["l2o_beats_best"], "best_baseline": f["best_baseline"]}
+                "value": f["l2o_over_best"],
+                "target": "< 1 (L2O mean final loss / best tuned baseline's)",
+                "met": f["l2o_beats_best"],
+                "best_baseline": f["best_baseline"],
+            }
             if name in specialists:
                 goals[f"{family}_{name}_specialist_l2o_beats_best_tuned_at_{tag}"] = {
-                    "value": f["l2o_specialist_over_best"], "met": f["l2o_specialist_beats_best"],
+                    "value": f["l2o_specialist_over_best"],
+                    "met": f["l2o_specialist_beats_best"],
                     "target": "< 1 (specialist L2O mean final loss / best tuned baseline's)",
-                    "best_baseline": f["best_baseline"]}
+                    "best_baseline": f["best_baseline"],
+                }
     if set(IN_FAMILY) <= set(names):
         goals["in_family_all_beaten_at_horizon"] = {
             "value": sum(results[n]["final"][f"step_{horizon}"]["l2o_beats_best"] for n in IN_FAMILY),
-            "target": len(IN_FAMILY), "met": all(results[n]["final"][f"step_{horizon}"]["l2o_beats_best"]
-                                                 for n in IN_FAMILY)}
-    report = {"goals": goals, "provenance": origin, "quick": args.quick, "horizon": horizon, "seeds": seeds,
-              "tuning_seeds": tuning, "lr_grid": list(grid), "weights": str(args.weights or "shipped"),
-              "specialists": {task: path for task, _, path in (item.partition("=") for item in args.specialist)},
-              "loss": "full-data training loss on the held-out digits subset (quadratic: its own loss)",
-              "tasks": results, "step_overhead": overhead, "seconds": time.perf_counter() - began}
+            "target": len(IN_FAMILY),
+            "met": all(results[n]["final"][f"step_{horizon}"]["l2o_beats_best"] for n in IN_FAMILY),
+        }
+    report = {
+        "goals": goals,
+        "provenance": origin,
+        "quick": args.quick,
+        "horizon": horizon,
+        "seeds": seeds,
+        "tuning_seeds": tuning,
+        "lr_grid": list(grid),
+        "weights": str(args.weights or "shipped"),
+        "specialists": {task: path for task, _, path in (item.partition("=") for item in args.specialist)},
+        "loss": "full-data training loss on the held-out digits subset (quadratic: its own loss)",
+        "tasks": results,
+        "step_overhead": overhead,
+        "seconds": time.perf_counter() - began,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     plot(results, horizon, args.out.with_suffix(".png"))
-    print(json.dumps({"goals": goals, "step_overhead": {k: v["l2o_over_adam"] for k, v in overhead.items()}},
-                     indent=1))
+    print(json.dumps({"goals": goals, "step_overhead": {k: v["l2o_over_adam"] for k, v in overhead.items()}}, indent=1))
     return 0
 
 

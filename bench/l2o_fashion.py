@@ -23,23 +23,25 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from l2o import LR_GRID, TUNING_SEEDS, bench_task
+from provenance import provenance
 
 from adl.data import load_dataset
 from adl.passes.train.l2o import load_weights
 from adl.passes.train.l2o.config import MetaConfig
 from adl.passes.train.l2o.tasks import BATCH, Task
-from l2o import LR_GRID, TUNING_SEEDS, bench_task
-from provenance import provenance
 
-MEASURES = ("bench/l2o_fashion.py", "bench/l2o.py", "passes/train/l2o", "data")
+MEASURES = ("bench/l2o_fashion.py", "bench/l2o.py", "adl/passes/train/l2o", "adl/data")
 CHANNELS, POOL = 8, 4
 
 
 def _init(key):
     k1, k2 = jax.random.split(key)
     features = CHANNELS * (28 // POOL) ** 2
-    return [{"w": jax.random.normal(k1, (CHANNELS, 1, 3, 3)) * jnp.sqrt(1.0 / 9), "b": jnp.zeros(CHANNELS)},
-            {"w": jax.random.normal(k2, (features, 10)) * jnp.sqrt(1.0 / features), "b": jnp.zeros(10)}]
+    return [
+        {"w": jax.random.normal(k1, (CHANNELS, 1, 3, 3)) * jnp.sqrt(1.0 / 9), "b": jnp.zeros(CHANNELS)},
+        {"w": jax.random.normal(k2, (features, 10)) * jnp.sqrt(1.0 / features), "b": jnp.zeros(10)},
+    ]
 
 
 def _apply(params, x):
@@ -65,7 +67,9 @@ def fashion_task(images: int) -> Task:
         idx = jax.random.randint(key, (BATCH,), 0, x_all.shape[0])
         return xent(params, x_all[idx], y_all[idx])
 
-    return Task("fashion_cnn", lambda key: (_init(key), None), loss, lambda params, instance: xent(params, x_all, y_all))
+    return Task(
+        "fashion_cnn", lambda key: (_init(key), None), loss, lambda params, instance: xent(params, x_all, y_all)
+    )
 
 
 def main() -> int:
@@ -87,18 +91,31 @@ def main() -> int:
     for t, tag in ((horizon, "horizon"), (2 * horizon, "2x_horizon")):
         f = result["final"][f"step_{t}"]
         goals[f"out_of_family_fashion_cnn_l2o_beats_best_tuned_at_{tag}"] = {
-            "value": f["l2o_over_best"], "target": "< 1 (L2O mean final loss / best tuned baseline's)",
-            "met": f["l2o_beats_best"], "best_baseline": f["best_baseline"]}
-    report = {"goals": goals, "provenance": origin, "quick": args.quick, "horizon": horizon, "seeds": seeds,
-              "tuning_seeds": tuning, "lr_grid": list(grid), "images": args.images,
-              "network": f"conv 3x3 x {CHANNELS}, ReLU, {POOL}x{POOL} mean pool, linear -> 10",
-              "loss": f"full-data training loss on the {args.images}-image subset", "task": result,
-              "seconds": time.perf_counter() - began}
+            "value": f["l2o_over_best"],
+            "target": "< 1 (L2O mean final loss / best tuned baseline's)",
+            "met": f["l2o_beats_best"],
+            "best_baseline": f["best_baseline"],
+        }
+    report = {
+        "goals": goals,
+        "provenance": origin,
+        "quick": args.quick,
+        "horizon": horizon,
+        "seeds": seeds,
+        "tuning_seeds": tuning,
+        "lr_grid": list(grid),
+        "images": args.images,
+        "network": f"conv 3x3 x {CHANNELS}, ReLU, {POOL}x{POOL} mean pool, linear -> 10",
+        "loss": f"full-data training loss on the {args.images}-image subset",
+        "task": result,
+        "seconds": time.perf_counter() - began,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for goal, verdict in goals.items():
-        print(f"{goal}: {verdict['value']:.3f} (best: {verdict['best_baseline']}) "
-              f"{'met' if verdict['met'] else 'MISSED'}")
+        print(
+            f"{goal}: {verdict['value']:.3f} (best: {verdict['best_baseline']}) {'met' if verdict['met'] else 'MISSED'}"
+        )
     return 0
 
 

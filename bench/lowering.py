@@ -66,14 +66,33 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-
 from common import log
-from peers import (Engine, _guarded, _with, count_macs, export_onnx, first_line, gemm_peak, import_torchvision,
-                   openvino_compiled, ort_engine, ort_session, peaks, time_interleaved, versions)
+from peers import (
+    Engine,
+    _guarded,
+    _with,
+    count_macs,
+    export_onnx,
+    first_line,
+    gemm_peak,
+    import_torchvision,
+    openvino_compiled,
+    ort_engine,
+    ort_session,
+    peaks,
+    time_interleaved,
+    versions,
+)
 from provenance import provenance
 
 # what the figures depend on (`python -m bench.status`): the bench, the peers, the lowering and the runtime
-MEASURES = ("bench/lowering.py", "bench/peers.py", "backends/tvm", "backends/runtime.py", "compiler/folding.py")
+MEASURES = (
+    "bench/lowering.py",
+    "bench/peers.py",
+    "adl/backends/tvm",
+    "adl/backends/runtime.py",
+    "adl/models/folding.py",
+)
 
 THREADS = 2
 TARGET = {"kind": "llvm", "num-cores": THREADS}  # no mcpu: built for this machine's CPU (recorded per library)
@@ -107,23 +126,36 @@ PEAK_KINDS = ("fma", "gemm")  # the report's "peaks" entries an engine is compar
 
 # -- settings ---------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line; what is not given takes the full defaults, or with --quick the smoke
     run's (MobileNetV2 at 32x32, batch 1, 3 rounds of 20 calls, no torch.compile, no thread check)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="mobilenet_v2 at 32x32, batch 1, 3 rounds of 20 calls, no torch.compile, no thread check")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="mobilenet_v2 at 32x32, batch 1, 3 rounds of 20 calls, no torch.compile, no thread check",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/lowering.json"))
     parser.add_argument("--networks", nargs="+", choices=list(ARCHITECTURES), default=None)
     parser.add_argument("--sizes", nargs="+", type=int, choices=list(SIZES), default=None)
     parser.add_argument("--batches", nargs="+", type=int, default=None, help=f"default {' '.join(map(str, BATCHES))}")
     parser.add_argument("--rounds", type=int, default=None, help=f"default {ROUNDS[0]} ({ROUNDS[1]} with --quick)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls a round in every case (default: by size and batch, see CALLS)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed calls a round in every case (default: by size and batch, see CALLS)",
+    )
     parser.add_argument("--skip-torch-compile", action="store_true")
     parser.add_argument("--skip-thread-check", action="store_true")
-    parser.add_argument("--tune-minutes", nargs="+", type=float, default=[],
-                        help="MobileNetV2-224 batch 1 also tuned for each of these minutes (e.g. 5 15 30)")
+    parser.add_argument(
+        "--tune-minutes",
+        nargs="+",
+        type=float,
+        default=[],
+        help="MobileNetV2-224 batch 1 also tuned for each of these minutes (e.g. 5 15 30)",
+    )
     args = parser.parse_args(argv)
     defaults = {"networks": list(ARCHITECTURES), "sizes": list(SIZES), "batches": list(BATCHES)}
     for name, full in defaults.items():
@@ -154,6 +186,7 @@ def calls_for(size: int, batch: int, args: argparse.Namespace) -> tuple[int, int
 
 # -- networks ---------------------------------------------------------------------------------
 
+
 def network_name(arch: str, size: int) -> str:
     """The report's key of a network at an input size, e.g. "mobilenet_v2_224"."""
     return f"{arch}_{size}"
@@ -173,11 +206,14 @@ def example_input(size: int, batch: int) -> np.ndarray:
 
 # -- engines ----------------------------------------------------------------------------------
 
+
 def torch_call(model: torch.nn.Module):
     """An engine call running `model` under torch.inference_mode on a numpy batch."""
+
     def call(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
+
     return call
 
 
@@ -196,8 +232,15 @@ def torch_compile_engine(model: torch.nn.Module, x: np.ndarray) -> Engine:
     call = torch_call(torch.compile(model, backend="inductor", dynamic=False))
     started = time.perf_counter()
     call(x)
-    return Engine(call, {"compile_seconds": time.perf_counter() - started, "freezing": True,
-                         "threads": torch.get_num_threads(), "version": torch.__version__})
+    return Engine(
+        call,
+        {
+            "compile_seconds": time.perf_counter() - started,
+            "freezing": True,
+            "threads": torch.get_num_threads(),
+            "version": torch.__version__,
+        },
+    )
 
 
 def onnxruntime_engine(model: torch.nn.Module, x: np.ndarray, folder: Path, threads: int = THREADS) -> Engine:
@@ -206,8 +249,9 @@ def onnxruntime_engine(model: torch.nn.Module, x: np.ndarray, folder: Path, thre
 
     path = folder / "model.onnx"
     exporter = export_onnx(model, x, path)
-    return Engine(ort_engine(ort_session(path, threads)), {"version": ort.__version__, "exporter": exporter,
-                                                           "threads": threads})
+    return Engine(
+        ort_engine(ort_session(path, threads)), {"version": ort.__version__, "exporter": exporter, "threads": threads}
+    )
 
 
 def openvino_engine(model: torch.nn.Module, x: np.ndarray, threads: int = THREADS) -> Engine:
@@ -218,12 +262,10 @@ def openvino_engine(model: torch.nn.Module, x: np.ndarray, threads: int = THREAD
         warnings.simplefilter("ignore")
         converted = ov.convert_model(model, example_input=torch.from_numpy(x))
     converted.reshape(ov.PartialShape(list(x.shape)))
-    return _with(openvino_compiled(ov.Core(), converted, threads), version=ov.__version__,
-                 input_shape=list(x.shape))
+    return _with(openvino_compiled(ov.Core(), converted, threads), version=ov.__version__, input_shape=list(x.shape))
 
 
-def adl_engine(model: torch.nn.Module, x: np.ndarray, path: Path, threads: int = THREADS,
-               tune=None) -> Engine:
+def adl_engine(model: torch.nn.Module, x: np.ndarray, path: Path, threads: int = THREADS, tune=None) -> Engine:
     """adl's library of `model` for batch len(x) at `path` (tuned with `tune`, a TuneRequest),
     loaded at the thread count `fastest_thread_count` picks from 1..`threads`."""
     from adl.backends.runtime import CompiledLibrary, fastest_thread_count
@@ -234,10 +276,18 @@ def adl_engine(model: torch.nn.Module, x: np.ndarray, path: Path, threads: int =
     compile_seconds = time.perf_counter() - started
     choice = fastest_thread_count(path, info.input_shape, threads)
     library = CompiledLibrary(path, info.input_shape, num_threads=choice.threads)
-    row = {"compile_seconds": compile_seconds, "build_seconds": info.build_seconds,
-           "library_bytes": info.library_bytes, "target": info.target, "input_shape": list(info.input_shape),
-           "threads": choice.threads, "thread_median_ms": thread_medians_ms(choice), "tuning": info.tuning,
-           "notes": list(info.notes), "tvm_version": info.tvm_version}
+    row = {
+        "compile_seconds": compile_seconds,
+        "build_seconds": info.build_seconds,
+        "library_bytes": info.library_bytes,
+        "target": info.target,
+        "input_shape": list(info.input_shape),
+        "threads": choice.threads,
+        "thread_median_ms": thread_medians_ms(choice),
+        "tuning": info.tuning,
+        "notes": list(info.notes),
+        "tvm_version": info.tvm_version,
+    }
     return Engine(library.run, row)
 
 
@@ -251,24 +301,27 @@ def tuned_name(minutes: float) -> str:
     return f"adl_tuned_{minutes:g}min"
 
 
-def make_engines(model: torch.nn.Module, x: np.ndarray, folder: Path, args: argparse.Namespace,
-                 tune_minutes: Sequence[float] = ()) -> dict[str, Engine | dict]:
+def make_engines(
+    model: torch.nn.Module, x: np.ndarray, folder: Path, args: argparse.Namespace, tune_minutes: Sequence[float] = ()
+) -> dict[str, Engine | dict]:
     """The engines of one case, in ENGINES' order, then the tuned libraries (one per minutes in
     `tune_minutes`); a failed one is {"error": ...}."""
     from adl.backends.tvm.build import TuneRequest
 
-    makers = {"pytorch_eager": lambda: eager_engine(model),
-              "torch_compile": lambda: torch_compile_engine(model, x),
-              "onnxruntime": lambda: onnxruntime_engine(model, x, folder),
-              "openvino": lambda: openvino_engine(model, x),
-              "adl": lambda: adl_engine(model, x, folder / "adl.so")}
+    makers = {
+        "pytorch_eager": lambda: eager_engine(model),
+        "torch_compile": lambda: torch_compile_engine(model, x),
+        "onnxruntime": lambda: onnxruntime_engine(model, x, folder),
+        "openvino": lambda: openvino_engine(model, x),
+        "adl": lambda: adl_engine(model, x, folder / "adl.so"),
+    }
     if args.skip_torch_compile:
         del makers["torch_compile"]
     for minutes in tune_minutes:
         request = TuneRequest(trials_per_task=TUNE_TRIALS, minutes=minutes, root=folder / f"tuning-{minutes:g}min")
-        makers[tuned_name(minutes)] = (lambda m=minutes, r=request: _with(
-            adl_engine(model, x, folder / f"{tuned_name(m)}.so", tune=r), tune_minutes=m,
-            trials_per_task=TUNE_TRIALS))
+        makers[tuned_name(minutes)] = lambda m=minutes, r=request: _with(
+            adl_engine(model, x, folder / f"{tuned_name(m)}.so", tune=r), tune_minutes=m, trials_per_task=TUNE_TRIALS
+        )
     out: dict[str, Engine | dict] = {}
     for name, make in makers.items():
         log(f"  building {name}")
@@ -287,11 +340,16 @@ def output_check(logits: np.ndarray, reference: np.ndarray, tolerance: float = O
     difference = float(np.max(np.abs(logits - reference)))
     scale = float(np.max(np.abs(reference)))
     relative = difference / scale if scale > 0 else difference
-    return {"max_abs_diff": difference, "logit_scale": scale, "relative_diff": relative,
-            "output_ok": bool(relative <= tolerance)}
+    return {
+        "max_abs_diff": difference,
+        "logit_scale": scale,
+        "relative_diff": relative,
+        "output_ok": bool(relative <= tolerance),
+    }
 
 
 # -- measuring --------------------------------------------------------------------------------
+
 
 def percent_of_peak(macs: int, latency_s: float | None, peak: Mapping, threads: int = THREADS) -> dict:
     """2 x `macs` FLOPs per `latency_s` as a percentage of each fp32 peak of the report's "peaks"
@@ -307,8 +365,12 @@ def timing_row(rounds: list[float], batch: int, macs: int, peak: Mapping) -> dic
     """An engine's figures from its per-round medians (seconds): latency and rounds in ms,
     images/s and % of both peaks."""
     latency = statistics.median(rounds)
-    return {"latency_ms": latency * 1e3, "rounds_ms": [r * 1e3 for r in rounds], "images_per_s": batch / latency,
-            "percent_of_peak": percent_of_peak(macs, latency, peak)}
+    return {
+        "latency_ms": latency * 1e3,
+        "rounds_ms": [r * 1e3 for r in rounds],
+        "images_per_s": batch / latency,
+        "percent_of_peak": percent_of_peak(macs, latency, peak),
+    }
 
 
 def thread_check(path: Path, input_shape: Sequence[int], threads: int = THREADS) -> dict:
@@ -324,13 +386,17 @@ def thread_check(path: Path, input_shape: Sequence[int], threads: int = THREADS)
     finally:
         burner.kill()
         burner.wait()
-    return {"quiet": {"threads": quiet.threads, "median_ms": thread_medians_ms(quiet)},
-            "loaded": {"threads": loaded.threads, "median_ms": thread_medians_ms(loaded)},
-            "same": quiet.threads == loaded.threads, "load": "one `while True: pass` Python process"}
+    return {
+        "quiet": {"threads": quiet.threads, "median_ms": thread_medians_ms(quiet)},
+        "loaded": {"threads": loaded.threads, "median_ms": thread_medians_ms(loaded)},
+        "same": quiet.threads == loaded.threads,
+        "load": "one `while True: pass` Python process",
+    }
 
 
-def measure_case(arch: str, size: int, batch: int, model: torch.nn.Module, args: argparse.Namespace,
-                 peak: Mapping, folder: Path) -> tuple[dict, dict | None]:
+def measure_case(
+    arch: str, size: int, batch: int, model: torch.nn.Module, args: argparse.Namespace, peak: Mapping, folder: Path
+) -> tuple[dict, dict | None]:
     """One (network, size, batch) case: its row (MACs, calls, per engine the build figures, the
     output check against eager, latency, rounds, images/s, % of peak) and, for SPECIAL_CASE, the
     thread check (else None)."""
@@ -351,9 +417,10 @@ def measure_case(arch: str, size: int, batch: int, model: torch.nn.Module, args:
             rows[name]["error"] = first_line(err)
             continue
         if name.startswith("adl") and not rows[name]["output_ok"]:
-            log(f"    {name}: WRONG OUTPUT, relative difference {rows[name]['relative_diff']:.3g} "
-                f"> {OUTPUT_TOLERANCE}")
-    calls = {name: made.call for name, made in engines.items() if isinstance(made, Engine) and "error" not in rows[name]}
+            log(f"    {name}: WRONG OUTPUT, relative difference {rows[name]['relative_diff']:.3g} > {OUTPUT_TOLERANCE}")
+    calls = {
+        name: made.call for name, made in engines.items() if isinstance(made, Engine) and "error" not in rows[name]
+    }
     log(f"  timing {', '.join(calls)}: {args.rounds} interleaved rounds of {warmup} + {repeats} calls")
     for name, rounds in time_interleaved(calls, x, args.rounds, repeats, warmup).items():
         if isinstance(rounds, str):
@@ -365,8 +432,15 @@ def measure_case(arch: str, size: int, batch: int, model: torch.nn.Module, args:
     if special and not args.skip_thread_check and "latency_ms" in rows.get("adl", {}):
         log("  thread check: the adl library's thread count quiet and under load")
         checked = _guarded_dict(lambda: thread_check(folder / "adl.so", rows["adl"]["input_shape"]))
-    row = {"batch": batch, "input_shape": list(x.shape), "macs": macs, "rounds": args.rounds, "repeats": repeats,
-           "warmup": warmup, "engines": rows}
+    row = {
+        "batch": batch,
+        "input_shape": list(x.shape),
+        "macs": macs,
+        "rounds": args.rounds,
+        "repeats": repeats,
+        "warmup": warmup,
+        "engines": rows,
+    }
     return row, checked
 
 
@@ -379,6 +453,7 @@ def _guarded_dict(make) -> dict:
 
 
 # -- goals ------------------------------------------------------------------------------------
+
 
 def _goal(value: float | None, target: float, at_least: bool = False) -> dict:
     """{"value", "target", "met"}: met when `value` is <= `target` (>= with `at_least`); not without a value."""
@@ -421,27 +496,35 @@ def goals(report: Mapping) -> dict:
     for arch in ARCHITECTURES:
         engines = _engines(report, arch, 224, 1)
         out[f"{network_name(arch, 224)} b1: adl{peers}"] = _goal(
-            _ratio(_latency(engines.get("adl")), best_peer_ms(engines)), PEER_TARGETS[arch])
+            _ratio(_latency(engines.get("adl")), best_peer_ms(engines)), PEER_TARGETS[arch]
+        )
     for arch in ARCHITECTURES:
         for size in SIZES:
             for batch in BATCHES:
                 engines = _engines(report, arch, size, batch)
                 out[f"{network_name(arch, size)} b{batch}: adl / PyTorch eager"] = _goal(
-                    _ratio(_latency(engines.get("adl")), _latency(engines.get("pytorch_eager"))), GOAL_EAGER)
+                    _ratio(_latency(engines.get("adl")), _latency(engines.get("pytorch_eager"))), GOAL_EAGER
+                )
     arch, size, batch = SPECIAL_CASE
     name = network_name(arch, size)
     engines = _engines(report, arch, size, batch)
     adl = engines.get("adl") or {}
-    out[f"{name}: untuned compile seconds"] = _goal(None if adl.get("error") else adl.get("compile_seconds"),
-                                                   GOAL_COMPILE_SECONDS)
+    out[f"{name}: untuned compile seconds"] = _goal(
+        None if adl.get("error") else adl.get("compile_seconds"), GOAL_COMPILE_SECONDS
+    )
     # only libraries that tuning made: where the tuned build lost to the default one, `build_library`
     # shipped the default library, and its latency says nothing about what tuning bought
-    tuned = [_latency(row) for row in engines.values()
-             if row.get("tune_minutes") is not None and row["tune_minutes"] <= GOAL_TUNED_MINUTES
-             and (row.get("tuning") or {}).get("chosen") == "metaschedule"]
+    tuned = [
+        _latency(row)
+        for row in engines.values()
+        if row.get("tune_minutes") is not None
+        and row["tune_minutes"] <= GOAL_TUNED_MINUTES
+        and (row.get("tuning") or {}).get("chosen") == "metaschedule"
+    ]
     tuned = [t for t in tuned if t]
     out[f"{name} b{batch}: adl tuned <= {GOAL_TUNED_MINUTES:g} min{peers}"] = _goal(
-        _ratio(min(tuned) if tuned else None, best_peer_ms(engines)), GOAL_TUNED)
+        _ratio(min(tuned) if tuned else None, best_peer_ms(engines)), GOAL_TUNED
+    )
     check = report.get("thread_check") or {}
     quiet, loaded = (check.get("quiet") or {}).get("threads"), (check.get("loaded") or {}).get("threads")
     same = None if quiet is None or loaded is None else float(quiet == loaded)
@@ -451,11 +534,21 @@ def goals(report: Mapping) -> dict:
 
 # -- the bench --------------------------------------------------------------------------------
 
+
 def table(report: Mapping) -> list[str]:
     """The report's latencies (ms) as text lines: a row per case, a column per engine."""
-    names = [*ENGINES, *sorted({e for n in (report.get("networks") or {}).values()
-                                for b in (n.get("batches") or {}).values()
-                                for e in (b.get("engines") or {}) if e not in ENGINES})]
+    names = [
+        *ENGINES,
+        *sorted(
+            {
+                e
+                for n in (report.get("networks") or {}).values()
+                for b in (n.get("batches") or {}).values()
+                for e in (b.get("engines") or {})
+                if e not in ENGINES
+            }
+        ),
+    ]
     lines = [f"{'network':<22}{'batch':>6}" + "".join(f"{n:>16}" for n in names) + f"{'adl threads':>13}"]
     for net, network in (report.get("networks") or {}).items():
         if network.get("error"):
@@ -465,7 +558,9 @@ def table(report: Mapping) -> list[str]:
             cells = []
             for name in names:
                 row = engines.get(name) or {}
-                cells.append(f"{row['latency_ms']:.3f}" if "latency_ms" in row else ("error" if "error" in row else "-"))
+                cells.append(
+                    f"{row['latency_ms']:.3f}" if "latency_ms" in row else ("error" if "error" in row else "-")
+                )
             threads = (engines.get("adl") or {}).get("threads", "-")
             lines.append(f"{net:<22}{batch:>6}" + "".join(f"{c:>16}" for c in cells) + f"{threads!s:>13}")
     return lines
@@ -473,17 +568,28 @@ def table(report: Mapping) -> list[str]:
 
 def settings(args: argparse.Namespace) -> dict:
     """The run's settings for the report."""
-    return {"threads": THREADS, "target": TARGET, "networks": args.networks, "sizes": args.sizes,
-            "batches": args.batches, "rounds": args.rounds, "repeats": args.repeats,
-            "calls": {str(s): {str(b): list(calls_for(s, b, args)) for b in args.batches} for s in args.sizes},
-            "quick": args.quick, "torch_compile": not args.skip_torch_compile,
-            "thread_check": not args.skip_thread_check, "tune_minutes": args.tune_minutes,
-            "tune_trials_per_task": TUNE_TRIALS, "output_tolerance": OUTPUT_TOLERANCE,
-            "input": "standard normal, numpy seed 0, float32", "weights": "random (torch seed 0)",
-            "adl": "build_library default schedules (untuned), fastest_thread_count 1..threads",
-            "onnxruntime": "opset 17, ORT_ENABLE_ALL, 2 intra-op threads",
-            "openvino": "INFERENCE_PRECISION_HINT f32, LATENCY, 2 threads, static input shape",
-            "torch_compile": "inductor, freezing, dynamic=False"}
+    return {
+        "threads": THREADS,
+        "target": TARGET,
+        "networks": args.networks,
+        "sizes": args.sizes,
+        "batches": args.batches,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "calls": {str(s): {str(b): list(calls_for(s, b, args)) for b in args.batches} for s in args.sizes},
+        "quick": args.quick,
+        "torch_compile_ran": not args.skip_torch_compile,
+        "thread_check": not args.skip_thread_check,
+        "tune_minutes": args.tune_minutes,
+        "tune_trials_per_task": TUNE_TRIALS,
+        "output_tolerance": OUTPUT_TOLERANCE,
+        "input": "standard normal, numpy seed 0, float32",
+        "weights": "random (torch seed 0)",
+        "adl": "build_library default schedules (untuned), fastest_thread_count 1..threads",
+        "onnxruntime": "opset 17, ORT_ENABLE_ALL, 2 intra-op threads",
+        "openvino": "INFERENCE_PRECISION_HINT f32, LATENCY, 2 threads, static input shape",
+        "torch_compile": "inductor, freezing, dynamic=False",
+    }
 
 
 def write(path: Path, report: dict) -> None:
@@ -494,25 +600,36 @@ def write(path: Path, report: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    origin = provenance("none: latency of torchvision architectures with random weights (torch seed 0) on fixed "
-                        "standard normal inputs (numpy seed 0)")
+    origin = provenance(
+        "none: latency of torchvision architectures with random weights (torch seed 0) on fixed "
+        "standard normal inputs (numpy seed 0)"
+    )
     started = time.perf_counter()
     torch.set_num_threads(THREADS)
     log("measuring this CPU's fp32 peaks (FMA microbenchmark, 4096x4096 GEMM)")
     peak = {"fma": peaks(THREADS), "gemm": gemm_peak(THREADS)}
     torch.set_num_threads(THREADS)
     log(f"peaks: FMA {peak['fma'].get('fp32_flops_per_s')}, GEMM {peak['gemm'].get('fp32_flops_per_s')} FLOP/s")
-    report: dict = {"provenance": origin, "settings": settings(args),
-                    "versions": versions(("torch", "torchvision", "tvm", "onnx", "onnxruntime", "openvino")),
-                    "peaks": peak, "networks": {}, "thread_check": None}
+    report: dict = {
+        "provenance": origin,
+        "settings": settings(args),
+        "versions": versions(("torch", "torchvision", "tvm", "onnx", "onnxruntime", "openvino")),
+        "peaks": peak,
+        "networks": {},
+        "thread_check": None,
+    }
     if args.skip_thread_check:
         report["thread_check"] = {"skipped": True}
     with tempfile.TemporaryDirectory(prefix="adl-bench-lowering-") as tmp:
         for arch in args.networks:
             for size in args.sizes:
                 name = network_name(arch, size)
-                network: dict = {"architecture": arch, "input_shape": [CHANNELS, size, size],
-                                 "classes": SIZES[size], "batches": {}}
+                network: dict = {
+                    "architecture": arch,
+                    "input_shape": [CHANNELS, size, size],
+                    "classes": SIZES[size],
+                    "batches": {},
+                }
                 report["networks"][name] = network
                 try:
                     model = build_network(arch, size)
@@ -524,8 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     folder = Path(tmp) / f"{name}-b{batch}"
                     folder.mkdir()
                     try:
-                        network["batches"][str(batch)], checked = measure_case(arch, size, batch, model, args,
-                                                                               peak, folder)
+                        network["batches"][str(batch)], checked = measure_case(
+                            arch, size, batch, model, args, peak, folder
+                        )
                     except Exception as err:  # noqa: BLE001 - the next case may still run
                         log(f"{name} batch {batch}: failed: {first_line(err)}")
                         network["batches"][str(batch)], checked = {"error": first_line(err)}, None

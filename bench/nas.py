@@ -21,8 +21,8 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,23 +33,33 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from provenance import provenance  # noqa: E402
 
-from adl.compiler.progress import SilentProgress  # noqa: E402
-from adl.compiler.spec import CallValue, TargetSpec  # noqa: E402
 from adl.data import load_dataset  # noqa: E402
 from adl.hwmodels.measured import MeasuredModel  # noqa: E402
+from adl.ir.progress import SilentProgress  # noqa: E402
+from adl.ir.spec import CallValue, TargetSpec  # noqa: E402
 from adl.models.space import MobileNetSpace  # noqa: E402
 from adl.models.zoo import Normalize  # noqa: E402
 from adl.passes.nas.pricing import price_candidates  # noqa: E402
 from adl.passes.nas.search import LatencyTable, Search, SearchConfig, default_lr, default_warmup  # noqa: E402
 from adl.passes.nas.supernet import Supernet  # noqa: E402
 from adl.passes.train.loop import train_model  # noqa: E402
-from provenance import provenance  # noqa: E402
 
 # what the figures depend on (`python -m bench.status`): search, pricing by the measured table (timed through
 # the TVM lowering), retraining, the space, the data
-MEASURES = ("bench/nas.py", "passes/nas", "passes/train/loop.py", "hwmodels/measured.py", "hwmodels/base.py",
-            "hwmodels/calibration.py", "models", "data", "compiler/layers.py", "backends/tvm")
+MEASURES = (
+    "bench/nas.py",
+    "adl/passes/nas",
+    "adl/passes/train/loop.py",
+    "adl/hwmodels/measured.py",
+    "adl/hwmodels/base.py",
+    "adl/hwmodels/calibration.py",
+    "adl/models",
+    "adl/data",
+    "adl/ir/layers.py",
+    "adl/backends/tvm",
+)
 STRATEGIES = ("proxyless", "darts", "gdas", "random")
 HARDWARE_AWARE = ("proxyless", "darts", "gdas")
 LAMBDAS = {False: (0.0, 0.01, 0.03, 0.1, 0.3, 1.0), True: (0.0, 1.0)}  # --quick: True
@@ -60,11 +70,24 @@ def retrain(space: MobileNetSpace, arch, dataset, epochs: int, seed: int) -> flo
     """Train the found architecture from scratch (the train pass's loop) and return test accuracy."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(Normalize(dataset.mean, dataset.std, channel_dims=2), space.build(arch))
-    config = {"epochs": epochs, "batch_size": 64, "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
-              "schedule": "cosine", "label_smoothing": 0.0}
+    config = {
+        "epochs": epochs,
+        "batch_size": 64,
+        "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
+        "schedule": "cosine",
+        "label_smoothing": 0.0,
+    }
     with tempfile.TemporaryDirectory() as state_dir:
-        result = train_model(model, dataset, config, seed=seed, state_dir=Path(state_dir), progress=SilentProgress(),
-                             threads=2, log=lambda message: None)
+        result = train_model(
+            model,
+            dataset,
+            config,
+            seed=seed,
+            state_dir=Path(state_dir),
+            progress=SilentProgress(),
+            threads=2,
+            log=lambda message: None,
+        )
     return float(result.test_accuracy)
 
 
@@ -118,15 +141,27 @@ def memory_probe(strategy: str, candidates: int, batch: int = 64, steps: int = 3
         step()
     peak = status("VmHWM")
     params_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state["params"]))
-    return {"strategy": strategy, "candidates": candidates, "batch": batch, "rss_before_bytes": before,
-            "peak_bytes": peak, "step_bytes": peak - before, "params_bytes": params_bytes}
+    return {
+        "strategy": strategy,
+        "candidates": candidates,
+        "batch": batch,
+        "rss_before_bytes": before,
+        "peak_bytes": peak,
+        "step_bytes": peak - before,
+        "params_bytes": params_bytes,
+    }
 
 
 def measure_memory(strategy: str, candidates: int) -> dict:
     """`memory_probe` in a fresh interpreter; large buffers mmapped so frees reach the OS."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, __file__, "--memory-probe", strategy, str(candidates)], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", strategy, str(candidates)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -149,8 +184,10 @@ def main() -> int:
     # first: the memory probes, each in a fresh process
     memory = {f"{strategy}_{n}": measure_memory(strategy, n) for strategy in ("proxyless", "darts") for n in (3, 9)}
     for key, row in memory.items():
-        print(f"memory {key}: step {row['step_bytes'] / 2**20:.1f} MiB (params {row['params_bytes'] / 2**20:.2f} MiB)",
-              flush=True)
+        print(
+            f"memory {key}: step {row['step_bytes'] / 2**20:.1f} MiB (params {row['params_bytes'] / 2**20:.2f} MiB)",
+            flush=True,
+        )
     proxyless_growth = memory["proxyless_9"]["step_bytes"] / memory["proxyless_3"]["step_bytes"]
     darts_growth = memory["darts_9"]["step_bytes"] / memory["darts_3"]["step_bytes"]
 
@@ -165,8 +202,11 @@ def main() -> int:
     fastest = latency.of([int(np.argmin(lat)) for lat in latency.per_op])
     slowest = latency.of([int(np.argmax(lat)) for lat in latency.per_op])
     budget = fastest + 0.5 * (slowest - fastest)
-    print(f"priced {sum(len(c) for c in supernet.choices)} candidates in {pricing_s:.0f} s; "
-          f"fastest {fastest * 1e6:.0f} us, slowest {slowest * 1e6:.0f} us, budget {budget * 1e6:.0f} us", flush=True)
+    print(
+        f"priced {sum(len(c) for c in supernet.choices)} candidates in {pricing_s:.0f} s; "
+        f"fastest {fastest * 1e6:.0f} us, slowest {slowest * 1e6:.0f} us, budget {budget * 1e6:.0f} us",
+        flush=True,
+    )
 
     mean = np.asarray(dataset.mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(dataset.std, np.float32).reshape(-1, 1, 1)
@@ -177,25 +217,40 @@ def main() -> int:
         """Search with `strategy`, retrain what it found, and return the run's row."""
         order = np.random.default_rng(seed).permutation(len(x))
         cut = int(0.8 * len(x))
-        config = SearchConfig(strategy=strategy, epochs=epochs, budget_s=budget_s, seed=seed,
-                              latency_weight=latency_weight, lr=default_lr(strategy),
-                              warmup=default_warmup(strategy, epochs))
+        config = SearchConfig(
+            strategy=strategy,
+            epochs=epochs,
+            budget_s=budget_s,
+            seed=seed,
+            latency_weight=latency_weight,
+            lr=default_lr(strategy),
+            warmup=default_warmup(strategy, epochs),
+        )
         t = time.perf_counter()
         result = Search(supernet, latency, config).run(x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]])
         search_s = time.perf_counter() - t
         arch = supernet.architecture(result.indices)
         predicted = latency.of(result.indices)
-        row = {"strategy": strategy, "seed": seed, "budget_s": budget_s, "latency_weight": latency_weight,
-               "genotype": [str(c) for c in arch.blocks], "test_accuracy": retrain(space, arch, dataset,
-                                                                                   retrain_epochs, seed),
-               "predicted_latency_s": predicted, "meets_budget": budget_s is None or predicted <= budget_s,
-               "search_s": search_s,
-               # the shared weights' validation accuracy of the derived network, per epoch
-               "supernet_val_accuracy": [h["val_accuracy"] for h in result.history]}
-        print(f"{strategy:9s} seed {seed} budget {(budget_s or 0) * 1e6:5.1f} us lambda {latency_weight:g}: "
-              f"acc {row['test_accuracy']:.4f}  lat {predicted * 1e6:6.1f} us  "
-              f"{'ok' if row['meets_budget'] else 'OVER'}  supernet {row['supernet_val_accuracy'][-1]:.3f}  {arch}  "
-              f"({search_s:.0f} s)", flush=True)
+        row = {
+            "strategy": strategy,
+            "seed": seed,
+            "budget_s": budget_s,
+            "latency_weight": latency_weight,
+            "genotype": [str(c) for c in arch.blocks],
+            "test_accuracy": retrain(space, arch, dataset, retrain_epochs, seed),
+            "predicted_latency_s": predicted,
+            "meets_budget": budget_s is None or predicted <= budget_s,
+            "search_s": search_s,
+            # the shared weights' validation accuracy of the derived network, per epoch
+            "supernet_val_accuracy": [h["val_accuracy"] for h in result.history],
+        }
+        print(
+            f"{strategy:9s} seed {seed} budget {(budget_s or 0) * 1e6:5.1f} us lambda {latency_weight:g}: "
+            f"acc {row['test_accuracy']:.4f}  lat {predicted * 1e6:6.1f} us  "
+            f"{'ok' if row['meets_budget'] else 'OVER'}  supernet {row['supernet_val_accuracy'][-1]:.3f}  {arch}  "
+            f"({search_s:.0f} s)",
+            flush=True,
+        )
         return row
 
     runs = [search(strategy, seed, budget, 0.1) for strategy in STRATEGIES for seed in range(seeds)]
@@ -203,9 +258,13 @@ def main() -> int:
     def summarise(rows: list[dict]) -> dict:
         accs = [r["test_accuracy"] for r in rows]
         lats = [r["predicted_latency_s"] for r in rows]
-        return {"accuracy_mean": statistics.mean(accs), "accuracy_std": statistics.pstdev(accs),
-                "latency_mean_s": statistics.mean(lats), "latency_std_s": statistics.pstdev(lats),
-                "all_meet_budget": all(r["meets_budget"] for r in rows)}
+        return {
+            "accuracy_mean": statistics.mean(accs),
+            "accuracy_std": statistics.pstdev(accs),
+            "latency_mean_s": statistics.mean(lats),
+            "latency_std_s": statistics.pstdev(lats),
+            "all_meet_budget": all(r["meets_budget"] for r in rows),
+        }
 
     summary = {strategy: summarise([r for r in runs if r["strategy"] == strategy]) for strategy in STRATEGIES}
 
@@ -215,14 +274,17 @@ def main() -> int:
     for strategy in HARDWARE_AWARE:
         rows = [search("random", r["seed"], r["predicted_latency_s"], 0.0) for r in runs if r["strategy"] == strategy]
         ours = [r for r in runs if r["strategy"] == strategy]
-        matched[strategy] = {"random": summarise(rows), "runs": rows,
-                             "paired_accuracy_gain": [a["test_accuracy"] - b["test_accuracy"]
-                                                      for a, b in zip(ours, rows)]}
+        matched[strategy] = {
+            "random": summarise(rows),
+            "runs": rows,
+            "paired_accuracy_gain": [a["test_accuracy"] - b["test_accuracy"] for a, b in zip(ours, rows)],
+        }
 
     # latency awareness: the latency weight (no budget), then the hard budget (no weight)
     lambda_sweep = [search("proxyless", 0, None, weight) for weight in LAMBDAS[args.quick]]
-    budget_sweep = [search("proxyless", 0, fastest + f * (slowest - fastest), 0.0)
-                    for f in BUDGET_FRACTIONS[args.quick]]
+    budget_sweep = [
+        search("proxyless", 0, fastest + f * (slowest - fastest), 0.0) for f in BUDGET_FRACTIONS[args.quick]
+    ]
     lambda_latencies = [s["predicted_latency_s"] for s in lambda_sweep]
     budget_latencies = [s["predicted_latency_s"] for s in budget_sweep]
 
@@ -230,36 +292,66 @@ def main() -> int:
         return all(a >= b for a, b in zip(values, values[1:]))
 
     gain = summary["proxyless"]["accuracy_mean"] - matched["proxyless"]["random"]["accuracy_mean"]
-    supernet = {strategy: statistics.mean(r["supernet_val_accuracy"][-1] for r in runs if r["strategy"] == strategy)
-                for strategy in STRATEGIES}
+    supernet = {
+        strategy: statistics.mean(r["supernet_val_accuracy"][-1] for r in runs if r["strategy"] == strategy)
+        for strategy in STRATEGIES
+    }
     single_path = [v for strategy, v in supernet.items() if strategy != "darts"]
     results = {
         "provenance": origin,
         "space": {"blocks": blocks, "kernels": space.kernels, "expand": space.expand, "skip": space.skip},
-        "search_epochs": epochs, "retrain_epochs": retrain_epochs, "seeds": seeds,
-        "latency_budget_s": budget, "fastest_s": fastest, "slowest_s": slowest, "pricing_s": pricing_s,
-        "runs": runs, "summary": summary, "random_at_matched_latency": matched, "memory": memory,
-        "lambda_sweep": lambda_sweep, "budget_sweep": budget_sweep,
+        "search_epochs": epochs,
+        "retrain_epochs": retrain_epochs,
+        "seeds": seeds,
+        "latency_budget_s": budget,
+        "fastest_s": fastest,
+        "slowest_s": slowest,
+        "pricing_s": pricing_s,
+        "runs": runs,
+        "summary": summary,
+        "random_at_matched_latency": matched,
+        "memory": memory,
+        "lambda_sweep": lambda_sweep,
+        "budget_sweep": budget_sweep,
         "goals": {
             "proxyless_beats_random_at_equal_latency": {
                 "value": f"proxyless {summary['proxyless']['accuracy_mean']:.4f} vs random at the same latency "
-                         f"{matched['proxyless']['random']['accuracy_mean']:.4f} (gain {gain * 100:+.2f} points)",
-                "target": "higher mean accuracy at equal or lower latency", "met": gain > 0},
+                f"{matched['proxyless']['random']['accuracy_mean']:.4f} (gain {gain * 100:+.2f} points)",
+                "target": "higher mean accuracy at equal or lower latency",
+                "met": gain > 0,
+            },
             "supernet_shared_weights_learn": {
-                "value": supernet, "target": ">= 0.8 mean final validation accuracy of the derived network with the "
-                                             "supernet's weights, every single-path strategy (chance: 0.1; darts "
-                                             "trains the mixture, so its derived network is reported, not judged)",
-                "met": min(single_path) >= 0.8},
-            "every_architecture_meets_budget": {"value": all(r["meets_budget"] for r in runs), "target": True,
-                                                "met": all(r["meets_budget"] for r in runs)},
-            "proxyless_memory_growth_3_to_9": {"value": proxyless_growth, "target": "<= 1.3",
-                                               "met": proxyless_growth <= 1.3},
-            "darts_memory_growth_3_to_9": {"value": darts_growth, "target": "grows (> proxyless)",
-                                           "met": darts_growth > proxyless_growth},
-            "lambda_sweep_monotone": {"value": lambda_latencies, "target": "non-increasing latency as lambda grows",
-                                      "met": non_increasing(lambda_latencies)},
-            "budget_sweep_monotone": {"value": budget_latencies, "target": "non-decreasing latency as the budget grows",
-                                      "met": non_increasing(budget_latencies[::-1])},
+                "value": supernet,
+                "target": ">= 0.8 mean final validation accuracy of the derived network with the "
+                "supernet's weights, every single-path strategy (chance: 0.1; darts "
+                "trains the mixture, so its derived network is reported, not judged)",
+                "met": min(single_path) >= 0.8,
+            },
+            "every_architecture_meets_budget": {
+                "value": all(r["meets_budget"] for r in runs),
+                "target": True,
+                "met": all(r["meets_budget"] for r in runs),
+            },
+            "proxyless_memory_growth_3_to_9": {
+                "value": proxyless_growth,
+                "target": "<= 1.3",
+                "met": proxyless_growth <= 1.3,
+            },
+            "darts_memory_growth_3_to_9": {
+                "value": darts_growth,
+                "target": "grows (> proxyless)",
+                "met": darts_growth > proxyless_growth,
+            },
+            "lambda_sweep_monotone": {
+                "value": lambda_latencies,
+                "target": "non-increasing latency as lambda grows",
+                "met": non_increasing(lambda_latencies),
+            },
+            "budget_sweep_monotone": {
+                "value": budget_latencies,
+                "target": "non-decreasing latency as the budget grows",
+                "met": non_increasing(budget_latencies[::-1]),
+            },
         },
     }
     if args.out:
@@ -272,8 +364,10 @@ def main() -> int:
             import matplotlib.pyplot as plt
 
             fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-            for ax, sweep, key, label in ((axes[0], lambda_sweep, "latency_weight", "λ"),
-                                          (axes[1], budget_sweep, "budget_s", "budget")):
+            for ax, sweep, key, label in (
+                (axes[0], lambda_sweep, "latency_weight", "λ"),
+                (axes[1], budget_sweep, "budget_s", "budget"),
+            ):
                 ax.plot([r["predicted_latency_s"] * 1e6 for r in sweep], [r["test_accuracy"] for r in sweep], "o-")
                 for r in sweep:
                     tag = f"λ={r[key]:g}" if key == "latency_weight" else f"≤{r[key] * 1e6:.0f} us"
@@ -281,11 +375,19 @@ def main() -> int:
                 ax.set_title(f"proxyless: {label} sweep (seed 0)")
             for strategy, marker in zip(STRATEGIES, "os^x"):
                 rows = [r for r in runs if r["strategy"] == strategy]
-                axes[2].scatter([r["predicted_latency_s"] * 1e6 for r in rows], [r["test_accuracy"] for r in rows],
-                                marker=marker, label=strategy)
+                axes[2].scatter(
+                    [r["predicted_latency_s"] * 1e6 for r in rows],
+                    [r["test_accuracy"] for r in rows],
+                    marker=marker,
+                    label=strategy,
+                )
             rows = matched["proxyless"]["runs"]
-            axes[2].scatter([r["predicted_latency_s"] * 1e6 for r in rows], [r["test_accuracy"] for r in rows],
-                            marker="+", label="random at proxyless's latency")
+            axes[2].scatter(
+                [r["predicted_latency_s"] * 1e6 for r in rows],
+                [r["test_accuracy"] for r in rows],
+                marker="+",
+                label="random at proxyless's latency",
+            )
             axes[2].axvline(budget * 1e6, color="grey", linestyle=":", label="budget")
             axes[2].legend(fontsize=7)
             axes[2].set_title("found architectures (3 seeds)")

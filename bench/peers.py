@@ -32,7 +32,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from common import log
 
 THREADS = 2  # the default thread count of every engine and peak
@@ -41,6 +40,7 @@ PAUSE_S = 0.05  # idle time before each engine's calls: the previous engine's sp
 
 
 # -- networks ---------------------------------------------------------------------------------
+
 
 def import_torchvision() -> types.ModuleType:
     """torchvision, with its compiled-op registrations stubbed out: they are CUDA-built here, and
@@ -61,8 +61,15 @@ def count_macs(model: torch.nn.Module, input_shape: Sequence[int], batch: int = 
         nonlocal total
         if isinstance(module, torch.nn.Conv2d):
             kh, kw = module.kernel_size
-            total += (output.shape[-1] * output.shape[-2] * module.out_channels * module.in_channels // module.groups
-                      * kh * kw)
+            total += (
+                output.shape[-1]
+                * output.shape[-2]
+                * module.out_channels
+                * module.in_channels
+                // module.groups
+                * kh
+                * kw
+            )
         else:
             total += int(np.prod(output.shape[:-1])) * module.in_features * module.out_features
 
@@ -91,6 +98,7 @@ def versions(modules: Sequence[str]) -> dict:
 
 
 # -- engines ----------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Engine:
@@ -129,13 +137,22 @@ def export_onnx(model: torch.nn.Module, example: np.ndarray, path: Path) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, args, str(path), opset_version=17, dynamo=False, input_names=["x"],
-                              output_names=["y"])
+            torch.onnx.export(
+                model, args, str(path), opset_version=17, dynamo=False, input_names=["x"], output_names=["y"]
+            )
             return "torchscript"
         except Exception as err:  # noqa: BLE001 - the legacy exporter may be gone: use the new one
             log(f"TorchScript ONNX export failed ({first_line(err)}); using torch.export's")
-            torch.onnx.export(model, args, str(path), opset_version=17, dynamo=True, external_data=False,
-                              input_names=["x"], output_names=["y"])
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                opset_version=17,
+                dynamo=True,
+                external_data=False,
+                input_names=["x"],
+                output_names=["y"],
+            )
             return "dynamo"
 
 
@@ -164,8 +181,13 @@ def openvino_config(threads: int = THREADS) -> dict:
     import openvino.properties as props
     import openvino.properties.hint as hints
 
-    return dict([props.inference_num_threads(threads), hints.inference_precision(ov.Type.f32),
-                 hints.performance_mode(hints.PerformanceMode.LATENCY)])
+    return dict(
+        [
+            props.inference_num_threads(threads),
+            hints.inference_precision(ov.Type.f32),
+            hints.performance_mode(hints.PerformanceMode.LATENCY),
+        ]
+    )
 
 
 def openvino_compiled(core, model, threads: int = THREADS) -> Engine:
@@ -177,9 +199,11 @@ def openvino_compiled(core, model, threads: int = THREADS) -> Engine:
     request = compiled.create_infer_request()
     output = compiled.output(0)
     precision = compiled.get_property(hints.inference_precision())
-    info = {"threads": int(compiled.get_property(props.inference_num_threads())),
-            "inference_precision": precision.to_string() if hasattr(precision, "to_string") else str(precision),
-            "performance_mode": str(compiled.get_property(hints.performance_mode()))}
+    info = {
+        "threads": int(compiled.get_property(props.inference_num_threads())),
+        "inference_precision": precision.to_string() if hasattr(precision, "to_string") else str(precision),
+        "performance_mode": str(compiled.get_property(hints.performance_mode())),
+    }
     try:
         info["runtime_precisions"] = runtime_precisions(compiled)
     except Exception as err:  # noqa: BLE001 - a diagnostic only
@@ -202,6 +226,7 @@ def runtime_precisions(compiled) -> dict[str, int]:
 
 # -- timing -----------------------------------------------------------------------------------
 
+
 def time_round(call: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int, warmup: int = WARMUP) -> float:
     """The median of `repeats` timed calls of `call(x)` after `warmup` untimed ones (seconds)."""
     for _ in range(warmup):
@@ -214,8 +239,14 @@ def time_round(call: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int, w
     return statistics.median(times)
 
 
-def time_interleaved(calls: Mapping[str, Callable[[np.ndarray], Any]], x: np.ndarray, rounds: int,
-                     repeats: int, warmup: int = WARMUP, pause_s: float = PAUSE_S) -> dict[str, list[float] | str]:
+def time_interleaved(
+    calls: Mapping[str, Callable[[np.ndarray], Any]],
+    x: np.ndarray,
+    rounds: int,
+    repeats: int,
+    warmup: int = WARMUP,
+    pause_s: float = PAUSE_S,
+) -> dict[str, list[float] | str]:
     """Per engine the median call of each round, all engines timed in every round in turn, each
     after `pause_s` idle seconds (ONNX Runtime's, OpenVINO's and TVM's worker threads spin a while
     after their last call, and would take the cores from the next engine); an engine that raises
@@ -381,37 +412,52 @@ def _compile_peak(command: list[str]) -> subprocess.CompletedProcess:
 
 def _run_peak(binary: Path, kernel: str, threads: int, iterations: int) -> float:
     """One run of the compiled peak program: `kernel`'s ops per second on `threads` threads."""
-    done = subprocess.run([str(binary), kernel, str(threads), str(iterations)], capture_output=True, text=True,
-                          check=True)
+    done = subprocess.run(
+        [str(binary), kernel, str(threads), str(iterations)], capture_output=True, text=True, check=True
+    )
     return float(done.stdout)
 
 
-def peaks(threads: int = THREADS, tries: int = 3, iterations: int = PEAK_ITERATIONS,
-          flags: set[str] | None = None) -> dict:
+def peaks(
+    threads: int = THREADS, tries: int = 3, iterations: int = PEAK_ITERATIONS, flags: set[str] | None = None
+) -> dict:
     """This CPU's fp32 FLOP/s (FMA) and, with avx512_vnni, int8 MAC/s (VNNI) peaks on 1 and
     `threads` threads, the best of `tries` runs each, keyed by thread count ("1", "2"); a peak
     that cannot be measured is None, with the reason under "error" (both) or "int8_note".
     `flags`: the CPU's flags (default: /proc/cpuinfo's)."""
     kernels = peak_kernels(cpu_flags() if flags is None else flags)
     if kernels is None:
-        return {"int8_macs_per_s": None, "fp32_flops_per_s": None,
-                "error": "this CPU lacks avx512f and avx2+fma (or /proc/cpuinfo has no flags)"}
+        return {
+            "int8_macs_per_s": None,
+            "fp32_flops_per_s": None,
+            "error": "this CPU lacks avx512f and avx2+fma (or /proc/cpuinfo has no flags)",
+        }
     compiler = shutil.which("cc")
     if compiler is None:
-        return {"int8_macs_per_s": None, "fp32_flops_per_s": None, "fp32_kernel": kernels.fp32,
-                "error": "no C compiler (cc)"}
+        return {
+            "int8_macs_per_s": None,
+            "fp32_flops_per_s": None,
+            "fp32_kernel": kernels.fp32,
+            "error": "no C compiler (cc)",
+        }
     options = ["-O2", "-pthread", *kernels.cflags]
-    out: dict = {"method": f"12 independent accumulator chains, {iterations} iterations a thread, best of {tries}",
-                 "compiler": " ".join([compiler, *options]),
-                 "fp32_kernel": f"{kernels.fp32} FMA ({kernels.lanes} fp32 lanes)",
-                 "int8_kernel": "avx512_vnni vpdpbusd" if kernels.int8 else None}
+    out: dict = {
+        "method": f"12 independent accumulator chains, {iterations} iterations a thread, best of {tries}",
+        "compiler": " ".join([compiler, *options]),
+        "fp32_kernel": f"{kernels.fp32} FMA ({kernels.lanes} fp32 lanes)",
+        "int8_kernel": "avx512_vnni vpdpbusd" if kernels.int8 else None,
+    }
     with tempfile.TemporaryDirectory(prefix="peak-") as folder:
         source, binary = Path(folder) / "peak.c", Path(folder) / "peak"
         source.write_text(PEAK_SOURCE)
         built = _compile_peak([compiler, *options, str(source), "-o", str(binary)])
         if built.returncode != 0:
-            return {**out, "int8_macs_per_s": None, "fp32_flops_per_s": None,
-                    "error": f"cc failed: {(built.stderr.strip().splitlines() or ['?'])[0]}"}
+            return {
+                **out,
+                "int8_macs_per_s": None,
+                "fp32_flops_per_s": None,
+                "error": f"cc failed: {(built.stderr.strip().splitlines() or ['?'])[0]}",
+            }
         counts = sorted({1, threads})
         wanted = [("fp32_flops_per_s", "fma")] + ([("int8_macs_per_s", "vnni")] if kernels.int8 else [])
         for key, kernel in wanted:
@@ -443,6 +489,9 @@ def gemm_peak(threads: int = THREADS, n: int = GEMM_N, tries: int = 3) -> dict:
         return {"fp32_flops_per_s": None, "error": first_line(err)}
     finally:
         torch.set_num_threads(previous)
-    return {"fp32_flops_per_s": {str(threads): 2.0 * n ** 3 / best}, "seconds": best,
-            "method": f"torch.mm of two {n}x{n} float32 matrices, {threads} threads, best of {tries} after a warm-up",
-            "torch": torch.__version__}
+    return {
+        "fp32_flops_per_s": {str(threads): 2.0 * n**3 / best},
+        "seconds": best,
+        "method": f"torch.mm of two {n}x{n} float32 matrices, {threads} threads, best of {tries} after a warm-up",
+        "torch": torch.__version__,
+    }

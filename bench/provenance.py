@@ -32,27 +32,42 @@ X86_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni")  # plus "amx": any am
 X86_MACHINES = {"x86_64", "amd64", "i386", "i686"}
 
 
-def provenance(dataset: str, argv: Sequence[str] | None = None, *, cpuinfo: str | None = None,
-               root: Path = ROOT) -> dict:
+def provenance(
+    dataset: str, argv: Sequence[str] | None = None, *, cpuinfo: str | None = None, root: Path = ROOT
+) -> dict:
     """The "provenance" record of a result. `dataset`: what was measured on, in words ("digits
     (split 0.8, seed 0)", "synthetic: random 1x3x32x32 inputs"); `argv`: the command line
     (default sys.argv); `cpuinfo`: /proc/cpuinfo's text (default: read it)."""
-    return {"dataset": dataset, "cpu": cpu_info(_read_cpuinfo() if cpuinfo is None else cpuinfo),
-            "cores": cores(), "git": git_state(root),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "argv": list(sys.argv if argv is None else argv), "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "dataset": dataset,
+        "cpu": cpu_info(_read_cpuinfo() if cpuinfo is None else cpuinfo),
+        "cores": cores(),
+        "git": git_state(root),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": list(sys.argv if argv is None else argv),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def cpu_info(text: str, machine: str | None = None) -> dict:
     """Model name, architecture and the x86 flags that decide which kernels run (None off x86)."""
     fields = _first_fields(text)
     machine = machine or platform.machine()
-    model = (fields.get("model name") or fields.get("hardware") or fields.get("cpu model")
-             or fields.get("model") or platform.processor() or machine)
+    model = (
+        fields.get("model name")
+        or fields.get("hardware")
+        or fields.get("cpu model")
+        or fields.get("model")
+        or platform.processor()
+        or machine
+    )
     if "flags" not in fields:  # ARM lists "Features", POWER and RISC-V neither: no x86 flags to report
-        note = ("x86 without a /proc/cpuinfo flags line: flags unknown" if machine.lower() in X86_MACHINES
-                else f"not x86 ({machine}): AVX/AMX flags do not apply")
+        note = (
+            "x86 without a /proc/cpuinfo flags line: flags unknown"
+            if machine.lower() in X86_MACHINES
+            else f"not x86 ({machine}): AVX/AMX flags do not apply"
+        )
         return {"model": model, "architecture": machine, "flags": None, "note": note}
     flags = set(fields["flags"].split())
     found = {flag: flag in flags for flag in X86_FLAGS}
@@ -73,8 +88,7 @@ def git_state(root: Path = ROOT) -> dict:
     commit = _git(Path(top), "rev-parse", "--verify", "HEAD") if top else None
     if not top or not commit:
         return {"commit": None, "dirty": None, "changed": []}
-    status = _git(Path(top), "status", "--porcelain", "--untracked-files=all", "--", ".",
-                  f":(exclude){RESULTS}") or ""
+    status = _git(Path(top), "status", "--porcelain", "--untracked-files=all", "--", ".", f":(exclude){RESULTS}") or ""
     changed = [line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip()]
     return {"commit": commit, "dirty": bool(changed), "changed": changed}
 
@@ -106,8 +120,9 @@ def _git(root: Path, *args: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stamp a result that another tool wrote into bench/results (`adl l2o meta-train --curves`)."""
-    parser = argparse.ArgumentParser(description="add a \"provenance\" record to a result JSON another "
-                                                 "tool wrote; run it right after that tool")
+    parser = argparse.ArgumentParser(
+        description='add a "provenance" record to a result JSON another tool wrote; run it right after that tool'
+    )
     parser.add_argument("result", type=Path)
     parser.add_argument("--dataset", required=True, help="what the tool measured on, in words")
     parser.add_argument("command", nargs="+", help="the tool's command line (after --)")

@@ -11,9 +11,17 @@ A result is
 
   fresh        the last commit that changed a MEASURES path is an ancestor of (or is) the commit
                the result records (its "provenance", see bench/provenance.py);
-  stale        a MEASURES path changed in a later commit;
+  stale        a MEASURES path changed in a later commit, and the code it names is not the same
+               as at the measured commit (see below);
   untraceable  no commit recorded, a commit git does not know, uncommitted changes to a MEASURES
                path when it ran, or no bench (or no MEASURES) to check it against.
+
+"The same code" is judged after a MEASURES path changed: each MEASURES entry now is paired with
+the entry at the same position in the bench's MEASURES at the measured commit (so a folder that
+moved pairs with where it was), the files under each pair must have the same names, and each
+Python file the same syntax tree, up to formatting, comments and the order of a run of import
+statements (the bench's own MEASURES declarations aside); other files byte for byte. A result so
+checked is "fresh (the same code since <commit>: formatting, comments or moves)".
 
 One line per result (the ones git tracks, as they are in the working tree); exit 1 if any is
 stale or untraceable. Only git and the standard library: nothing is imported from the benches.
@@ -60,17 +68,22 @@ def bench_for(result_stem: str, names: Iterable[str]) -> str | None:
 def measures(bench_file: Path, result_stem: str | None = None) -> tuple[str, ...] | None:
     """What a result of the bench measures, read without importing it: its `RESULT_MEASURES[result_stem]`
     when it declares one (a result another tool writes under its name), else its `MEASURES` (None: neither)."""
-    values = _module_literals(bench_file)
+    return measures_in(bench_file.read_text(), result_stem)
+
+
+def measures_in(source: str, result_stem: str | None = None) -> tuple[str, ...] | None:
+    """`measures` of a bench's source text."""
+    values = _module_literals(source)
     own = (values.get("RESULT_MEASURES") or {}).get(result_stem)
     declared = own if own is not None else values.get("MEASURES")
     return None if declared is None else tuple(declared)
 
 
-def _module_literals(path: Path) -> dict:
+def _module_literals(source: str) -> dict:
     """Module-level `NAME = literal` assignments; a literal may name an earlier one (`{"x": PATHS}`)."""
     nodes: dict[str, ast.expr] = {}
     values: dict = {}
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             inlined = _Inline(nodes).visit(node.value)
             try:
@@ -117,8 +130,9 @@ def check(result: Path, root: Path) -> Verdict:
     return _against_history(rel, commit, dirty, paths, root)
 
 
-def _against_history(rel: str, commit: str | None, dirty: list[str] | None, paths: Sequence[str],
-                     root: Path) -> Verdict:
+def _against_history(
+    rel: str, commit: str | None, dirty: list[str] | None, paths: Sequence[str], root: Path
+) -> Verdict:
     if not commit:
         return Verdict(rel, "untraceable", "no commit recorded")
     if not all(c in "0123456789abcdef" for c in commit.lower()):
@@ -135,9 +149,85 @@ def _against_history(rel: str, commit: str | None, dirty: list[str] | None, path
         return Verdict(rel, "untraceable", f"no commit has {', '.join(paths)}")
     if _git(root, "merge-base", "--is-ancestor", last, commit) is not None:
         return Verdict(rel, "fresh")
+    if same_code(root, commit, Path(rel).stem, paths):
+        return Verdict(rel, "fresh", f"the same code since {commit[:7]}: formatting, comments or moves")
     changed = (_git(root, "log", "--format=", "--name-only", f"{commit}..HEAD", "--", *paths) or "").split()
-    return Verdict(rel, "stale", f"measured at {commit[:7]}, {', '.join(_declared(changed, paths)) or 'MEASURES'} "
-                                 f"changed since in {last[:7]}")
+    return Verdict(
+        rel,
+        "stale",
+        f"measured at {commit[:7]}, {', '.join(_declared(changed, paths)) or 'MEASURES'} changed since in {last[:7]}",
+    )
+
+
+def same_code(root: Path, commit: str, result_stem: str, paths: Sequence[str]) -> bool:
+    """Whether the files under `paths` at HEAD are the code that was under the result's MEASURES at `commit`."""
+    bench = f"bench/{bench_for(result_stem, bench_names(root))}.py"
+    then_source = _git(root, "show", f"{commit}:{bench}")
+    then_paths = measures_in(then_source, result_stem) if then_source is not None else None
+    if then_paths is None or len(then_paths) != len(paths):
+        return False
+    return all(_same_tree(root, commit, old, new) for old, new in zip(then_paths, paths))
+
+
+def _same_tree(root: Path, commit: str, old: str, new: str) -> bool:
+    old_files, new_files = _files_under(root, commit, old), _files_under(root, "HEAD", new)
+    if old_files is None or new_files is None or set(old_files) != set(new_files):
+        return False
+    return all(
+        _normalised(_git(root, "show", f"{commit}:{old_files[name]}"), name)
+        == _normalised(_git(root, "show", f"HEAD:{new_files[name]}"), name)
+        for name in old_files
+    )
+
+
+def _files_under(root: Path, rev: str, path: str) -> dict[str, str] | None:
+    """Files under `path` at `rev`, by their name relative to it (a file: its own name)."""
+    listed = _git(root, "ls-tree", "-r", "--name-only", rev, "--", path)
+    if not listed:
+        return None
+    base = path.rstrip("/")
+    return {(f[len(base) + 1 :] if f != base else Path(f).name): f for f in listed.splitlines()}
+
+
+def _normalised(text: str | None, name: str) -> str | None:
+    """A Python file's syntax tree without formatting, comments, MEASURES declarations or the order of a
+    run of imports; another file as it is."""
+    if text is None or not name.endswith(".py"):
+        return text
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return text
+    declared = _declaration_names(tree)
+    body = [
+        node
+        for node in tree.body
+        if not (
+            isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", None) in declared
+        )
+    ]
+    return "\n".join(_sorted_import_runs([ast.dump(node) for node in body], body))
+
+
+def _declaration_names(tree: ast.Module) -> set[str]:
+    """MEASURES, RESULT_MEASURES and the module-level names they are built from."""
+    declared = {"MEASURES", "RESULT_MEASURES"}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in {"MEASURES", "RESULT_MEASURES"}:
+            declared |= {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
+    return declared
+
+
+def _sorted_import_runs(dumps: list[str], nodes: list[ast.stmt]) -> list[str]:
+    out: list[str] = []
+    run: list[str] = []
+    for dump, node in zip(dumps, nodes):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            run.append(dump)
+            continue
+        out += sorted(run) + [dump]
+        run = []
+    return out + sorted(run)
 
 
 def _declared(files: Iterable[str], paths: Sequence[str]) -> list[str]:

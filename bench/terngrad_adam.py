@@ -35,21 +35,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import log
+from provenance import provenance
 
 from adl.data import load_dataset
 from adl.models import build_model
 from adl.passes.train.distributed import ternary
 from adl.passes.train.loop import evaluate
-from common import log
-from provenance import provenance
 
-MEASURES = ("bench/terngrad_adam.py", "passes/train/distributed/ternary.py", "passes/train/loop.py", "models", "data")
+MEASURES = (
+    "bench/terngrad_adam.py",
+    "adl/passes/train/distributed/ternary.py",
+    "adl/passes/train/loop.py",
+    "adl/models",
+    "adl/data",
+)
 MODEL = {"hidden": (128, 128)}
 BATCH, CLIP, EPOCHS = 64, 2.5, 15
 # (optimizer, lr) per row; fp32 and terngrad each
-OPTIMIZERS = {"sgd": ("sgd", 0.05), "adam": ("adam", 3e-3), "adam_lr_x2": ("adam", 6e-3), "adam_lr_half": ("adam", 1.5e-3)}
-ROWS = (("fp32", "sgd"), ("terngrad", "sgd"), ("fp32", "adam"), ("terngrad", "adam"),
-        ("terngrad", "adam_lr_x2"), ("fp32", "adam_lr_half"))
+OPTIMIZERS = {
+    "sgd": ("sgd", 0.05),
+    "adam": ("adam", 3e-3),
+    "adam_lr_x2": ("adam", 6e-3),
+    "adam_lr_half": ("adam", 1.5e-3),
+}
+ROWS = (
+    ("fp32", "sgd"),
+    ("terngrad", "sgd"),
+    ("fp32", "adam"),
+    ("terngrad", "adam"),
+    ("terngrad", "adam_lr_x2"),
+    ("fp32", "adam_lr_half"),
+)
 
 
 def make_model(dataset, seed: int) -> torch.nn.Module:
@@ -57,7 +74,9 @@ def make_model(dataset, seed: int) -> torch.nn.Module:
     return build_model("mlp", MODEL, input_shape=dataset.input_shape, classes=10, mean=dataset.mean, std=dataset.std)
 
 
-def worker_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, workers: int) -> list[list[torch.Tensor]]:
+def worker_gradients(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, workers: int
+) -> list[list[torch.Tensor]]:
     """Per worker, the gradient of its share of the batch (x, y)."""
     out = []
     for xs, ys in zip(x.chunk(workers), y.chunk(workers)):
@@ -85,8 +104,11 @@ def train(dataset, hook: str, optimizer: str, workers: int, seed: int, epochs: i
     model = make_model(dataset, seed)
     kind, lr = OPTIMIZERS[optimizer]
     params = list(model.parameters())
-    opt = (torch.optim.Adam(params, lr=lr) if kind == "adam"
-           else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True))
+    opt = (
+        torch.optim.Adam(params, lr=lr)
+        if kind == "adam"
+        else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     generator = torch.Generator().manual_seed(10_000 + seed)
     x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
@@ -94,7 +116,7 @@ def train(dataset, hook: str, optimizer: str, workers: int, seed: int, epochs: i
         order = torch.from_numpy(np.random.default_rng((seed, epoch)).permutation(len(x)))
         model.train()
         for start in range(0, len(order), BATCH):
-            idx = order[start:start + BATCH]
+            idx = order[start : start + BATCH]
             for p, g in zip(params, averaged(worker_gradients(model, x[idx], y[idx], workers), hook, generator)):
                 p.grad = g
             opt.step()
@@ -109,7 +131,7 @@ def mechanism(dataset, workers: int, batches: int) -> dict:
     x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     for start in range(0, len(x), BATCH):
         model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[start:start + BATCH]), y[start:start + BATCH]).backward()
+        torch.nn.functional.cross_entropy(model(x[start : start + BATCH]), y[start : start + BATCH]).backward()
         opt.step()
     rng, generator = np.random.default_rng(1), torch.Generator().manual_seed(1)
     sums = {h: [None, None] for h in ("fp32", "terngrad")}
@@ -119,25 +141,36 @@ def mechanism(dataset, workers: int, batches: int) -> dict:
         for hook in sums:
             flat = torch.cat([g.reshape(-1) for g in averaged(per_worker, hook, generator)]).double()
             first, second = sums[hook]
-            sums[hook] = [flat if first is None else first + flat, flat ** 2 if second is None else second + flat ** 2]
+            sums[hook] = [flat if first is None else first + flat, flat**2 if second is None else second + flat**2]
     mean = {h: s[0] / batches for h, s in sums.items()}
     square = {h: s[1] / batches for h, s in sums.items()}
     live = square["fp32"] > 1e-20
     inflation = torch.sqrt(square["terngrad"][live] / square["fp32"][live])
     bias = float(torch.linalg.vector_norm(mean["terngrad"] - mean["fp32"]) / torch.linalg.vector_norm(mean["fp32"]))
     # the bias a finite sample of unbiased noise leaves: the noise's standard error, relative
-    noise = float(torch.sqrt((square["terngrad"] - mean["terngrad"] ** 2).clamp(min=0).sum() / batches)
-                  / torch.linalg.vector_norm(mean["fp32"]))
-    return {"workers": workers, "batches": batches,
-            "denominator_inflation": {"median": float(inflation.median()),
-                                      "quartiles": [float(inflation.quantile(0.25)), float(inflation.quantile(0.75))]},
-            "relative_bias_of_the_mean": bias, "relative_standard_error_of_the_mean": noise}
+    noise = float(
+        torch.sqrt((square["terngrad"] - mean["terngrad"] ** 2).clamp(min=0).sum() / batches)
+        / torch.linalg.vector_norm(mean["fp32"])
+    )
+    return {
+        "workers": workers,
+        "batches": batches,
+        "denominator_inflation": {
+            "median": float(inflation.median()),
+            "quartiles": [float(inflation.quantile(0.25)), float(inflation.quantile(0.75))],
+        },
+        "relative_bias_of_the_mean": bias,
+        "relative_standard_error_of_the_mean": noise,
+    }
 
 
 def summary(values: list[float]) -> dict:
     n = len(values)
-    return {"mean": statistics.fmean(values),
-            "standard_error": statistics.stdev(values) / math.sqrt(n) if n > 1 else None, "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "standard_error": statistics.stdev(values) / math.sqrt(n) if n > 1 else None,
+        "values": values,
+    }
 
 
 def main() -> int:
@@ -146,7 +179,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/terngrad_adam.json"))
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
-    seeds, epochs, workers_list, batches = ((1, 2, (2,), 20) if args.quick else (args.seeds, EPOCHS, (2, 4), 400))
+    seeds, epochs, workers_list, batches = (1, 2, (2,), 20) if args.quick else (args.seeds, EPOCHS, (2, 4), 400)
     torch.set_num_threads(1)
     origin = provenance("digits (scikit-learn 8x8; test split 0.2, seed 0); workers emulated in one process")
     started = time.perf_counter()
@@ -155,32 +188,58 @@ def main() -> int:
     for workers in workers_list:
         for hook, optimizer in ROWS:
             accuracy = summary([train(dataset, hook, optimizer, workers, seed, epochs) for seed in range(seeds)])
-            rows.append({"workers": workers, "hook": hook, "optimizer": optimizer, "lr": OPTIMIZERS[optimizer][1],
-                         "test_accuracy": accuracy})
+            rows.append(
+                {
+                    "workers": workers,
+                    "hook": hook,
+                    "optimizer": optimizer,
+                    "lr": OPTIMIZERS[optimizer][1],
+                    "test_accuracy": accuracy,
+                }
+            )
             log(f"W={workers} {hook:8s} {optimizer:12s} {100 * accuracy['mean']:.2f} %")
 
         def accuracy_of(hook: str, optimizer: str, w: int = workers) -> list[float]:
-            return next(r for r in rows if (r["workers"], r["hook"], r["optimizer"]) == (w, hook, optimizer)
-                        )["test_accuracy"]["values"]
+            return next(r for r in rows if (r["workers"], r["hook"], r["optimizer"]) == (w, hook, optimizer))[
+                "test_accuracy"
+            ]["values"]
 
         for optimizer, reference in (("sgd", "sgd"), ("adam", "adam"), ("adam_lr_x2", "adam")):
-            paired = summary([100 * (a - b) for a, b in zip(accuracy_of("terngrad", optimizer),
-                                                             accuracy_of("fp32", reference))])
+            paired = summary(
+                [100 * (a - b) for a, b in zip(accuracy_of("terngrad", optimizer), accuracy_of("fp32", reference))]
+            )
             goals[f"terngrad {optimizer} - fp32 {reference}, W={workers} (points)"] = {
-                "value": paired["mean"], "target": ">= -0.5", "met": paired["mean"] >= -0.5,
-                "standard_error": paired["standard_error"], "paired_differences": paired["values"]}
-    report = {"goals": goals, "provenance": origin,
-              "settings": {"model": f"mlp(hidden = {list(MODEL['hidden'])})", "epochs": epochs, "global_batch": BATCH,
-                           "clip": CLIP, "seeds": seeds, "optimizers": OPTIMIZERS, "schedule": "cosine",
-                           "emulation": "workers in one process; the hook's clip, ternarizer and scaler sharing"},
-              "accuracy": rows,
-              "mechanism": [mechanism(dataset, w, batches) for w in workers_list]}
+                "value": paired["mean"],
+                "target": ">= -0.5",
+                "met": paired["mean"] >= -0.5,
+                "standard_error": paired["standard_error"],
+                "paired_differences": paired["values"],
+            }
+    report = {
+        "goals": goals,
+        "provenance": origin,
+        "settings": {
+            "model": f"mlp(hidden = {list(MODEL['hidden'])})",
+            "epochs": epochs,
+            "global_batch": BATCH,
+            "clip": CLIP,
+            "seeds": seeds,
+            "optimizers": OPTIMIZERS,
+            "schedule": "cosine",
+            "emulation": "workers in one process; the hook's clip, ternarizer and scaler sharing",
+        },
+        "accuracy": rows,
+        "mechanism": [mechanism(dataset, w, batches) for w in workers_list],
+    }
     report["seconds"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for m in report["mechanism"]:
-        log(f"W={m['workers']}: Adam's denominator x{m['denominator_inflation']['median']:.2f} (median), mean's "
-            f"bias {m['relative_bias_of_the_mean']:.3f} vs its standard error {m['relative_standard_error_of_the_mean']:.3f}")
+        log(
+            f"W={m['workers']}: Adam's denominator x{m['denominator_inflation']['median']:.2f} (median), mean's "
+            f"bias {m['relative_bias_of_the_mean']:.3f} vs its standard error "
+            f"{m['relative_standard_error_of_the_mean']:.3f}"
+        )
     for goal, verdict in goals.items():
         print(f"{goal}: {verdict['value']:.2f} (target {verdict['target']}) {'met' if verdict['met'] else 'MISSED'}")
     return 0

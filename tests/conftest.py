@@ -31,8 +31,11 @@ import pytest
 # this way cut the tiny-search tests from 149 s to 116 s). Fresh per run, removed at exit.
 _JAX_CACHE = tempfile.mkdtemp(prefix="adl-test-jax-cache-")
 atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
-os.environ.update(JAX_COMPILATION_CACHE_DIR=_JAX_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=_JAX_CACHE,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+)
 # XLA:CPU's LLVM backend at -O0 (this process and the compiles it starts; a level already in XLA_FLAGS
 # stands). The JAX tests compile far more than they run: at -O0 the darts e2e search compiled in 45 s
 # instead of 60 s (its 2 epochs then ran in 11 s instead of 4), tests/passes/test_nas.py took 117 s
@@ -41,8 +44,9 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=_JAX_CACHE, JAX_PERSISTENT_CACHE_MIN
 # for: each is derived to hold across CPUs, whose vector units round differently (tests/README.md),
 # and so is every accuracy bound.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
-                                                      "--xla_backend_optimization_level=0"]))
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])
+    )
 # torch's OpenMP threads sleep at a barrier instead of spinning (unless OMP_WAIT_POLICY is set). The
 # compiles train with the target's cores (2) threads; with another process busy on one of the 2 cores,
 # a spinning thread burns the time slice its partner needs: an epoch of the darts e2e test's cell
@@ -126,8 +130,9 @@ class RpcServers:
             tracker = f"127.0.0.1:{self.tracker_port}"
             # started seconds after its port was found free: let it take the next free one of 100
             # (tests reach it through the tracker, never by its port)
-            self._start("board", "tvm.exec.rpc_server", self.board_port, "--tracker", tracker, "--key", "board",
-                        ports=100)
+            self._start(
+                "board", "tvm.exec.rpc_server", self.board_port, "--tracker", tracker, "--key", "board", ports=100
+            )
 
             def registered() -> bool:
                 import tvm.rpc
@@ -235,7 +240,6 @@ def closed_port() -> int:
     return _free_port()
 
 
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -252,8 +256,12 @@ def install_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     def install(folder: str, distribution: str) -> Path:
         source = tmp_path_factory.mktemp("plugin") / folder
         shutil.copytree(EXAMPLES / folder, source)
-        subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-q", str(source)], check=True,
-                       capture_output=True, text=True)
+        subprocess.run(
+            [*pip, "install", "--no-deps", "--no-build-isolation", "-q", str(source)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         installed.append(distribution)
         return source
 

@@ -9,10 +9,10 @@ Keep the module light (no torch/TVM at import): ``adl check`` loads it to read `
 
 from __future__ import annotations
 
-from adl.compiler.layers import LayerDesc
-from adl.compiler.options import Option
-from adl.compiler.spec import TargetSpec
 from adl.hwmodels import CostModel, LayerCost
+from adl.ir.layers import LayerDesc
+from adl.ir.options import Option
+from adl.ir.spec import TargetSpec
 
 
 class MacsModel(CostModel):

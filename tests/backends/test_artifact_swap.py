@@ -34,6 +34,7 @@ def _write(out: Path, library: Path, accuracy: float) -> dict:
 
 def _killed_in(step: str, out: Path, library: Path) -> int:
     """Run a write in a child process that dies (os._exit) at `step`; its exit code."""
+
     def die(*args, **kwargs):
         os._exit(KILLED)
 
@@ -62,8 +63,9 @@ def _killed_in(step: str, out: Path, library: Path) -> int:
 
 
 def _siblings(out: Path) -> list[str]:
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and
-                  not p.name.endswith(".lock"))
+    return sorted(
+        p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and not p.name.endswith(".lock")
+    )
 
 
 def test_the_manifest_records_the_library_sha256(tmp_path):
@@ -143,14 +145,14 @@ def test_leftovers_of_a_live_writer_are_left_alone(tmp_path):
 
 
 def test_writes_wait_for_the_output_lock(tmp_path):
-    from adl.compiler.files import output_lock
+    from adl.ir.files import output_lock
 
     out, library = tmp_path / "out", _library(tmp_path, b"\x7fELF")
     context = multiprocessing.get_context("fork")
     waited = context.Event()
 
     def writer() -> None:
-        import adl.compiler.files as files
+        import adl.ir.files as files
 
         original = files._acquire
         files._acquire = lambda path, on_wait: original(path, lambda: (waited.set(), on_wait()))

@@ -20,14 +20,20 @@ def elf_machine(path) -> tuple[bytes, int, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
-                    reason="aarch64 cross compiler not installed (apt-get install g++-aarch64-linux-gnu; .ci/run does)")
+@pytest.mark.skipif(
+    shutil.which("aarch64-linux-gnu-g++") is None,
+    reason="aarch64 cross compiler not installed (apt-get install g++-aarch64-linux-gnu; .ci/run does)",
+)
 def test_aarch64_library_is_an_aarch64_elf(tmp_path):
     import numpy as np
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-    info = build_library(model, np.zeros((1, 1, 8, 8), np.float32),
-                         {"kind": "llvm", "num-cores": 4, "mtriple": "aarch64-linux-gnu"}, tmp_path / "model.so")
+    info = build_library(
+        model,
+        np.zeros((1, 1, 8, 8), np.float32),
+        {"kind": "llvm", "num-cores": 4, "mtriple": "aarch64-linux-gnu"},
+        tmp_path / "model.so",
+    )
     assert info.cross_compiled
     assert elf_machine(tmp_path / "model.so") == (b"\x7fELF", 2, EM_AARCH64)
 

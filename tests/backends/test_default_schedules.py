@@ -20,7 +20,9 @@ class SmallMobileNet(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU6())
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU6()
+        )
         self.block = torch.nn.Sequential(
             torch.nn.Conv2d(16, 48, 1, bias=False),
             torch.nn.BatchNorm2d(48),
@@ -31,7 +33,9 @@ class SmallMobileNet(torch.nn.Module):
             torch.nn.Conv2d(48, 16, 1, bias=False),
             torch.nn.BatchNorm2d(16),
         )
-        self.down = torch.nn.Sequential(torch.nn.Conv2d(16, 24, 3, stride=2, padding=1), torch.nn.BatchNorm2d(24), torch.nn.ReLU())
+        self.down = torch.nn.Sequential(
+            torch.nn.Conv2d(16, 24, 3, stride=2, padding=1), torch.nn.BatchNorm2d(24), torch.nn.ReLU()
+        )
         self.pool = torch.nn.AdaptiveAvgPool2d(1)
         self.fc = torch.nn.Linear(24, 10)
 
@@ -149,22 +153,6 @@ def test_rule_ignores_non_cpu_targets():
     assert "T.vectorized(T.int64(8))" in sch.mod["main"].script() or "T.vectorized(8)" in sch.mod["main"].script()
 
 
-@pytest.mark.parametrize("target, lanes", [
-    ({"kind": "llvm", "mcpu": "znver3"}, 8),  # AVX2 (LLVM reports a 512-bit width for it: features decide)
-    ({"kind": "llvm", "mcpu": "skylake-avx512"}, 16),
-    ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}, 4),  # NEON
-])
-def test_float_lanes_follow_the_targets_vector_unit(target, lanes):
-    assert ds.float_lanes(target) == lanes
-
-
-def test_float_lanes_of_the_host_are_what_the_schedules_tile_by():
-    from adl.backends.tvm.build import native_target
-
-    host = {"kind": "llvm", "num-cores": 2}
-    assert ds.float_lanes(host) == ds._lanes(tvm.target.Target(native_target(host)), 32) in (4, 8, 16)
-
-
 @pytest.mark.slow
 def test_channel_counts_off_the_vector_width_still_get_whole_vectors():
     """On AVX-512 (16 float lanes) a 24-channel convolution tiles by three 8-lane vectors, not one
@@ -187,7 +175,8 @@ def test_channel_counts_off_the_vector_width_still_get_whole_vectors():
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2, "mcpu": "skylake-avx512"})
     with target:
         scheduled = tvm.transform.Sequential(ds.graph_passes() + ds.schedule_passes())(
-            from_exported_program(exported, keep_params_as_input=False))
+            from_exported_program(exported, keep_params_as_input=False)
+        )
     funcs = {name: f.script() for name, f in _prim_funcs(scheduled).items()}
     (conv,) = [text for name, text in funcs.items() if "conv2d" in name]
     assert "T.vectorized(T.int64(8))" in conv and "T.vectorized(T.int64(24))" not in conv
@@ -255,14 +244,17 @@ def test_an_unpadded_convolution_reads_its_input_in_place(scheduled):
     assert copies.count(True) == 3  # stem, depthwise and strided 3x3 convolutions
 
 
-@pytest.mark.parametrize("vectors, width, accumulators, expected", [
-    (4, 56, 15, (2, 7)),  # 14 multiply-adds for 9 loads; not 4 x 2 (8 for 6) nor 1 x 14 (14 for 15)
-    (3, 56, 15, (3, 4)),  # 24 channels as 3 vectors of 8: 12 for 7, not 1 x 14
-    (80, 7, 15, (2, 7)),  # 1280 channels at 7x7: the whole row
-    (4, 7, 12, (1, 7)),  # AVX2's 12: 7 for 8 beats 2 x 3 (6 for 5)
-    (1, 13, 15, (1, 13)),  # a prime width divides only by itself
-    (5, 1, 15, (5, 1)),  # one position: as many channel vectors as allowed (max_vectors 4 does not divide 5)
-])
+@pytest.mark.parametrize(
+    "vectors, width, accumulators, expected",
+    [
+        (4, 56, 15, (2, 7)),  # 14 multiply-adds for 9 loads; not 4 x 2 (8 for 6) nor 1 x 14 (14 for 15)
+        (3, 56, 15, (3, 4)),  # 24 channels as 3 vectors of 8: 12 for 7, not 1 x 14
+        (80, 7, 15, (2, 7)),  # 1280 channels at 7x7: the whole row
+        (4, 7, 12, (1, 7)),  # AVX2's 12: 7 for 8 beats 2 x 3 (6 for 5)
+        (1, 13, 15, (1, 13)),  # a prime width divides only by itself
+        (5, 1, 15, (5, 1)),  # one position: as many channel vectors as allowed (max_vectors 4 does not divide 5)
+    ],
+)
 def test_register_tile_takes_the_most_multiply_adds_per_load(vectors, width, accumulators, expected):
     from adl.backends.tvm.register_tiles import register_tile
 

@@ -10,8 +10,9 @@ tvm = pytest.importorskip("tvm")
 from torch import nn  # noqa: E402
 
 from adl.backends.runtime import CompiledLibrary  # noqa: E402
-from adl.backends.tvm.build import build_library, native_target  # noqa: E402
+from adl.backends.tvm.build import build_library  # noqa: E402
 from adl.backends.tvm.int8_kernels import int8_path  # noqa: E402
+from adl.hwmodels.cpu import native_target  # noqa: E402
 from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
 from adl.models.integer_graph import fuse_requantization  # noqa: E402
 from adl.passes.haq.quantizers import activation_quant, quantize_weight  # noqa: E402
@@ -32,12 +33,20 @@ def network() -> nn.Module:
     channels), a 3x3 conv, a 1x1 conv to 24 channels (the 8-lane form), a depthwise conv (generic),
     a linear layer to 32 outputs; codes handed from layer to layer."""
     torch.manual_seed(0)
-    return fuse_requantization(nn.Sequential(
-        integer(nn.Conv2d(3, 16, 3, padding=1), -2.0, 2.0), nn.ReLU(),
-        integer(nn.Conv2d(16, 32, 3, stride=2, padding=1), 0.0, 3.0), nn.ReLU6(),
-        integer(nn.Conv2d(32, 24, 1), 0.0, 4.0), nn.ReLU(),
-        integer(nn.Conv2d(24, 24, 3, padding=1, groups=24), 0.0, 4.0), nn.ReLU(), nn.Flatten(),
-        integer(nn.Linear(24 * 8 * 8, 32), 0.0, 4.0)).eval())[0]
+    return fuse_requantization(
+        nn.Sequential(
+            integer(nn.Conv2d(3, 16, 3, padding=1), -2.0, 2.0),
+            nn.ReLU(),
+            integer(nn.Conv2d(16, 32, 3, stride=2, padding=1), 0.0, 3.0),
+            nn.ReLU6(),
+            integer(nn.Conv2d(32, 24, 1), 0.0, 4.0),
+            nn.ReLU(),
+            integer(nn.Conv2d(24, 24, 3, padding=1, groups=24), 0.0, 4.0),
+            nn.ReLU(),
+            nn.Flatten(),
+            integer(nn.Linear(24 * 8 * 8, 32), 0.0, 4.0),
+        ).eval()
+    )[0]
 
 
 def scheduled_tir(model: nn.Module, target: dict) -> str:

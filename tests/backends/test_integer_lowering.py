@@ -15,7 +15,7 @@ from adl.backends.runtime import CompiledLibrary  # noqa: E402
 from adl.backends.tvm.build import build_library  # noqa: E402
 from adl.backends.tvm.integer_ops import import_exported  # noqa: E402
 from adl.backends.tvm.layer_timing import compile_group, layer_model  # noqa: E402
-from adl.compiler.layers import KernelGroup, LayerDesc  # noqa: E402
+from adl.ir.layers import KernelGroup, LayerDesc  # noqa: E402
 from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
 from adl.passes.haq.quantizers import activation_quant, quantize_weight  # noqa: E402
 
@@ -63,8 +63,9 @@ def near_rounding_ties(model: nn.Module, x: np.ndarray, ulps: int = 4) -> np.nda
         slack = ulps * np.finfo(np.float32).eps * np.abs(codes)  # `ulps` float32 ulps of x / s
         near[:] |= (distance <= slack).reshape(len(codes), -1).any(1)
 
-    handles = [m.register_forward_pre_hook(check) for m in model.modules()
-               if isinstance(m, (IntegerConv2d, IntegerLinear))]
+    handles = [
+        m.register_forward_pre_hook(check) for m in model.modules() if isinstance(m, (IntegerConv2d, IntegerLinear))
+    ]
     try:
         with torch.no_grad():
             model(torch.from_numpy(x))
@@ -115,14 +116,15 @@ def _target_has_fma(target: dict) -> bool:
     import tvm
     from tvm.target.codegen import target_has_features
 
-    from adl.backends.tvm.build import native_target
+    from adl.hwmodels.cpu import native_target
 
     return bool(target_has_features("fma", tvm.target.Target(native_target(target))))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _target_has_fma(TARGET),
-                    reason="LLVM contracts the rescale into an FMA only where the target has one")
+@pytest.mark.skipif(
+    not _target_has_fma(TARGET), reason="LLVM contracts the rescale into an FMA only where the target has one"
+)
 def test_a_layers_rescale_rounds_once_in_the_library_as_in_pytorch(tmp_path):
     """acc * rescale + bias: the library's epilogue computes it as one fused multiply-add, and the
     eager layer rounds it once too, so one layer's outputs agree bit for bit. The float32 multiply
@@ -137,8 +139,15 @@ def test_a_layers_rescale_rounds_once_in_the_library_as_in_pytorch(tmp_path):
     out = CompiledLibrary(tmp_path / "layer.so", info.input_shape, num_threads=1).run(x)
     with torch.no_grad():
         expected = layer(torch.from_numpy(x)).numpy()
-        acc = int_conv2d(layer.quantize_input(torch.from_numpy(x)), layer.weight_codes, layer.zero_point,
-                         layer.stride, layer.padding, layer.dilation, layer.groups)
+        acc = int_conv2d(
+            layer.quantize_input(torch.from_numpy(x)),
+            layer.weight_codes,
+            layer.zero_point,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+        )
         rounded_twice = (acc.to(torch.float32) * layer.rescale + layer.bias).numpy()
     assert np.array_equal(out, expected)
     assert not np.array_equal(out, rounded_twice)  # the comparison above can tell the two apart
@@ -167,8 +176,11 @@ def test_integer_convolutions_tile_by_their_int32_accumulators():
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2, "mcpu": "znver3"})
     with target:
         scheduled = tvm.transform.Sequential(graph_passes() + schedule_passes())(import_exported(exported))
-    convs = [f.script() for gv, f in scheduled.functions_items()
-             if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint]
+    convs = [
+        f.script()
+        for gv, f in scheduled.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint
+    ]
     assert len(convs) == 4
     for text in convs:
         update = text.split('_update"')[0].split('_init"')[-1]  # the loop nest around the accumulation

@@ -6,23 +6,30 @@ import numpy as np
 import pytest
 
 from adl.backends.tvm.kernel_profile import KernelTime, attribute_kernels
-from adl.compiler.layers import LayerDesc
+from adl.ir.layers import LayerDesc
 
 
 def _kernel(name: str, us: float) -> KernelTime:
     return KernelTime(name, (((1, 4), "float32"),), us * 1e-6)
 
 
-LAYERS = [LayerDesc("stem", "conv2d", (1, 1, 8, 8), (1, 8, 8, 8), (3, 3)),
-          LayerDesc("dw", "dwconv2d", (1, 8, 8, 8), (1, 8, 8, 8), (3, 3), groups=8),
-          LayerDesc("skip", "add", (1, 8, 8, 8), (1, 8, 8, 8)),
-          LayerDesc("gap", "pool", (1, 8, 8, 8), (1, 8, 1, 1), (8, 8)),
-          LayerDesc("fc", "linear", (1, 8), (1, 10))]
+LAYERS = [
+    LayerDesc("stem", "conv2d", (1, 1, 8, 8), (1, 8, 8, 8), (3, 3)),
+    LayerDesc("dw", "dwconv2d", (1, 8, 8, 8), (1, 8, 8, 8), (3, 3), groups=8),
+    LayerDesc("skip", "add", (1, 8, 8, 8), (1, 8, 8, 8)),
+    LayerDesc("gap", "pool", (1, 8, 8, 8), (1, 8, 1, 1), (8, 8)),
+    LayerDesc("fc", "linear", (1, 8), (1, 10)),
+]
 
 
 def test_compute_and_pooling_kernels_go_to_their_layers_in_order_the_rest_is_other():
-    kernels = [_kernel("layout_transform", 0.1), _kernel("fused_conv2d_add_relu", 2.0),
-               _kernel("fused_conv2d1_add1_add2", 1.0), _kernel("mean1", 0.3), _kernel("fused_matmul_add", 0.2)]
+    kernels = [
+        _kernel("layout_transform", 0.1),
+        _kernel("fused_conv2d_add_relu", 2.0),
+        _kernel("fused_conv2d1_add1_add2", 1.0),
+        _kernel("mean1", 0.3),
+        _kernel("fused_matmul_add", 0.2),
+    ]
     result = attribute_kernels(kernels, LAYERS)
     assert result.attributed and result.why_not == ""
     assert [None if s is None else round(s * 1e6, 6) for s in result.per_layer] == [2.0, 1.0, None, 0.3, 0.2]
@@ -38,8 +45,13 @@ def test_a_kernel_time_survives_its_json_form():
 
 
 def test_counts_that_disagree_are_not_guessed():
-    kernels = [_kernel("fused_conv2d_a", 1.0), _kernel("fused_conv2d_b", 1.0), _kernel("fused_conv2d_c", 1.0),
-               _kernel("fused_matmul", 0.2), _kernel("mean", 0.3)]
+    kernels = [
+        _kernel("fused_conv2d_a", 1.0),
+        _kernel("fused_conv2d_b", 1.0),
+        _kernel("fused_conv2d_c", 1.0),
+        _kernel("fused_matmul", 0.2),
+        _kernel("mean", 0.3),
+    ]
     result = attribute_kernels(kernels, LAYERS)
     assert not result.attributed and "4 conv2d/dwconv2d/linear kernels for 3 such layers" in result.why_not
     assert result.per_layer == [None, None, None, pytest.approx(0.3e-6), None]
@@ -56,11 +68,18 @@ def test_a_built_library_is_profiled_kernel_by_kernel_in_call_order(tmp_path):
 
     from adl.backends.tvm.build import build_library
     from adl.backends.tvm.kernel_profile import profile_library
-    from adl.compiler.layers import describe_model
+    from adl.ir.layers import describe_model
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
     path = tmp_path / "model.so"
     build_library(model, np.zeros((1, 1, 8, 8), np.float32), {"kind": "llvm", "num-cores": 1}, path)
     kernels = profile_library(path, (1, 1, 8, 8), threads=1, repeats=10)
@@ -75,13 +94,15 @@ def test_a_built_library_is_profiled_kernel_by_kernel_in_call_order(tmp_path):
 
 
 def test_the_manifest_record_matches_kernels_to_the_cost_models_rows_by_layer_name():
-    from adl.compiler.driver import kernel_record
+    from adl.driver.run import kernel_record
 
-    kernels = [{"name": "fused_conv2d_add", "args": [[[1, 8, 8, 8], "float32"]], "median_s": 2e-6},
-               {"name": "fused_conv2d1_add", "args": [], "median_s": 1e-6},
-               {"name": "mean", "args": [], "median_s": 3e-7},
-               {"name": "fused_matmul", "args": [], "median_s": 2e-7},
-               {"name": "layout_transform", "args": [], "median_s": 1e-7}]
+    kernels = [
+        {"name": "fused_conv2d_add", "args": [[[1, 8, 8, 8], "float32"]], "median_s": 2e-6},
+        {"name": "fused_conv2d1_add", "args": [], "median_s": 1e-6},
+        {"name": "mean", "args": [], "median_s": 3e-7},
+        {"name": "fused_matmul", "args": [], "median_s": 2e-7},
+        {"name": "layout_transform", "args": [], "median_s": 1e-7},
+    ]
     # a cost model may price rows of its own (the measured model's network overhead)
     rows = [{"name": "(network overhead)", "latency_s": 1e-6}] + [{"name": l.name, "latency_s": 1e-6} for l in LAYERS]
     record = kernel_record(kernels, LAYERS, rows)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from adl.backends.tvm.layer_timing import LayerTimer, compile_group, layer_model, network_latency
-from adl.compiler.layers import KernelGroup, LayerDesc, describe_model, group_layers
-from adl.compiler.spec import TargetSpec
 from adl.hwmodels.measured import MeasuredModel
+from adl.ir.layers import KernelGroup, LayerDesc, describe_model, group_layers
+from adl.ir.spec import TargetSpec
 
 torch = pytest.importorskip("torch")
 
@@ -26,8 +26,18 @@ FC = LayerDesc("fc", "linear", (1, 16), (1, 10), has_bias=True)
 POOL = LayerDesc("pool", "pool", (1, 16, 4, 4), (1, 16, 1, 1), (4, 4), (4, 4))
 
 
-@pytest.mark.parametrize("group", [KernelGroup(CONV), KernelGroup(DW), KernelGroup(PROJECT, ADD), KernelGroup(FC),
-                                   KernelGroup(POOL), KernelGroup(ADD)], ids=lambda g: g.key)
+@pytest.mark.parametrize(
+    "group",
+    [
+        KernelGroup(CONV),
+        KernelGroup(DW),
+        KernelGroup(PROJECT, ADD),
+        KernelGroup(FC),
+        KernelGroup(POOL),
+        KernelGroup(ADD),
+    ],
+    ids=lambda g: g.key,
+)
 def test_the_one_layer_model_reproduces_the_layer(group):
     model = layer_model(group)
     out = model(torch.randn(group.layer.input_shape))
@@ -57,14 +67,20 @@ def small_network():
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
-                                      nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+            self.body = nn.Sequential(
+                nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                nn.BatchNorm2d(8),
+                nn.ReLU6(),
+                nn.Conv2d(8, 8, 1),
+                nn.BatchNorm2d(8),
+            )
 
         def forward(self, x):
             return x + self.body(x)
 
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    ).eval()
 
 
 def test_the_measured_model_prices_a_network_and_caches_its_table(tmp_path):
@@ -122,8 +138,9 @@ def test_a_tuned_target_builds_its_kernels_from_the_tuning_database_too(tmp_path
     # an empty database: TVM's untuned kernels, which the timer weighs against the default schedules
     compiled = compile_group(KernelGroup(CONV), TVM_TARGET, tmp_path / "k", tuned=True, tuning_root=tmp_path / "db")
     assert compiled.tuned and any("conv2d" in k.name for k in compiled.kernels)
-    seconds = LayerTimer(TVM_TARGET, threads=2, repeats=5, jobs=1, tuned=True,
-                         tuning_root=tmp_path / "db").measure([KernelGroup(CONV)])
+    seconds = LayerTimer(TVM_TARGET, threads=2, repeats=5, jobs=1, tuned=True, tuning_root=tmp_path / "db").measure(
+        [KernelGroup(CONV)]
+    )
     default = LayerTimer(TVM_TARGET, threads=2, repeats=5, jobs=1).measure([KernelGroup(CONV)])
     assert set(seconds) == set(default) == {KernelGroup(CONV).key}
     assert seconds[KernelGroup(CONV).key] > 0

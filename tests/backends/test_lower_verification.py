@@ -11,7 +11,7 @@ from torch import nn  # noqa: E402
 
 from adl.backends.tvm.build import OutputAgreement  # noqa: E402
 from adl.backends.tvm.lower_pass import LowerPass  # noqa: E402
-from adl.compiler.passes import PassError  # noqa: E402
+from adl.ir.passes import PassError  # noqa: E402
 from adl.models.integer import IntegerConv2d  # noqa: E402
 
 
@@ -26,8 +26,9 @@ class Log:
 def integer_model() -> nn.Module:
     conv = nn.Conv2d(1, 4, 3, padding=1)
     codes = torch.randint(-7, 8, conv.weight.shape, dtype=torch.int32)
-    return nn.Sequential(IntegerConv2d(conv, codes, torch.full((4,), 0.01), 0.05, 0, 8, 4), nn.Flatten(),
-                         nn.Linear(256, 10))
+    return nn.Sequential(
+        IntegerConv2d(conv, codes, torch.full((4,), 0.01), 0.05, 0, 8, 4), nn.Flatten(), nn.Linear(256, 10)
+    )
 
 
 def agreement(diffs, same) -> OutputAgreement:
@@ -49,7 +50,9 @@ def test_an_integer_library_may_differ_on_a_few_samples_whose_class_agrees():
 
 def test_a_float_library_a_changed_class_or_too_many_samples_are_refused():
     float_model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    with pytest.raises(PassError, match=r"1 of 200 test samples exceed the tolerance 0.0001 \(max abs difference 1.4\)$"):
+    with pytest.raises(
+        PassError, match=r"1 of 200 test samples exceed the tolerance 0.0001 \(max abs difference 1.4\)$"
+    ):
         LowerPass()._check_agreement(ONE_FLIP, float_model, Log())
     with pytest.raises(PassError, match="change the top-1 class"):
         LowerPass()._check_agreement(agreement([0.0] * 199 + [1.4], [True] * 199 + [False]), integer_model(), Log())

@@ -10,16 +10,19 @@ import pytest
 from adl.backends.tvm.padding_taps import AxisTrim, trim_axis
 
 
-@pytest.mark.parametrize("size, kernel, stride, dilation, before, after, expected", [
-    (1, 3, 1, 1, 1, 1, AxisTrim(1, 1, 0, 0)),  # 3x3, pad 1 on a 1x1 map: only the centre tap
-    (2, 3, 2, 1, 1, 1, AxisTrim(1, 2, 0, 0)),  # stride 2 on 2x2 -> 1x1: taps 1 and 2
-    (1, 7, 2, 1, 3, 3, AxisTrim(3, 1, 0, 0)),  # a 7x7 stem on a 1-pixel input
-    (1, 3, 1, 2, 2, 2, AxisTrim(1, 1, 0, 0)),  # dilation 2: the outer taps land two pixels out
-    (2, 3, 1, 1, 1, 1, None),  # 2x2 map, 3x3 kernel: every tap reads the input for some output
-    (7, 3, 1, 1, 1, 1, None),
-    (4, 3, 2, 1, 1, 1, None),
-    (5, 1, 1, 1, 0, 0, None),  # 1x1 kernel: nothing to trim
-])
+@pytest.mark.parametrize(
+    "size, kernel, stride, dilation, before, after, expected",
+    [
+        (1, 3, 1, 1, 1, 1, AxisTrim(1, 1, 0, 0)),  # 3x3, pad 1 on a 1x1 map: only the centre tap
+        (2, 3, 2, 1, 1, 1, AxisTrim(1, 2, 0, 0)),  # stride 2 on 2x2 -> 1x1: taps 1 and 2
+        (1, 7, 2, 1, 3, 3, AxisTrim(3, 1, 0, 0)),  # a 7x7 stem on a 1-pixel input
+        (1, 3, 1, 2, 2, 2, AxisTrim(1, 1, 0, 0)),  # dilation 2: the outer taps land two pixels out
+        (2, 3, 1, 1, 1, 1, None),  # 2x2 map, 3x3 kernel: every tap reads the input for some output
+        (7, 3, 1, 1, 1, 1, None),
+        (4, 3, 2, 1, 1, 1, None),
+        (5, 1, 1, 1, 0, 0, None),  # 1x1 kernel: nothing to trim
+    ],
+)
 def test_trim_axis(size, kernel, stride, dilation, before, after, expected):
     assert trim_axis(size, kernel, stride, dilation, before, after) == expected
 
@@ -38,7 +41,8 @@ def test_a_trimmed_axis_computes_the_same_sums():
     rng = np.random.default_rng(0)
     trimmed = 0
     for size, kernel, stride, dilation, before, after in itertools.product(
-            (1, 2, 3, 5), (1, 3, 5), (1, 2), (1, 2), range(3), range(3)):
+        (1, 2, 3, 5), (1, 3, 5), (1, 2), (1, 2), range(3), range(3)
+    ):
         trim = trim_axis(size, kernel, stride, dilation, before, after)
         if trim is None:
             continue
@@ -46,8 +50,11 @@ def test_a_trimmed_axis_computes_the_same_sums():
         x, w = rng.standard_normal(size), rng.standard_normal(kernel)
         assert trim.taps < kernel
         np.testing.assert_allclose(
-            _conv_1d(x, w[trim.first:trim.first + trim.taps], stride, dilation, trim.before, trim.after),
-            _conv_1d(x, w, stride, dilation, before, after), rtol=1e-12, atol=1e-12)
+            _conv_1d(x, w[trim.first : trim.first + trim.taps], stride, dilation, trim.before, trim.after),
+            _conv_1d(x, w, stride, dilation, before, after),
+            rtol=1e-12,
+            atol=1e-12,
+        )
     assert trimmed == 53  # the combinations of this grid that trim_axis trims
 
 

@@ -104,8 +104,12 @@ def test_a_spec_with_tuning_records_it_in_the_manifest(tmp_path):
         pipeline { train(epochs = 1) lower(repeats = 10) }
     """)
     env = {**os.environ, "ADL_TUNING_DIR": str(tmp_path / "db")}
-    proc = subprocess.run([sys.executable, "-m", "adl", "compile", str(spec), "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adl", "compile", str(spec), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # TVM's C++ warnings (applying the database) and MetaSchedule's loggers go to the compile's
     # log file, not the terminal (adl.library_log); adl's own lines stay

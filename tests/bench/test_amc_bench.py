@@ -7,12 +7,10 @@ hand-written result rows.
 
 from __future__ import annotations
 
+import amc  # bench/amc.py (tests/bench/conftest.py puts bench/ on the path)
 import numpy as np
 import pytest
 import torch
-
-import amc  # bench/amc.py (tests/bench/conftest.py puts bench/ on the path)
-
 
 SHAPES = {"fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
 
@@ -24,8 +22,7 @@ def bench_network(request) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
     torch.manual_seed(0)
     shape = SHAPES[request.param]
-    model = build_model(amc.FAMILY, amc.NETWORKS[request.param], input_shape=shape, classes=10, mean=[0.0],
-                        std=[1.0])
+    model = build_model(amc.FAMILY, amc.NETWORKS[request.param], input_shape=shape, classes=10, mean=[0.0], std=[1.0])
     return model.eval(), shape
 
 
@@ -34,8 +31,9 @@ def environment(model: torch.nn.Module, shape: tuple[int, ...], budget: float, m
     from adl.passes.amc.graph import ChannelGraph
 
     graph = ChannelGraph(model, (1, *shape))
-    return AmcEnv(graph, Resources(graph.layer_table(), {"flops": budget}), lambda m: PolicyScore(1.0, 0.0),
-                  multiple=multiple)
+    return AmcEnv(
+        graph, Resources(graph.layer_table(), {"flops": budget}), lambda m: PolicyScore(1.0, 0.0), multiple=multiple
+    )
 
 
 @pytest.mark.parametrize("multiple", [8, 16])
@@ -102,8 +100,10 @@ def test_nearest_counts_prefers_not_exceeding_the_budget():
 
 
 def rows(amc_kept, uniform_kept, amc_accuracy, uniform_accuracy):
-    return {"amc": {"flops_kept": amc_kept, "accuracy_values": amc_accuracy},
-            "uniform": {"flops_kept": uniform_kept, "accuracy_values": uniform_accuracy}}
+    return {
+        "amc": {"flops_kept": amc_kept, "accuracy_values": amc_accuracy},
+        "uniform": {"flops_kept": uniform_kept, "accuracy_values": uniform_accuracy},
+    }
 
 
 def test_comparison_is_not_met_when_the_flops_differ_by_more_than_one_percent():
@@ -116,8 +116,9 @@ def test_comparison_is_not_met_when_the_flops_differ_by_more_than_one_percent():
 
 
 def test_comparison_at_equal_flops_reports_the_paired_difference():
-    goal = amc.comparison_goal(rows([0.299, 0.298, 0.2995], [0.305, 0.296, 0.309], [0.99, 0.98, 0.97],
-                                    [0.98, 0.98, 0.96]), 0.3)
+    goal = amc.comparison_goal(
+        rows([0.299, 0.298, 0.2995], [0.305, 0.296, 0.309], [0.99, 0.98, 0.97], [0.98, 0.98, 0.96]), 0.3
+    )
     assert "reason" not in goal and goal["met"] is True
     assert goal["paired_differences"] == pytest.approx([1.0, 0.0, 1.0])
     assert goal["value"] == pytest.approx(2 / 3)
@@ -128,9 +129,10 @@ def test_comparison_at_equal_flops_reports_the_paired_difference():
 
 
 def test_goals_name_the_comparison_and_miss_it_at_unequal_flops():
-    report = {"unpruned": {"accuracy": 0.99},
-              "results": {"0.30": rows([0.298], [0.225], [0.99], [0.97]),
-                          "0.50": rows([0.499], [0.503], [0.99], [0.98])}}
+    report = {
+        "unpruned": {"accuracy": 0.99},
+        "results": {"0.30": rows([0.298], [0.225], [0.99], [0.97]), "0.50": rows([0.499], [0.503], [0.99], [0.98])},
+    }
     out = amc.goals(report)
     assert out["AMC - uniform accuracy at 30% FLOPs (points)"]["met"] is False
     assert out["AMC - uniform accuracy at 50% FLOPs (points)"]["met"] is True

@@ -6,21 +6,29 @@ Hand-written result rows: no training, no search.
 
 from __future__ import annotations
 
-import pytest
-
 import haq  # bench/haq.py (tests/bench/conftest.py puts bench/ on the path)
+import pytest
 
 
 def policy(latency: float, accuracies: list[float], bits: int) -> dict:
-    return {"weight_bits": [bits] * 3, "act_bits": [bits] * 3, "latency_s": latency, "accuracy_values": accuracies,
-            "accuracy_mean": sum(accuracies) / len(accuracies)}
+    return {
+        "weight_bits": [bits] * 3,
+        "act_bits": [bits] * 3,
+        "latency_s": latency,
+        "accuracy_values": accuracies,
+        "accuracy_mean": sum(accuracies) / len(accuracies),
+    }
 
 
 def report(haq_latency: float, haq_accuracy: list[float], budget: float, budget_bits: int | None = None) -> dict:
     presets = {}
     for preset, widths in zip(haq.PRESETS, (4, 5)):
-        policies = {"haq": policy(haq_latency, haq_accuracy, widths), "fixed8": policy(1.4, [0.99, 0.98], 8),
-                    "fixed6": policy(0.8, [0.985, 0.98], 6), "fixed4": policy(0.5, [0.97, 0.97], 4)}
+        policies = {
+            "haq": policy(haq_latency, haq_accuracy, widths),
+            "fixed8": policy(1.4, [0.99, 0.98], 8),
+            "fixed6": policy(0.8, [0.985, 0.98], 6),
+            "fixed4": policy(0.5, [0.97, 0.97], 4),
+        }
         presets[preset] = {"budget_s": budget, "policies": policies}
     return {"presets": presets}
 

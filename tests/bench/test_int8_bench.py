@@ -3,11 +3,10 @@ report, the percentage of peak and the timing loop. No builds, no peers, no torc
 
 from __future__ import annotations
 
+import int8  # bench/int8.py (tests/bench/conftest.py puts bench/ on the path)
 import numpy as np
 import pytest
 import torch
-
-import int8  # bench/int8.py (tests/bench/conftest.py puts bench/ on the path)
 
 
 def test_network_table():
@@ -38,8 +37,23 @@ def test_defaults_and_quick_settings():
 
 
 def test_explicit_settings_override_quick():
-    args = int8.parse_args(["--quick", "--rounds", "1", "--repeats", "5", "--networks", "mobilenet_v2_32", "fashion",
-                            "--engines", "ort_int8", "adl_fp32", "--out", "/tmp/x.json"])
+    args = int8.parse_args(
+        [
+            "--quick",
+            "--rounds",
+            "1",
+            "--repeats",
+            "5",
+            "--networks",
+            "mobilenet_v2_32",
+            "fashion",
+            "--engines",
+            "ort_int8",
+            "adl_fp32",
+            "--out",
+            "/tmp/x.json",
+        ]
+    )
     assert (args.rounds, args.repeats, args.calibration) == (1, 5, 16)
     assert args.networks == ["mobilenet_v2_32", "fashion"]
     assert args.engines == ["adl_fp32", "ort_int8"]  # in ENGINES' order
@@ -57,9 +71,12 @@ def engines(**latencies):
 
 
 def test_goals_speedup_and_peers():
-    report = {"networks": {
-        "mobilenet_v2_224": engines(adl_fp32=4e-3, adl_int8=1.6e-3, ort_int8=2e-3, openvino_int8=1e-3),
-        "mobilenet_v2_32": engines(adl_fp32=1e-3, adl_int8=0.8e-3)}}
+    report = {
+        "networks": {
+            "mobilenet_v2_224": engines(adl_fp32=4e-3, adl_int8=1.6e-3, ort_int8=2e-3, openvino_int8=1e-3),
+            "mobilenet_v2_32": engines(adl_fp32=1e-3, adl_int8=0.8e-3),
+        }
+    }
     out = int8.goals(report)
     speedup = out["mobilenet_v2_224: adl int8 >= 2.0x faster than adl fp32"]
     assert speedup == {"value": pytest.approx(2.5), "target": 2.0, "met": True}
@@ -74,10 +91,18 @@ def test_goals_speedup_and_peers():
 
 
 def test_goals_with_missing_figures_are_not_met():
-    report = {"networks": {"resnet18_224": {"engines": {"adl_fp32": {"latency_s": 1e-2},
-                                                        "adl_int8": {"error": "LoweringError: boom"},
-                                                        "ort_int8": {"latency_s": 1e-3}}},
-                           "mobilenet_v2_224": {"error": "ImportError: no torchvision"}}}
+    report = {
+        "networks": {
+            "resnet18_224": {
+                "engines": {
+                    "adl_fp32": {"latency_s": 1e-2},
+                    "adl_int8": {"error": "LoweringError: boom"},
+                    "ort_int8": {"latency_s": 1e-3},
+                }
+            },
+            "mobilenet_v2_224": {"error": "ImportError: no torchvision"},
+        }
+    }
     out = int8.goals(report)
     assert len(out) == 6
     for goal in out.values():
@@ -109,8 +134,12 @@ def test_percent_of_peak():
 
 
 def test_count_macs_of_conv_and_linear():
-    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, groups=8),
-                                torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1),
+        torch.nn.Conv2d(8, 8, 3, groups=8),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 10),
+    )
     expected = 6 * 6 * 8 * 4 * 9 + 4 * 4 * 8 * 1 * 9 + 128 * 10
     assert int8.count_macs(model, (4, 6, 6)) == expected
 
@@ -133,8 +162,7 @@ def test_time_interleaved_keeps_a_median_per_round_and_records_errors():
     def bad(x):
         raise RuntimeError("engine broke\nmore detail")
 
-    out = int8.time_interleaved({"good": good, "bad": bad}, np.zeros(1), rounds=3, repeats=4, warmup=1,
-                               pause_s=0.0)
+    out = int8.time_interleaved({"good": good, "bad": bad}, np.zeros(1), rounds=3, repeats=4, warmup=1, pause_s=0.0)
     assert len(out["good"]) == 3 and all(t >= 0 for t in out["good"])
     assert calls.count("good") == 3 * (4 + 1)
     assert out["bad"] == "RuntimeError: engine broke"

@@ -7,18 +7,19 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import lowering  # bench/lowering.py (tests/bench/conftest.py puts bench/ on the path)
+import numpy as np
 import peers
-
+import pytest
 
 # -- settings ---------------------------------------------------------------------------------
 
+
 def test_measures_name_the_bench_the_peers_and_existing_paths():
     root = Path(lowering.__file__).resolve().parents[1]
-    assert {"bench/lowering.py", "bench/peers.py", "backends/tvm", "backends/runtime.py"} <= set(lowering.MEASURES)
+    assert {"bench/lowering.py", "bench/peers.py", "adl/backends/tvm", "adl/backends/runtime.py"} <= set(
+        lowering.MEASURES
+    )
     assert [p for p in lowering.MEASURES if not (root / p).exists()] == []
 
 
@@ -50,15 +51,41 @@ def test_quick_is_a_small_smoke_run():
 
 
 def test_explicit_settings_override_quick():
-    args = lowering.parse_args(["--quick", "--networks", "resnet18", "resnet18", "--sizes", "224", "--batches", "8",
-                                "--rounds", "2", "--repeats", "4", "--tune-minutes", "15", "5"])
+    args = lowering.parse_args(
+        [
+            "--quick",
+            "--networks",
+            "resnet18",
+            "resnet18",
+            "--sizes",
+            "224",
+            "--batches",
+            "8",
+            "--rounds",
+            "2",
+            "--repeats",
+            "4",
+            "--tune-minutes",
+            "15",
+            "5",
+        ]
+    )
     assert (args.networks, args.sizes, args.batches, args.rounds) == (["resnet18"], [224], [8], 2)
     assert lowering.calls_for(224, 8, args) == (4, 2)
     assert args.tune_minutes == [5.0, 15.0]
 
 
-@pytest.mark.parametrize("argv", [["--networks", "vgg16"], ["--sizes", "64"], ["--rounds", "0"], ["--repeats", "0"],
-                                  ["--batches", "0"], ["--tune-minutes", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--networks", "vgg16"],
+        ["--sizes", "64"],
+        ["--rounds", "0"],
+        ["--repeats", "0"],
+        ["--batches", "0"],
+        ["--tune-minutes", "0"],
+    ],
+)
 def test_bad_arguments_are_rejected(argv, capsys):
     with pytest.raises(SystemExit):
         lowering.parse_args(argv)
@@ -72,27 +99,39 @@ def test_example_input_is_seeded_and_batch_one_is_batch_eights_first_sample():
 
 # -- goals ------------------------------------------------------------------------------------
 
+
 def case(**latencies):
     """A case row: engine -> latency (ms), or -> a full row (dict)."""
-    return {"engines": {name: value if isinstance(value, dict) else {"latency_ms": value}
-                        for name, value in latencies.items()}}
+    return {
+        "engines": {
+            name: value if isinstance(value, dict) else {"latency_ms": value} for name, value in latencies.items()
+        }
+    }
 
 
 def test_goals_met_missed_and_the_peer_targets():
-    report = {"networks": {
-        "mobilenet_v2_224": {"batches": {
-            "1": case(pytorch_eager=40.0, onnxruntime=10.0, openvino=12.0,
-                      adl={"latency_ms": 9.0, "compile_seconds": 45.0, "output_ok": True},
-                      adl_tuned_5min={"latency_ms": 7.0, "tune_minutes": 5.0, "tuning": {"chosen": "default"}},
-                      adl_tuned_15min={"latency_ms": 8.0, "tune_minutes": 15.0,
-                                       "tuning": {"chosen": "metaschedule"}},
-                      adl_tuned_30min={"latency_ms": 1.0, "tune_minutes": 30.0,
-                                       "tuning": {"chosen": "metaschedule"}}),
-            "8": case(pytorch_eager=100.0, adl=60.0)}},
-        "mnasnet1_0_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, openvino=9.0, adl=10.5)}},
-        "efficientnet_b0_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, adl=12.5)}},
-        "resnet18_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, openvino=9.0, adl=10.5)}}},
-        "thread_check": {"quiet": {"threads": 2}, "loaded": {"threads": 2}}}
+    report = {
+        "networks": {
+            "mobilenet_v2_224": {
+                "batches": {
+                    "1": case(
+                        pytorch_eager=40.0,
+                        onnxruntime=10.0,
+                        openvino=12.0,
+                        adl={"latency_ms": 9.0, "compile_seconds": 45.0, "output_ok": True},
+                        adl_tuned_5min={"latency_ms": 7.0, "tune_minutes": 5.0, "tuning": {"chosen": "default"}},
+                        adl_tuned_15min={"latency_ms": 8.0, "tune_minutes": 15.0, "tuning": {"chosen": "metaschedule"}},
+                        adl_tuned_30min={"latency_ms": 1.0, "tune_minutes": 30.0, "tuning": {"chosen": "metaschedule"}},
+                    ),
+                    "8": case(pytorch_eager=100.0, adl=60.0),
+                }
+            },
+            "mnasnet1_0_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, openvino=9.0, adl=10.5)}},
+            "efficientnet_b0_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, adl=12.5)}},
+            "resnet18_224": {"batches": {"1": case(pytorch_eager=30.0, onnxruntime=10.0, openvino=9.0, adl=10.5)}},
+        },
+        "thread_check": {"quiet": {"threads": 2}, "loaded": {"threads": 2}},
+    }
     out = lowering.goals(report)
     peers_text = " / min(ONNX Runtime, OpenVINO)"
     assert out["mobilenet_v2_224 b1: adl" + peers_text] == {"value": pytest.approx(0.9), "target": 1.0, "met": True}
@@ -123,10 +162,21 @@ def test_goals_without_figures_are_not_met_with_value_none():
 
 
 def test_goals_ignore_failed_engines_and_wrong_libraries():
-    report = {"networks": {"mobilenet_v2_224": {"batches": {"1": case(
-        pytorch_eager=40.0, onnxruntime={"error": "ImportError: no onnxruntime"}, openvino=10.0,
-        adl={"latency_ms": 5.0, "compile_seconds": 90.0, "output_ok": False})}}},
-        "thread_check": {"quiet": {"threads": 1}, "loaded": {"threads": 2}}}
+    report = {
+        "networks": {
+            "mobilenet_v2_224": {
+                "batches": {
+                    "1": case(
+                        pytorch_eager=40.0,
+                        onnxruntime={"error": "ImportError: no onnxruntime"},
+                        openvino=10.0,
+                        adl={"latency_ms": 5.0, "compile_seconds": 90.0, "output_ok": False},
+                    )
+                }
+            }
+        },
+        "thread_check": {"quiet": {"threads": 1}, "loaded": {"threads": 2}},
+    }
     out = lowering.goals(report)
     assert out["mobilenet_v2_224 b1: adl / min(ONNX Runtime, OpenVINO)"]["value"] is None  # wrong logits
     assert out["mobilenet_v2_224 b1: adl / PyTorch eager"]["value"] is None
@@ -142,6 +192,7 @@ def test_best_peer_takes_the_faster_measured_peer():
 
 
 # -- figures ----------------------------------------------------------------------------------
+
 
 def test_percent_of_peak_against_both_fp32_peaks():
     peak = {"fma": {"fp32_flops_per_s": {"1": 1e11, "2": 4e11}}, "gemm": {"fp32_flops_per_s": {"2": 2e11}}}
@@ -172,9 +223,12 @@ def test_output_check_relative_to_the_logit_scale():
 
 
 def test_table_has_a_row_per_case():
-    report = {"networks": {"mobilenet_v2_32": {"batches": {"1": case(pytorch_eager=2.0, adl={"latency_ms": 0.5,
-                                                                                              "threads": 1})}},
-                           "resnet18_32": {"error": "ImportError: no torchvision", "batches": {}}}}
+    report = {
+        "networks": {
+            "mobilenet_v2_32": {"batches": {"1": case(pytorch_eager=2.0, adl={"latency_ms": 0.5, "threads": 1})}},
+            "resnet18_32": {"error": "ImportError: no torchvision", "batches": {}},
+        }
+    }
     lines = lowering.table(report)
     assert lines[0].split()[:3] == ["network", "batch", "pytorch_eager"]
     assert "mobilenet_v2_32" in lines[1] and "0.500" in lines[1] and "2.000" in lines[1]
@@ -211,6 +265,7 @@ def test_thread_check_records_both_choices_and_kills_the_busy_process(monkeypatc
 
 
 # -- bench/peers.py: which peak kernels the CPU's flags allow ----------------------------------
+
 
 def test_peak_kernels_by_cpu_flags():
     zen5 = peers.peak_kernels({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"})
@@ -287,7 +342,7 @@ def test_cpu_flags_reads_the_first_flags_line(tmp_path):
 
 def test_gemm_peak_formula_on_a_small_matrix():
     out = peers.gemm_peak(threads=1, n=64, tries=2)
-    assert out["fp32_flops_per_s"]["1"] == pytest.approx(2 * 64 ** 3 / out["seconds"])
+    assert out["fp32_flops_per_s"]["1"] == pytest.approx(2 * 64**3 / out["seconds"])
     assert "torch.mm" in out["method"]
 
 

@@ -11,9 +11,8 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import provenance  # bench/provenance.py and bench/status.py (tests/bench/conftest.py puts bench/ on the path)
+import pytest
 import status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,15 +38,20 @@ Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics
 CPU implementer\t: 0x41
 CPU part\t: 0xd0c
 """
-TOY_BENCH = '''MEASURES = ("bench/toy.py", "passes/toy")
+TOY_BENCH = """MEASURES = ("bench/toy.py", "passes/toy")
 OTHER = ("passes/toy/train.py",)
 RESULT_MEASURES = {"toy_meta": OTHER}
-'''
+"""
 
 
 def git(root: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false",
-                           *args], cwd=root, check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout.strip()
 
 
@@ -88,11 +92,26 @@ def states(root: Path) -> dict[str, str]:
 
 def test_results_map_to_the_bench_with_the_longest_matching_name():
     benches = ["amc", "costmodel", "fuzz", "haq", "int8", "l2o", "lowering", "nas", "terngrad", "terngrad_adam"]
-    expected = {"amc": "amc", "amc_width3": "amc", "haq": "haq", "haq_budget4": "haq", "haq_int8": "haq",
-                "int8": "int8", "int8_avx512": "int8", "terngrad_adam": "terngrad_adam",
-                "terngrad_adam_2": "terngrad_adam", "l2o_meta_train": "l2o", "l2o_quadratic_meta_train": "l2o",
-                "l2o_quadratic_specialist": "l2o", "costmodel": "costmodel", "fuzz": "fuzz", "nas": "nas",
-                "haqx": None, "amcwidth": None, "unknown": None}
+    expected = {
+        "amc": "amc",
+        "amc_width3": "amc",
+        "haq": "haq",
+        "haq_budget4": "haq",
+        "haq_int8": "haq",
+        "int8": "int8",
+        "int8_avx512": "int8",
+        "terngrad_adam": "terngrad_adam",
+        "terngrad_adam_2": "terngrad_adam",
+        "l2o_meta_train": "l2o",
+        "l2o_quadratic_meta_train": "l2o",
+        "l2o_quadratic_specialist": "l2o",
+        "costmodel": "costmodel",
+        "fuzz": "fuzz",
+        "nas": "nas",
+        "haqx": None,
+        "amcwidth": None,
+        "unknown": None,
+    }
     assert {stem: status.bench_for(stem, benches) for stem in expected} == expected
 
 
@@ -127,8 +146,10 @@ def test_a_result_measured_at_the_last_change_is_fresh_until_a_measured_path_cha
 
     write(root, "passes/toy/search.py", "STEPS = 2\n")
     changed = commit_all(root, "change the search")
-    assert states(root) == {name: f"stale (measured at {code[:7]}, passes/toy changed since in {changed[:7]})"
-                            for name in ("toy", "toy_big")}
+    assert states(root) == {
+        name: f"stale (measured at {code[:7]}, passes/toy changed since in {changed[:7]})"
+        for name in ("toy", "toy_big")
+    }
     assert status.main(["--root", str(root)]) == 1
     assert f"bench/results/toy.json: stale (measured at {code[:7]}" in capsys.readouterr().out
 
@@ -146,8 +167,9 @@ def test_a_per_result_override_decides_staleness(repo):
     assert states(root) == {"toy_meta": "fresh"}
     write(root, "passes/toy/train.py", "EPOCHS = 2\n")
     last = commit_all(root, "change the training")
-    assert states(root) == {"toy_meta": f"stale (measured at {code[:7]}, passes/toy/train.py changed since in "
-                                        f"{last[:7]})"}
+    assert states(root) == {
+        "toy_meta": f"stale (measured at {code[:7]}, passes/toy/train.py changed since in {last[:7]})"
+    }
 
 
 def test_results_that_cannot_be_traced_to_a_commit(repo, capsys):
@@ -189,8 +211,10 @@ def test_a_bench_without_measures_or_with_missing_paths_is_untraceable(repo):
     result(root, "bare", recorded_at(code))
     result(root, "typo", recorded_at(code))
     commit_all(root, "benches")
-    assert states(root) == {"bare": "untraceable (bench/bare.py declares no MEASURES)",
-                            "typo": "untraceable (bench/typo.py MEASURES paths that do not exist: passes/nope)"}
+    assert states(root) == {
+        "bare": "untraceable (bench/bare.py declares no MEASURES)",
+        "typo": "untraceable (bench/typo.py MEASURES paths that do not exist: passes/nope)",
+    }
 
 
 def test_provenance_of_a_run_in_a_committed_tree_makes_a_fresh_result(repo):
@@ -225,10 +249,17 @@ def test_provenance_outside_a_git_checkout(tmp_path):
 
 def test_cpu_flags_from_an_x86_cpuinfo():
     assert provenance.cpu_info(X86, machine="x86_64") == {
-        "model": "Intel(R) Xeon(R) Platinum 8480+", "architecture": "x86_64",
-        "flags": {"avx2": True, "avx512f": True, "avx512bw": True, "avx512_vnni": True, "amx": True}}
+        "model": "Intel(R) Xeon(R) Platinum 8480+",
+        "architecture": "x86_64",
+        "flags": {"avx2": True, "avx512f": True, "avx512bw": True, "avx512_vnni": True, "amx": True},
+    }
     assert provenance.cpu_info(ZEN3, machine="x86_64")["flags"] == {
-        "avx2": True, "avx512f": False, "avx512bw": False, "avx512_vnni": False, "amx": False}
+        "avx2": True,
+        "avx512f": False,
+        "avx512bw": False,
+        "avx512_vnni": False,
+        "amx": False,
+    }
 
 
 def test_cpu_off_x86_says_what_it_is():
@@ -246,3 +277,26 @@ def test_stamping_a_result_another_tool_wrote(repo):
     report = json.loads(path.read_text())
     assert report["meta_loss"] == [1.0] and report["provenance"]["argv"] == ["adl", "l2o", "meta-train"]
     assert report["provenance"]["git"]["commit"] == code  # the checkout the result lies in
+
+
+def test_formatting_comments_import_order_and_moves_keep_a_result_fresh(repo):
+    root, code = repo
+    write(root, "passes/toy/search.py", "import os\nimport sys\n\nSTEPS = 1  # the steps\n")
+    first = commit_all(root, "imports")
+    result(root, "toy", recorded_at(first))
+    commit_all(root, "results")
+    write(root, "passes/toy/search.py", "import sys\nimport os\n\n\nSTEPS = (\n    1\n)\n")  # reformatted, no comment
+    reformatted = commit_all(root, "reformat")
+    assert states(root) == {"toy": f"fresh (the same code since {first[:7]}: formatting, comments or moves)"}
+
+    git(root, "mv", "passes", "lib")  # the folder moves; the bench's MEASURES follow it
+    write(root, "bench/toy.py", TOY_BENCH.replace('"passes/toy"', '"lib/toy"').replace("passes/toy/", "lib/toy/"))
+    commit_all(root, "move")
+    assert states(root)["toy"].startswith("fresh (the same code since")
+
+    write(root, "lib/toy/search.py", "import sys\nimport os\n\nSTEPS = 2\n")  # a real change
+    changed = commit_all(root, "change")
+    assert states(root) == {
+        "toy": f"stale (measured at {first[:7]}, bench/toy.py, lib/toy changed since in {changed[:7]})"
+    }
+    assert reformatted != changed

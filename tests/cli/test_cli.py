@@ -31,8 +31,9 @@ def test_the_full_pipeline_examples_check(capsys, tmp_path):
 
 def test_python_dash_m_is_the_same_command():
     a = subprocess.run([sys.executable, "-m", "adl", "check", str(EXAMPLE)], capture_output=True, text=True)
-    b = subprocess.run([str(Path(sys.executable).parent / "adl"), "check", str(EXAMPLE)], capture_output=True,
-                       text=True)
+    b = subprocess.run(
+        [str(Path(sys.executable).parent / "adl"), "check", str(EXAMPLE)], capture_output=True, text=True
+    )
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout
 
@@ -40,8 +41,20 @@ def test_python_dash_m_is_the_same_command():
 def test_passes_lists_every_pass_with_options(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
-    for text in ("train:", "lower:", "nas:", "amc:", "haq:", "epochs", "optimizer", "repeats", "tolerance",
-                 "requires: model", "range", "1..1000000"):
+    for text in (
+        "train:",
+        "lower:",
+        "nas:",
+        "amc:",
+        "haq:",
+        "epochs",
+        "optimizer",
+        "repeats",
+        "tolerance",
+        "requires: model",
+        "range",
+        "1..1000000",
+    ):
         assert text in out
 
 

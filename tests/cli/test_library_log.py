@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from adl.cli import main
-from adl.compiler.module import Module
-from adl.compiler.passes import Pass, PassContext, PassError, default_registry
+from adl.ir.module import Module
+from adl.ir.passes import Pass, PassContext, PassError, default_registry
 from adl.library_log import LibraryLog
 
 SPEC = """spec mini
@@ -70,7 +70,7 @@ class NoisyPass(Pass):
 
 @pytest.fixture
 def noisy_spec(tmp_path, monkeypatch):
-    monkeypatch.setitem(default_registry()._passes, "noisy", NoisyPass)
+    monkeypatch.setitem(default_registry()._classes, "noisy", NoisyPass)
     spec = tmp_path / "mini.adl"
     spec.write_text(SPEC)
     return spec
@@ -97,6 +97,7 @@ def test_the_libraries_messages_go_to_the_log_and_adls_warning_to_the_terminal(n
 
 def show_warnings_as_python_does(monkeypatch) -> None:
     """Outside pytest, which records warnings instead: as text on sys.stderr."""
+
     def show(message, category, filename, lineno, file=None, line=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -126,7 +127,7 @@ class FailingNoisyPass(NoisyPass):
 
 
 def test_a_failed_compile_names_the_log_even_when_quiet(noisy_spec, tmp_path, capfd, monkeypatch):
-    monkeypatch.setitem(default_registry()._passes, "noisy", FailingNoisyPass)
+    monkeypatch.setitem(default_registry()._classes, "noisy", FailingNoisyPass)
     assert main(["compile", str(noisy_spec), "-o", str(tmp_path / "out"), "-q"]) == 3
     err = capfd.readouterr().err
     assert "noisy: gave up" in err and "libraries' messages (" in err and str(the_log(tmp_path)) in err
@@ -149,17 +150,24 @@ def test_the_log_takes_fd_2_python_stderr_and_library_deprecations(tmp_path, cap
             os.write(2, b"from C: fd 2\n")
             print("from Python: sys.stderr", file=sys.stderr)
             subprocess.run([sys.executable, "-c", CHILD], check=True)
-            warnings.warn("a library's deprecation", FutureWarning)
-            warnings.warn("a library's other deprecation", DeprecationWarning)
-            warnings.warn("adl: one of adl's", FutureWarning)
-            warnings.warn("a runtime problem", RuntimeWarning)
+            warnings.warn("a library's deprecation", FutureWarning, stacklevel=1)
+            warnings.warn("a library's other deprecation", DeprecationWarning, stacklevel=1)
+            warnings.warn("adl: one of adl's", FutureWarning, stacklevel=1)
+            warnings.warn("a runtime problem", RuntimeWarning, stacklevel=1)
             terminal.write("adl's progress\n")
     err = capfd.readouterr().err
     assert "fd 2" not in err and "sys.stderr" not in err and "inherited" not in err and "library's" not in err
     assert "adl's progress" in err and "adl: one of adl's" in err and "a runtime problem" in err
     text = log.path.read_text()
-    for line in ("from C: fd 2", "from Python: sys.stderr", "inherited", "a library's deprecation",
-                 "a library's other deprecation", "adl: one of adl's", "a runtime problem"):
+    for line in (
+        "from C: fd 2",
+        "from Python: sys.stderr",
+        "inherited",
+        "a library's deprecation",
+        "a library's other deprecation",
+        "adl: one of adl's",
+        "a runtime problem",
+    ):
         assert line in text
     assert log.lines == len(text.splitlines())
     os.write(2, b"after\n")  # fd 2 and sys.stderr are back

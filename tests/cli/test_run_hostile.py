@@ -32,8 +32,11 @@ def stand_in(tmp_path: Path) -> Path:
     folder.mkdir()
     library = b"not a library"
     (folder / "model.so").write_bytes(library)
-    manifest = {"schema_version": 1, "input": {"shape": [1, 1, 8, 8], "dtype": "float32"},
-                "library": {"sha256": hashlib.sha256(library).hexdigest()}}
+    manifest = {
+        "schema_version": 1,
+        "input": {"shape": [1, 1, 8, 8], "dtype": "float32"},
+        "library": {"sha256": hashlib.sha256(library).hexdigest()},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -62,8 +65,10 @@ def test_files_that_are_not_readable_arrays(tmp_path: Path, stand_in: Path, caps
         "empty.npy": (b"", f"the file is empty: {EXPECTED}"),
         "table.csv": (b"1,2,3\n", f"neither a .npy nor an .npz file: {EXPECTED}"),
         "pickle.npy": (b"\x80\x04K\x01.", f"neither a .npy nor an .npz file: {EXPECTED}"),
-        "cut.npz": (write_npz(tmp_path / "whole.npz", x=x_batch()).read_bytes()[:300],
-                    "not a readable .npz file: BadZipFile: File is not a zip file"),
+        "cut.npz": (
+            write_npz(tmp_path / "whole.npz", x=x_batch()).read_bytes()[:300],
+            "not a readable .npz file: BadZipFile: File is not a zip file",
+        ),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
@@ -76,16 +81,19 @@ def test_arrays_numpy_reads_only_by_unpickling_or_that_are_cut_short(tmp_path: P
     np.save(tmp_path / "objects.npy", np.array([1, "a", None], dtype=object), allow_pickle=True)
     assert run_error(capsys, stand_in, tmp_path / "objects.npy") == (
         f"{tmp_path / 'objects.npy'}: error: not a readable .npy file: ValueError: Object arrays cannot be loaded "
-        "when allow_pickle=False")
+        "when allow_pickle=False"
+    )
     with open(tmp_path / "objects.npz", "wb") as f:
         np.savez(f, x=np.array([None], dtype=object))
     assert run_error(capsys, stand_in, tmp_path / "objects.npz") == (
         f"{tmp_path / 'objects.npz'}: error: not a readable .npz file: ValueError: Object arrays cannot be loaded "
-        "when allow_pickle=False")
+        "when allow_pickle=False"
+    )
     np.save(tmp_path / "whole.npy", x_batch())
     (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:-100])
     assert run_error(capsys, stand_in, tmp_path / "cut.npy").startswith(
-        f"{tmp_path / 'cut.npy'}: error: not a readable .npy file: ")
+        f"{tmp_path / 'cut.npy'}: error: not a readable .npy file: "
+    )
 
 
 def test_an_npz_without_x(tmp_path: Path, stand_in: Path, capsys) -> None:
@@ -96,32 +104,56 @@ def test_an_npz_without_x(tmp_path: Path, stand_in: Path, capsys) -> None:
     assert run_error(capsys, stand_in, tmp_path / "empty.npz").startswith(f"{tmp_path / 'empty.npz'}: error: ")
 
 
-@pytest.mark.parametrize(("x", "message"), [
-    (np.zeros(3, dtype=[("a", "<f4")]), "expected a floating-point input (the library's input dtype is float32), "
-                                        "got dtype [('a', '<f4')] with shape (3,)"),
-    (np.zeros((2, 8, 8), np.float32), "expected input of shape (N, 1, 8, 8) or a single sample (1, 8, 8) (the "
-                                      "library's input shape is (1, 1, 8, 8)); got shape (2, 8, 8)"),
-    (np.zeros((2, 1, 8, 8), np.complex64), "expected a floating-point input (the library's input dtype is float32), "
-                                           "got dtype complex64 with shape (2, 1, 8, 8)"),
-    (np.zeros((0, 1, 8, 8), np.float32), "x holds no samples (shape (0, 1, 8, 8))"),
-    (np.where(np.arange(4)[:, None, None, None] == 1, np.nan, x_batch()), "x holds 64 non-finite values (NaN or inf)"),
-    (np.full((1, 8, 8), np.inf), "x holds 64 non-finite values (NaN or inf)"),
-])
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        (
+            np.zeros(3, dtype=[("a", "<f4")]),
+            "expected a floating-point input (the library's input dtype is float32), "
+            "got dtype [('a', '<f4')] with shape (3,)",
+        ),
+        (
+            np.zeros((2, 8, 8), np.float32),
+            "expected input of shape (N, 1, 8, 8) or a single sample (1, 8, 8) (the "
+            "library's input shape is (1, 1, 8, 8)); got shape (2, 8, 8)",
+        ),
+        (
+            np.zeros((2, 1, 8, 8), np.complex64),
+            "expected a floating-point input (the library's input dtype is float32), "
+            "got dtype complex64 with shape (2, 1, 8, 8)",
+        ),
+        (np.zeros((0, 1, 8, 8), np.float32), "x holds no samples (shape (0, 1, 8, 8))"),
+        (
+            np.where(np.arange(4)[:, None, None, None] == 1, np.nan, x_batch()),
+            "x holds 64 non-finite values (NaN or inf)",
+        ),
+        (np.full((1, 8, 8), np.inf), "x holds 64 non-finite values (NaN or inf)"),
+    ],
+)
 def test_inputs_that_do_not_fit_the_manifest(tmp_path: Path, stand_in: Path, capsys, x, message) -> None:
     np.save(tmp_path / "x.npy", x)
     assert run_error(capsys, stand_in, tmp_path / "x.npy") == f"{tmp_path / 'x.npy'}: error: {message}"
 
 
-@pytest.mark.parametrize(("y", "message"), [
-    (np.zeros(3, np.int64), "labels 'y' of shape (3,) do not match inputs 'x' of shape (4, 1, 8, 8): "
-                            "expected (4,) or (4, 1)"),
-    (np.zeros((4, 2), np.int64), "labels 'y' of shape (4, 2) do not match inputs 'x' of shape (4, 1, 8, 8): "
-                                 "expected (4,) or (4, 1)"),
-    (np.zeros((1, 4), np.int64), "labels 'y' of shape (1, 4) do not match inputs 'x' of shape (4, 1, 8, 8): "
-                                 "expected (4,) or (4, 1)"),
-    (np.array([0, 1, 2.5, 3]), "labels 'y' must be whole class numbers, got dtype float64"),
-    (np.array(["a", "b", "c", "d"]), "labels 'y' must be whole class numbers, got dtype <U1"),
-])
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (
+            np.zeros(3, np.int64),
+            "labels 'y' of shape (3,) do not match inputs 'x' of shape (4, 1, 8, 8): expected (4,) or (4, 1)",
+        ),
+        (
+            np.zeros((4, 2), np.int64),
+            "labels 'y' of shape (4, 2) do not match inputs 'x' of shape (4, 1, 8, 8): expected (4,) or (4, 1)",
+        ),
+        (
+            np.zeros((1, 4), np.int64),
+            "labels 'y' of shape (1, 4) do not match inputs 'x' of shape (4, 1, 8, 8): expected (4,) or (4, 1)",
+        ),
+        (np.array([0, 1, 2.5, 3]), "labels 'y' must be whole class numbers, got dtype float64"),
+        (np.array(["a", "b", "c", "d"]), "labels 'y' must be whole class numbers, got dtype <U1"),
+    ],
+)
 def test_labels_that_do_not_fit_the_inputs(tmp_path: Path, stand_in: Path, capsys, y, message) -> None:
     path = write_npz(tmp_path / "d.npz", x=x_batch(), y=y)
     assert run_error(capsys, stand_in, path) == f"{path}: error: {message}"
@@ -131,31 +163,37 @@ def test_an_output_that_cannot_be_written_is_refused_before_running(tmp_path: Pa
     np.save(tmp_path / "x.npy", x_batch())
     missing = tmp_path / "no" / "pred.npy"
     assert run_error(capsys, stand_in, tmp_path / "x.npy", "--output", str(missing)) == (
-        f"{missing}: error: the folder {missing.parent} does not exist")
+        f"{missing}: error: the folder {missing.parent} does not exist"
+    )
     assert run_error(capsys, stand_in, tmp_path / "x.npy", "--output", str(tmp_path)) == (
-        f"{tmp_path}: error: is a directory: give the file to write")
+        f"{tmp_path}: error: is a directory: give the file to write"
+    )
 
 
 def test_a_malformed_artifact_is_a_user_error(tmp_path: Path, stand_in: Path, capsys) -> None:
     np.save(tmp_path / "x.npy", x_batch())
     (stand_in / "manifest.json").write_text('{"schema_version": 1, "input": null}')
     assert run_error(capsys, stand_in, tmp_path / "x.npy") == (
-        f"{stand_in / 'manifest.json'}: error: 'input' must be an object, got null")
+        f"{stand_in / 'manifest.json'}: error: 'input' must be an object, got null"
+    )
     (stand_in / "manifest.json").write_text('{"schema_version": 1, "input": {"shape": [1, 1, 8, 8]}, "x": Infinity}')
     assert run_error(capsys, stand_in, tmp_path / "x.npy") == (
         f"{stand_in / 'manifest.json'}: error: not valid JSON: Infinity is not a JSON number (a manifest holds finite "
-        "numbers only)")
+        "numbers only)"
+    )
     manifest = {"schema_version": 1, "input": {"shape": [1, 1, 8, 8]}, "library": {"cross_compiled": False}}
     (stand_in / "manifest.json").write_text(json.dumps(manifest))
     assert run_error(capsys, stand_in, tmp_path / "x.npy") == (
         f"{stand_in / 'manifest.json'}: error: no 'library.sha256' to check model.so against: the artifact was "
-        "written by an older adl; recompile its spec with this one")
+        "written by an older adl; recompile its spec with this one"
+    )
     manifest["library"]["sha256"] = "0" * 64
     (stand_in / "manifest.json").write_text(json.dumps(manifest))
     assert run_error(capsys, stand_in, tmp_path / "x.npy") == (
         f"{stand_in}: error: model.so does not match its manifest (sha256 "
         f"{hashlib.sha256(b'not a library').hexdigest()[:16]}..., the manifest records 0000000000000000...): the "
-        "library was modified or comes from another compile")
+        "library was modified or comes from another compile"
+    )
 
 
 def test_data_writes_exactly_the_path_given(tmp_path: Path, capsys) -> None:
@@ -172,8 +210,9 @@ def test_data_refuses_a_folder_or_a_path_through_a_file(tmp_path: Path, capsys) 
     assert capsys.readouterr().err == f"{tmp_path}: error: is a directory: give the .npz file to write, e.g. test.npz\n"
     (tmp_path / "file").write_text("")
     assert main(["data", str(EXAMPLE), "-o", str(tmp_path / "file" / "t.npz")]) == 2
-    assert capsys.readouterr().err == (f"{tmp_path / 'file' / 't.npz'}: error: cannot create the folder "
-                                       f"{tmp_path / 'file'}: File exists\n")
+    assert capsys.readouterr().err == (
+        f"{tmp_path / 'file' / 't.npz'}: error: cannot create the folder {tmp_path / 'file'}: File exists\n"
+    )
 
 
 # -- a real artifact -------------------------------------------------------------------------------
@@ -197,8 +236,11 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(artifact, test split .npz), compiled once for the module (~20 s)."""
     folder = tmp_path_factory.mktemp("hostile")
     (folder / "hostile.adl").write_text(SPEC)
-    proc = subprocess.run([sys.executable, "-m", "adl", "compile", "-q", str(folder / "hostile.adl"), "-o",
-                           str(folder / "artifact")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adl", "compile", "-q", str(folder / "hostile.adl"), "-o", str(folder / "artifact")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert main(["data", str(folder / "hostile.adl"), "-o", str(folder / "test.npz")]) == 0
     return folder / "artifact", folder / "test.npz"
@@ -212,8 +254,9 @@ def artifact(compiled: tuple[Path, Path], tmp_path: Path) -> Path:
 
 def run_cli(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """`adl run` in a process of its own: a crash there (SIGBUS) must not take the tests down."""
-    return subprocess.run([sys.executable, "-m", "adl", "run", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "adl", "run", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 MISMATCH = "): the library was modified or comes from another compile"
@@ -252,22 +295,26 @@ def test_labels_of_shape_n_by_1_score_like_n(compiled, tmp_path: Path, capsys) -
 
 @pytest.mark.slow
 def test_expect_accuracy_passes_on_the_test_split_and_fails_when_the_library_answers_otherwise(
-        compiled, artifact: Path, tmp_path: Path, capsys) -> None:
+    compiled, artifact: Path, tmp_path: Path, capsys
+) -> None:
     _, split = compiled
     with np.load(split) as data:
         x, y = data["x"], data["y"]
     manifest = json.loads((artifact / "manifest.json").read_text())
     accuracy, samples = manifest["metrics"]["accuracy"], manifest["data"]["test_samples"]
     assert main(["run", str(artifact), "--input", str(split), "--expect-accuracy"]) == 0
-    assert (f"reproduces the manifest's accuracy: {100 * accuracy:.2f} % on {samples} test samples"
-            in capsys.readouterr().out)
+    assert (
+        f"reproduces the manifest's accuracy: {100 * accuracy:.2f} % on {samples} test samples"
+        in capsys.readouterr().out
+    )
     wrong = write_npz(tmp_path / "wrong.npz", x=x, y=(y + 1) % 10)  # other labels: other right answers
     assert main(["run", str(artifact), "--input", str(wrong), "--expect-accuracy"]) == 1
     assert "differs from the manifest's" in capsys.readouterr().err
     fewer = write_npz(tmp_path / "fewer.npz", x=x[:5], y=y[:5])
     assert run_error(capsys, artifact, fewer, "--expect-accuracy") == (
         f"{fewer}: error: --expect-accuracy compares with the manifest's test split of {samples} samples; "
-        "the input holds 5")
+        "the input holds 5"
+    )
     np.save(tmp_path / "x.npy", x)
     assert "needs labels" in run_error(capsys, artifact, tmp_path / "x.npy", "--expect-accuracy")
     manifest["metrics"]["accuracy"] = "most"  # a hand-edited manifest: an error, not a crash
@@ -303,8 +350,11 @@ def test_a_huge_runtime_thread_count_neither_hangs_nor_is_accepted_past_the_boun
     manifest["metrics"]["runtime_threads"] = 1025
     (artifact / "manifest.json").write_text(json.dumps(manifest))
     proc = run_cli(artifact, "--input", compiled[1])
-    assert (proc.returncode, proc.stderr) == (2, f"{artifact / 'manifest.json'}: error: 'metrics.runtime_threads' "
-                                                 "must be an integer from 1 to 1024 or null, got 1025\n")
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        f"{artifact / 'manifest.json'}: error: 'metrics.runtime_threads' "
+        "must be an integer from 1 to 1024 or null, got 1025\n",
+    )
 
 
 @pytest.mark.slow

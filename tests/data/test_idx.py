@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import adl.data.idx as idx_module
-from adl.compiler.check import DATA_SOURCES, load_spec
-from adl.compiler.depfile import dependencies
-from adl.compiler.driver import load_data
 from adl.data import DataError, default_data_path, known_input_shape, load_dataset
 from adl.data.idx import FASHION_MNIST_DIR, read_idx
+from adl.driver.check import DATA_SOURCES, load_spec
+from adl.driver.depfile import dependencies
+from adl.driver.run import load_data
 from adl.dsl.errors import AdlError
 
 CODES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -82,19 +82,21 @@ def test_damaged_headers(tmp_path, gz):
     f = tmp_path / "d"
     assert message(write(f, b"PK\x03\x04rest", gz)) == (
         f"IDX file '{f}' does not start with an IDX magic number: found bytes 50 4b 03 04, "
-        "expected 00 00 <type> <dimensions>")
+        "expected 00 00 <type> <dimensions>"
+    )
     assert message(write(f, b"\0\0", gz)) == (
-        f"IDX file '{f}' does not start with an IDX magic number: found bytes 00 00, "
-        "expected 00 00 <type> <dimensions>")
+        f"IDX file '{f}' does not start with an IDX magic number: found bytes 00 00, expected 00 00 <type> <dimensions>"
+    )
     assert message(write(f, b"\0\0\x07\x01\0\0\0\x01x", gz)) == (
         f"IDX file '{f}' has unknown data type code 0x07 (known: 0x08 ubyte, 0x09 sbyte, 0x0B int16, "
-        "0x0C int32, 0x0D float32, 0x0E float64)")
+        "0x0C int32, 0x0D float32, 0x0E float64)"
+    )
     assert message(write(f, b"\0\0\x08\x00", gz)) == f"IDX file '{f}' declares 0 dimensions"
     assert message(write(f, b"\0\0\x08\x03\0\0\0\x02\0\0", gz)) == (
-        f"IDX file '{f}' ends inside its header: 3 dimensions need 12 bytes, found 6")
+        f"IDX file '{f}' ends inside its header: 3 dimensions need 12 bytes, found 6"
+    )
     zero = idx_bytes(np.zeros((0, 28, 28), dtype=np.uint8))
-    assert message(write(f, zero, gz)) == (
-        f"IDX file '{f}' declares shape (0, 28, 28) of ubyte: a dimension of size 0")
+    assert message(write(f, zero, gz)) == (f"IDX file '{f}' declares shape (0, 28, 28) of ubyte: a dimension of size 0")
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gzip"])
@@ -102,12 +104,15 @@ def test_truncated_and_trailing_data(tmp_path, gz):
     f = tmp_path / "d"
     array = np.arange(6, dtype=np.uint8).reshape(2, 3)
     assert message(write(f, idx_bytes(array)[:-1], gz)) == (
-        f"IDX file '{f}' holds 5 bytes of data, the header promises 6 (shape (2, 3) of ubyte)")
+        f"IDX file '{f}' holds 5 bytes of data, the header promises 6 (shape (2, 3) of ubyte)"
+    )
     assert message(write(f, idx_bytes(array) + b"xyz", gz)) == (
-        f"IDX file '{f}' has 3 bytes after the 6 bytes of data its header declares (shape (2, 3) of ubyte)")
+        f"IDX file '{f}' has 3 bytes after the 6 bytes of data its header declares (shape (2, 3) of ubyte)"
+    )
     ints = np.arange(6, dtype=np.int32)
     assert message(write(f, idx_bytes(ints, 0x0C)[:-2], gz)) == (
-        f"IDX file '{f}' holds 22 bytes of data, the header promises 24 (shape (6,) of int32)")
+        f"IDX file '{f}' holds 22 bytes of data, the header promises 24 (shape (6,) of int32)"
+    )
 
 
 def test_an_absurd_header_allocates_nothing(tmp_path):
@@ -118,18 +123,21 @@ def test_an_absurd_header_allocates_nothing(tmp_path):
     data = idx_bytes(np.zeros(4, dtype=np.uint8), shape=big)
     promised = (2**32 - 1) ** 3
     assert message(write(f, data)) == (
-        f"IDX file '{f}' holds 4 bytes of data, the header promises {promised} (shape {big} of ubyte)")
+        f"IDX file '{f}' holds 4 bytes of data, the header promises {promised} (shape {big} of ubyte)"
+    )
     assert message(write(f, data, gz=True)) == (
         f"IDX file '{f}' declares shape {big} of ubyte: {promised} bytes, more than the 2 GiB this "
-        "reader accepts (a damaged header?)")
+        "reader accepts (a damaged header?)"
+    )
 
 
 def test_corrupt_gzip_stream(tmp_path):
     f = tmp_path / "d"
     packed = gzip.compress(idx_bytes(np.arange(200, dtype=np.uint8)))
     f.write_bytes(packed[: len(packed) // 2])
-    assert message(f) == (f"IDX file '{f}' is not a valid gzip stream (Compressed file ended before the "
-                          "end-of-stream marker was reached)")
+    assert message(f) == (
+        f"IDX file '{f}' is not a valid gzip stream (Compressed file ended before the end-of-stream marker was reached)"
+    )
     f.write_bytes(packed[:12] + bytes(b ^ 0xFF for b in packed[12:-8]) + packed[-8:])
     assert message(f).startswith(f"IDX file '{f}' is not a valid gzip stream (")
     f.write_bytes(b"\x1f\x8bnot gzip at all")
@@ -139,8 +147,7 @@ def test_corrupt_gzip_stream(tmp_path):
 # --- the sources ------------------------------------------------------------------------------
 
 
-def idx_folder(folder: Path, train: int = 12, test: int = 6, classes: int = 3, side: int = 4,
-               gz: bool = False) -> Path:
+def idx_folder(folder: Path, train: int = 12, test: int = 6, classes: int = 3, side: int = 4, gz: bool = False) -> Path:
     """The four MNIST files of tiny side x side images, labels cycling through `classes`."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -196,7 +203,8 @@ def test_idx_folder_errors(tmp_path):
     assert load_error("idx") == "source 'idx' needs a path"
     (folder / "t10k-labels-idx1-ubyte").unlink()
     assert load_error("idx", path=folder) == (
-        f"IDX folder '{folder}' has no file t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz")
+        f"IDX folder '{folder}' has no file t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz"
+    )
 
 
 def test_images_and_labels_must_match(tmp_path):
@@ -206,13 +214,15 @@ def test_images_and_labels_must_match(tmp_path):
     assert load_error("idx", path=folder) == f"IDX files '{images}' and '{labels}' hold 12 images but 11 labels"
     write(labels, idx_bytes(np.zeros((12, 1), dtype=np.uint8)))
     assert load_error("idx", path=folder) == (
-        f"IDX file '{labels}' holds an array of shape (12, 1); labels must be (N,)")
+        f"IDX file '{labels}' holds an array of shape (12, 1); labels must be (N,)"
+    )
     write(labels, idx_bytes(np.zeros(12), 0x0D))
     assert load_error("idx", path=folder) == f"IDX file '{labels}' holds float32 values; labels must be integers"
     write(images, idx_bytes(np.zeros((12, 4, 4, 3), dtype=np.uint8)))
     assert load_error("idx", path=folder) == (
         f"IDX file '{images}' holds an array of shape (12, 4, 4, 3); images must be (N, H, W), "
-        "3 dimensions (one channel)")
+        "3 dimensions (one channel)"
+    )
     write(images, idx_bytes(np.zeros((12, 5, 5), dtype=np.uint8)))
     write(labels, idx_bytes(np.zeros(12, dtype=np.uint8)))
     assert load_error("idx", path=folder) == f"IDX folder '{folder}': test images are 4x4 but training images 5x5"
@@ -222,7 +232,8 @@ def test_labels_and_classes(tmp_path):
     folder = idx_folder(tmp_path / "m", classes=3)
     assert load_dataset("idx", path=folder, classes=5).classes == 5
     assert load_error("idx", "classes", path=folder, classes=2) == (
-        f"IDX folder '{folder}' has labels outside [0, 2): label 2 (6 samples)")
+        f"IDX folder '{folder}' has labels outside [0, 2): label 2 (6 samples)"
+    )
     write(folder / "t10k-labels-idx1-ubyte", idx_bytes(np.array([0, 1, -1, 0, 1, 2], dtype=np.int8), 0x09))
     assert "has negative labels: label -1 (1 sample)" in load_error("idx", path=folder)
 
@@ -237,7 +248,8 @@ def test_float_images_keep_their_values_and_refuse_nan(tmp_path):
     x[3, 1, 1] = np.nan
     write(folder / "train-images-idx3-ubyte", idx_bytes(x, 0x0D))
     assert load_error("idx", path=folder) == (
-        f"IDX file '{folder / 'train-images-idx3-ubyte'}' contains NaN or infinite values (as float32)")
+        f"IDX file '{folder / 'train-images-idx3-ubyte'}' contains NaN or infinite values (as float32)"
+    )
 
 
 def test_too_few_samples_blame_the_files_not_split(tmp_path):
@@ -250,7 +262,8 @@ def test_fashion_mnist_default_folder_missing_gives_the_install_hint(tmp_path, m
     monkeypatch.setattr(idx_module, "FASHION_MNIST_DIR", missing)
     assert load_error("fashion_mnist") == (
         f"Fashion-MNIST folder '{missing}' does not exist; install it with: apt-get install "
-        "dataset-fashion-mnist (as root), or set path")
+        "dataset-fashion-mnist (as root), or set path"
+    )
     assert default_data_path("fashion_mnist") == missing
     assert load_error("fashion_mnist", path=missing) == f"Fashion-MNIST folder '{missing}' does not exist"
 
@@ -262,7 +275,8 @@ def test_fashion_mnist_from_a_path_has_ten_classes(tmp_path, monkeypatch):
         assert (ds.name, ds.classes, len(ds.y_train), len(ds.y_test)) == ("fashion_mnist", 10, 12, 6)
     write(folder / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.array([0, 1, 2, 0, 1, 10], dtype=np.uint8)), gz=True)
     assert load_error("fashion_mnist", path=folder) == (
-        f"Fashion-MNIST folder '{folder}' has labels outside [0, 10): label 10 (1 sample)")
+        f"Fashion-MNIST folder '{folder}' has labels outside [0, 10): label 10 (1 sample)"
+    )
 
 
 def test_shapes_known_without_reading_and_the_spec_schema():
@@ -316,7 +330,8 @@ def test_a_missing_idx_folder_is_a_caret_error_at_check_time(tmp_path):
         f"{tmp_path / 's.adl'}:2:17: error: data path 'mnist' does not exist\n"
         '   2 | data idx(path = "mnist")\n'
         "     |                 ^~~~~~~\n"
-        f"  note: looked for {(tmp_path / 'mnist').resolve()}")
+        f"  note: looked for {(tmp_path / 'mnist').resolve()}"
+    )
 
 
 def test_a_damaged_idx_folder_is_a_caret_error_at_the_data_block(tmp_path):
@@ -342,12 +357,15 @@ def test_fashion_mnist_without_its_folder_checks_but_fails_to_load_with_the_hint
     with pytest.raises(AdlError) as info:
         load_data(spec)
     lines = info.value.render().splitlines()
-    assert lines[0] == (f"{tmp_path / 's.adl'}:2:1: error: Fashion-MNIST folder '{missing}' does not exist; "
-                        "install it with: apt-get install dataset-fashion-mnist (as root), or set path")
+    assert lines[0] == (
+        f"{tmp_path / 's.adl'}:2:1: error: Fashion-MNIST folder '{missing}' does not exist; "
+        "install it with: apt-get install dataset-fashion-mnist (as root), or set path"
+    )
     assert lines[1:] == ["   2 | data fashion_mnist", "     | ^~~~~~~~~~~~~~~~~~"]
     idx_folder(missing, gz=True)  # once installed, a depfile names the default folder's files
     assert (missing / "t10k-images-idx3-ubyte.gz").resolve() in dependencies(
-        spec, [], data_path=default_data_path("fashion_mnist"))
+        spec, [], data_path=default_data_path("fashion_mnist")
+    )
 
 
 def test_split_is_not_a_setting_of_the_official_split_sources(tmp_path):

@@ -31,8 +31,9 @@ def test_validation_is_carved_from_training_only(digits, held_out):
     assert np.array_equal(held_out.x_test, digits.x_test) and np.array_equal(held_out.y_test, digits.y_test)
     # digits has duplicate images, so compare (image, label) multisets rather than sets
     pairs = lambda x, y: sorted(r.tobytes() + bytes([l]) for r, l in zip(x.reshape(len(x), -1), y))  # noqa: E731
-    assert pairs(np.concatenate([held_out.x_train, held_out.x_val]),
-                 np.concatenate([held_out.y_train, held_out.y_val])) == pairs(digits.x_train, digits.y_train)
+    assert pairs(
+        np.concatenate([held_out.x_train, held_out.x_val]), np.concatenate([held_out.y_train, held_out.y_val])
+    ) == pairs(digits.x_train, digits.y_train)
     assert set(held_out.y_val) == set(range(10))  # stratified: every class is held out
     counts = np.bincount(held_out.y_val) / np.bincount(digits.y_train)
     assert counts.min() > 0.15 and counts.max() < 0.25

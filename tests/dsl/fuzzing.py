@@ -35,12 +35,12 @@ from typing import Sequence
 
 from hypothesis import strategies as st
 
-from adl.compiler.check import DATA_SOURCES, MODEL_FAMILIES, TARGET_OPTIONS, TASKS, CostModelCalls
-from adl.compiler.options import UNITS, Option
-from adl.compiler.passes import default_registry
-from adl.compiler.spec import BUDGET_QUANTITIES
+from adl.driver.check import DATA_SOURCES, MODEL_FAMILIES, TARGET_OPTIONS, TASKS, CostModelCalls
 from adl.dsl.errors import printable
 from adl.dsl.parser import BLOCK_KEYWORDS
+from adl.ir.options import UNITS, Option
+from adl.ir.passes import default_registry
+from adl.ir.spec import BUDGET_QUANTITIES
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = tuple(sorted((ROOT / "examples").glob("*.adl")))
@@ -55,24 +55,103 @@ pipeline { train(epochs = 2) { optimizer = sgd(lr = 0.1) }  amc { flops = 50 % }
 """
 
 # numbers as written: ordinary ones, the edges of bounds, past int and float limits, non-finite
-NUMBER_TEXTS = ("0", "1", "2", "3", "-1", "10", "64", "0.5", ".5", "1.0", "1e-3", "-0.0", "2147483647", "2147483648",
-                "4294967295", "4294967296", "18446744073709551616", "100000000000000000000000000000", "1e308",
-                "1.7976931348623157e308", "1e309", "1e999", "-1e999", "1e-999", "9" * 400, "1" + "0" * 5000,
-                "0" * 5000 + "1")
+NUMBER_TEXTS = (
+    "0",
+    "1",
+    "2",
+    "3",
+    "-1",
+    "10",
+    "64",
+    "0.5",
+    ".5",
+    "1.0",
+    "1e-3",
+    "-0.0",
+    "2147483647",
+    "2147483648",
+    "4294967295",
+    "4294967296",
+    "18446744073709551616",
+    "100000000000000000000000000000",
+    "1e308",
+    "1.7976931348623157e308",
+    "1e309",
+    "1e999",
+    "-1e999",
+    "1e-999",
+    "9" * 400,
+    "1" + "0" * 5000,
+    "0" * 5000 + "1",
+)
 UNIT_TEXTS = tuple(UNITS)
-GARBAGE = ("\x00", "\ufeff", "\u2028", "\x0c", "\r", "\t", "\x1b", "²", "٣", "é", "𝟘", "\\", '"', "#", "$", "{", "}",
-           "[", "]", "(", ")", ",", "=", "..", "<=", ">", "%", "\n", " ", "[[[[", "))))", '"\\', "# {")
-HOSTILE_STRINGS = ('"h:\u00b2"', '"h:9190"', '"127.0.0.1:65536"', '":1"', '"a\\"b"', '"no/such.npz"', '""',
-                   '"' + "x" * 300 + '"', '"a\\n\\tb"', '"\x1b[31m"', '"a\x00b"', '"../../../../etc"', '"[bold]"')
-QUANTITY_UNITS = {"time": ("ns", "us", "ms", "s"), "bytes": ("B", "KB", "MB", "KiB", "MiB"), "fraction": ("%",),
-                  "flops": ("FLOPs", "KFLOPs", "MFLOPs"), "count": ("K", "M")}
+GARBAGE = (
+    "\x00",
+    "\ufeff",
+    "\u2028",
+    "\x0c",
+    "\r",
+    "\t",
+    "\x1b",
+    "²",
+    "٣",
+    "é",
+    "𝟘",
+    "\\",
+    '"',
+    "#",
+    "$",
+    "{",
+    "}",
+    "[",
+    "]",
+    "(",
+    ")",
+    ",",
+    "=",
+    "..",
+    "<=",
+    ">",
+    "%",
+    "\n",
+    " ",
+    "[[[[",
+    "))))",
+    '"\\',
+    "# {",
+)
+HOSTILE_STRINGS = (
+    '"h:\u00b2"',
+    '"h:9190"',
+    '"127.0.0.1:65536"',
+    '":1"',
+    '"a\\"b"',
+    '"no/such.npz"',
+    '""',
+    '"' + "x" * 300 + '"',
+    '"a\\n\\tb"',
+    '"\x1b[31m"',
+    '"a\x00b"',
+    '"../../../../etc"',
+    '"[bold]"',
+)
+QUANTITY_UNITS = {
+    "time": ("ns", "us", "ms", "s"),
+    "bytes": ("B", "KB", "MB", "KiB", "MiB"),
+    "fraction": ("%",),
+    "flops": ("FLOPs", "KFLOPs", "MFLOPs"),
+    "count": ("K", "M"),
+}
 
 _IDENTIFIERS = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
 _HOSTILE_NUMBERS = st.sampled_from(NUMBER_TEXTS) | st.integers(-(2**70), 2**70).map(str)
 # nesting around the limit (32), and far past it, where a recursive tree walk overflows the stack
-deep_values = st.builds(lambda depth, brackets, leaf: brackets[0] * depth + leaf + brackets[1] * depth,
-                        st.sampled_from((33, 64, 1000, 3000)) | st.integers(28, 40),
-                        st.sampled_from((("[", "]"), ("f(x = ", ")"))), st.sampled_from(("1", "x")))
+deep_values = st.builds(
+    lambda depth, brackets, leaf: brackets[0] * depth + leaf + brackets[1] * depth,
+    st.sampled_from((33, 64, 1000, 3000)) | st.integers(28, 40),
+    st.sampled_from((("[", "]"), ("f(x = ", ")"))),
+    st.sampled_from(("1", "x")),
+)
 
 
 def rarely(draw, one_in: int) -> bool:
@@ -96,10 +175,13 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
     settings |= {o.name for o in TARGET_OPTIONS} | {o.name for p in passes for o in p.options}
     callees = {name for p in passes for o in p.options if o.calls for name in o.calls}
     choices = {c for p in passes for o in p.options for c in o.choices}
-    return {"passes": tuple(p.name for p in passes), "settings": tuple(sorted(settings)),
-            "callees": tuple(sorted(callees | set(CostModelCalls()) | {"mobilenet", "cells"})),
-            "choices": tuple(sorted(choices | {"true", "false", "llvm", "host"})),
-            "words": tuple(sorted(settings | callees | choices | set(BLOCK_KEYWORDS) | {p.name for p in passes}))}
+    return {
+        "passes": tuple(p.name for p in passes),
+        "settings": tuple(sorted(settings)),
+        "callees": tuple(sorted(callees | set(CostModelCalls()) | {"mobilenet", "cells"})),
+        "choices": tuple(sorted(choices | {"true", "false", "llvm", "host"})),
+        "words": tuple(sorted(settings | callees | choices | set(BLOCK_KEYWORDS) | {p.name for p in passes})),
+    }
 
 
 names = st.one_of(st.deferred(lambda: st.sampled_from(vocabulary()["words"])), _IDENTIFIERS)
@@ -142,8 +224,9 @@ def _quantity(kind: str, low: float | None, high: float | None) -> st.SearchStra
     if kind == "fraction":
         return st.sampled_from(("0.5", "0.25", "50 %", "3 %", "0", "1", "100 %"))
     plain = (st.integers(0, 999).map(str),) if kind == "count" else ()
-    return st.one_of(*plain, st.builds(lambda n, u: f"{n} {u}", st.integers(0, 999),
-                                       st.sampled_from(QUANTITY_UNITS[kind])))
+    return st.one_of(
+        *plain, st.builds(lambda n, u: f"{n} {u}", st.integers(0, 999), st.sampled_from(QUANTITY_UNITS[kind]))
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -188,8 +271,9 @@ def value_of(draw, opt: Option) -> str:
 @st.composite
 def settings_of(draw, schema: Sequence[Option], max_size: int = 4) -> list[tuple[str, str]]:
     """Some of `schema`'s settings, each at most once; rarely an unknown or repeated one."""
-    chosen = draw(st.lists(st.sampled_from(tuple(schema)), max_size=max_size, unique_by=lambda o: o.name)) \
-        if schema else []
+    chosen = (
+        draw(st.lists(st.sampled_from(tuple(schema)), max_size=max_size, unique_by=lambda o: o.name)) if schema else []
+    )
     settings = [(o.name, draw(value_of(o))) for o in chosen]
     if rarely(draw, 15):
         settings.append((draw(names), draw(hostile_values())))
@@ -222,8 +306,11 @@ def headed_block(draw, keyword: str, table: dict[str, Sequence[Option]], usual: 
     if settings and draw(st.booleans()):
         cut = draw(st.integers(0, len(settings)))
         return f"{keyword} {_call(head, settings[:cut])}" + (f" {_body(settings[cut:])}" if cut < len(settings) else "")
-    return f"{keyword} {head}" + (f" {_body(settings, draw(st.sampled_from(('  ', ', ', chr(10) + '  '))))}"
-                                  if settings or draw(st.booleans()) else "")
+    return f"{keyword} {head}" + (
+        f" {_body(settings, draw(st.sampled_from(('  ', ', ', chr(10) + '  '))))}"
+        if settings or draw(st.booleans())
+        else ""
+    )
 
 
 @st.composite
@@ -242,8 +329,7 @@ def constraints_block(draw) -> str:
     lines = []
     for metric in draw(st.lists(st.sampled_from(tuple(BUDGET_QUANTITIES)), max_size=4, unique=True)):
         op = draw(st.sampled_from(("<=", "<", ">=", ">") if metric == "accuracy" else ("<=", "<")))
-        bound = draw(hostile_values() if rarely(draw, 10)
-                     else _quantity(BUDGET_QUANTITIES[metric], None, None))
+        bound = draw(hostile_values() if rarely(draw, 10) else _quantity(BUDGET_QUANTITIES[metric], None, None))
         lines.append(f"{metric} {op} {bound}")
     if rarely(draw, 15):
         lines.append(f"{draw(names)} {draw(st.sampled_from(('<=', '>=', '=', '')))} {draw(hostile_values())}")
@@ -292,10 +378,19 @@ def grammar_specs(draw) -> str:
 
 # -- mutations ---------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|[+-]?(?:\d+\.\d+|\d+|\.\d+)(?:[eE][+-]?\d+)?|'
-                    r'\.\.|<=|>=|\S')
-replacement_tokens = st.one_of(st.sampled_from(NUMBER_TEXTS), st.sampled_from(UNIT_TEXTS), st.sampled_from(GARBAGE),
-                               names, st.sampled_from(HOSTILE_STRINGS), deep_values, st.text(max_size=4))
+_TOKEN = re.compile(
+    r'"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z0-9_]*|[+-]?(?:\d+\.\d+|\d+|\.\d+)(?:[eE][+-]?\d+)?|'
+    r"\.\.|<=|>=|\S"
+)
+replacement_tokens = st.one_of(
+    st.sampled_from(NUMBER_TEXTS),
+    st.sampled_from(UNIT_TEXTS),
+    st.sampled_from(GARBAGE),
+    names,
+    st.sampled_from(HOSTILE_STRINGS),
+    deep_values,
+    st.text(max_size=4),
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -312,7 +407,7 @@ def mutation(draw, text: str) -> str:
         return text[:at] + draw(st.sampled_from(GARBAGE) | st.text(min_size=1, max_size=3)) + text[at:]
     if kind == "delete" and text:
         at = draw(st.integers(0, len(text) - 1))
-        return text[:at] + text[at + draw(st.integers(1, 12)):]
+        return text[:at] + text[at + draw(st.integers(1, 12)) :]
     if kind == "line":
         lines = text.split("\n")
         at, other = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
@@ -325,12 +420,12 @@ def mutation(draw, text: str) -> str:
             lines[at], lines[other] = lines[other], lines[at]
         return "\n".join(lines)
     if kind == "truncate":
-        return text[:draw(st.integers(0, len(text)))]
+        return text[: draw(st.integers(0, len(text)))]
     tokens = list(_TOKEN.finditer(text))
     if not tokens:
         return text + draw(replacement_tokens)
     token = tokens[draw(st.integers(0, len(tokens) - 1))]
-    return text[:token.start()] + draw(replacement_tokens) + text[token.end():]
+    return text[: token.start()] + draw(replacement_tokens) + text[token.end() :]
 
 
 @st.composite
@@ -410,4 +505,4 @@ def judge_check(filename: str, code: int | None, out: str, err: str, raised: str
     starts = [line for line in lines if not line.startswith(" ") and not line.startswith("... and ")]
     if not starts or not all(re.match(shown + r"(:\d+:\d+)?: error: ", line) for line in starts):
         return Outcome("no position", err[:300])
-    return Outcome("spec error", starts[0][len(printable(filename)):][:120])
+    return Outcome("spec error", starts[0][len(printable(filename)) :][:120])

@@ -19,8 +19,13 @@ sys.modules.setdefault("adl_fuzzing", fuzzing)
 _spec.loader.exec_module(fuzzing)
 
 HANG_S = 5.0  # a guard against hangs, not a speed test: a small spec checks in milliseconds
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _assert_handled(data: bytes, folder: Path) -> None:

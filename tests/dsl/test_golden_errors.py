@@ -50,8 +50,20 @@ def test_cli_process_exit_code_and_no_traceback(tmp_path):
     assert "^~" in proc.stderr
 
 
-@pytest.mark.parametrize("garbage", ["\x00\x01\x02", "{{{{", "}}}}", "task" * 50, "spec s\n" * 3, "é ü",
-                                     "pipeline { train(" + "[" * 40, '"' * 7, "constraints { latency <= 1e999 ms }"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "\x00\x01\x02",
+        "{{{{",
+        "}}}}",
+        "task" * 50,
+        "spec s\n" * 3,
+        "é ü",
+        "pipeline { train(" + "[" * 40,
+        '"' * 7,
+        "constraints { latency <= 1e999 ms }",
+    ],
+)
 def test_arbitrary_input_never_shows_a_traceback(garbage, tmp_path, capsys):
     path = tmp_path / "g.adl"
     path.write_text(garbage)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from adl.cli import main
-from adl.compiler.check import DATA_SOURCES, MODEL_FAMILIES, TARGET_OPTIONS, TASKS, load_spec
-from adl.compiler.options import Option
-from adl.compiler.passes import default_registry
+from adl.driver.check import DATA_SOURCES, MODEL_FAMILIES, TARGET_OPTIONS, TASKS, load_spec
 from adl.dsl import parser as dsl_parser
+from adl.ir.options import Option
+from adl.ir.passes import default_registry
 
 GOOD = """spec s
 task classify { classes = 10 }
@@ -35,8 +35,11 @@ def check(path: str | Path, capsys) -> tuple[int, str, str]:
 def test_a_byte_order_mark_is_skipped(tmp_path, capsys):
     path = tmp_path / "bom.adl"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
-    assert check(path, capsys) == (0, f"{path}: ok: spec 's', digits data, target host, 0 budget(s), "
-                                      "pipeline train,lower\n", "")
+    assert check(path, capsys) == (
+        0,
+        f"{path}: ok: spec 's', digits data, target host, 0 budget(s), pipeline train,lower\n",
+        "",
+    )
     assert load_spec("\ufeff" + GOOD).name == "s"
 
 
@@ -46,14 +49,18 @@ def _symlink_loop(tmp_path: Path) -> Path:
     return tmp_path / "a.adl"
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: tmp, "cannot read spec: Is a directory"),
-    (lambda tmp: tmp / "missing.adl", "cannot read spec: No such file or directory"),
-    (lambda tmp: tmp / ("x" * 300 + ".adl"), "cannot read spec: File name too long"),
-    (lambda tmp: str(tmp / "a\0b.adl"), "cannot read spec: the path contains a NUL byte"),
-    (_symlink_loop, "cannot read spec: Too many levels of symbolic links"),
-    (lambda tmp: "/dev/zero", "spec is larger than 1 MiB"),
-], ids=["directory", "missing", "name-too-long", "nul-byte", "symlink-loop", "dev-zero"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: tmp, "cannot read spec: Is a directory"),
+        (lambda tmp: tmp / "missing.adl", "cannot read spec: No such file or directory"),
+        (lambda tmp: tmp / ("x" * 300 + ".adl"), "cannot read spec: File name too long"),
+        (lambda tmp: str(tmp / "a\0b.adl"), "cannot read spec: the path contains a NUL byte"),
+        (_symlink_loop, "cannot read spec: Too many levels of symbolic links"),
+        (lambda tmp: "/dev/zero", "spec is larger than 1 MiB"),
+    ],
+    ids=["directory", "missing", "name-too-long", "nul-byte", "symlink-loop", "dev-zero"],
+)
 def test_a_spec_path_that_cannot_be_read_is_a_clean_error(make, message, tmp_path, capsys):
     path = str(make(tmp_path))
     shown = path.replace("\0", "\\x00")
@@ -79,16 +86,24 @@ def test_a_spec_over_the_size_limit_is_refused(tmp_path, capsys):
 def test_text_that_is_not_utf8_is_an_error_at_the_byte(tmp_path, capsys):
     path = tmp_path / "latin1.adl"
     path.write_bytes(b"spec s\ntask classify { classes = 10 }  # caf\xe9\n")
-    assert check(path, capsys) == (2, "", f"{path}:2:38: error: spec is not UTF-8 text: cannot decode byte 0xe9\n"
-                                          "   2 | task classify { classes = 10 }  # caf\ufffd\n"
-                                          "     |                                      ^\n")
+    assert check(path, capsys) == (
+        2,
+        "",
+        f"{path}:2:38: error: spec is not UTF-8 text: cannot decode byte 0xe9\n"
+        "   2 | task classify { classes = 10 }  # caf\ufffd\n"
+        "     |                                      ^\n",
+    )
 
 
-@pytest.mark.parametrize("path, message", [
-    ("a\0b.npz", "data path 'a\\x00b.npz' cannot be used: it contains a NUL byte"),
-    ("x" * 300 + ".npz", f"data path '{'x' * 300}.npz' cannot be used: File name too long"),
-    ("loop.npz", "data path 'loop.npz' cannot be used: Too many levels of symbolic links"),
-], ids=["nul-byte", "name-too-long", "symlink-loop"])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("a\0b.npz", "data path 'a\\x00b.npz' cannot be used: it contains a NUL byte"),
+        ("x" * 300 + ".npz", f"data path '{'x' * 300}.npz' cannot be used: File name too long"),
+        ("loop.npz", "data path 'loop.npz' cannot be used: Too many levels of symbolic links"),
+    ],
+    ids=["nul-byte", "name-too-long", "symlink-loop"],
+)
 def test_a_data_path_that_cannot_be_used_is_an_error_at_it(path, message, tmp_path, capsys):
     (tmp_path / "loop.npz").symlink_to(tmp_path / "loop.npz")
     spec = tmp_path / "s.adl"
@@ -153,7 +168,7 @@ def test_nesting_at_the_limit_parses_and_past_it_is_refused():
 
 
 def test_brackets_in_strings_and_comments_do_not_count():
-    text = GOOD + '# ' + "[" * 100 + "\n" + 'target host { mcpu = "' + "(" * 100 + '" }\n'
+    text = GOOD + "# " + "[" * 100 + "\n" + 'target host { mcpu = "' + "(" * 100 + '" }\n'
     assert dsl_parser.parse(text)
 
 

@@ -77,7 +77,18 @@ def test_make_rule_builds_once_and_rebuilds_when_a_dependency_changes(project):
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
 def test_cmake_custom_command_builds_once_and_rebuilds_when_a_dependency_changes(project):
     build_dir = project / "cmake-build"
-    _build(["cmake", "-S", str(ROOT / "examples" / "build"), "-B", str(build_dir), f"-DADL={ADL}",
-            f"-DSPEC={project / 'tiny.adl'}"], project)
-    _check_rebuild_cycle(lambda: _build(["cmake", "--build", str(build_dir)], project),
-                         build_dir / "tiny" / "manifest.json", project)
+    _build(
+        [
+            "cmake",
+            "-S",
+            str(ROOT / "examples" / "build"),
+            "-B",
+            str(build_dir),
+            f"-DADL={ADL}",
+            f"-DSPEC={project / 'tiny.adl'}",
+        ],
+        project,
+    )
+    _check_rebuild_cycle(
+        lambda: _build(["cmake", "--build", str(build_dir)], project), build_dir / "tiny" / "manifest.json", project
+    )

@@ -54,7 +54,13 @@ def test_compile_writes_a_complete_artifact(compiled):
     folder, _, proc = compiled
     assert proc.returncode == 0, proc.stderr
     out = folder / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "report.html", "report.md", "spec.adl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "model.so",
+        "report.html",
+        "report.md",
+        "spec.adl",
+    ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
     assert manifest["input"]["shape"] == [1, 1, 8, 8] and manifest["input"]["value_range"] == [0.0, 16.0]
@@ -69,8 +75,15 @@ def test_compile_writes_a_complete_artifact(compiled):
     assert manifest["metrics"]["size_bytes"] == (out / "model.so").stat().st_size
     assert [p["name"] for p in manifest["passes"]] == ["train", "lower"]
     assert {b["metric"]: b["holds"] for b in manifest["budgets"]} == {"latency": True, "size": True, "accuracy": True}
-    assert [layer["op"] for layer in manifest["layers"]] == ["conv2d", "pool", "conv2d", "pool", "pool", "linear",
-                                                             "linear"]
+    assert [layer["op"] for layer in manifest["layers"]] == [
+        "conv2d",
+        "pool",
+        "conv2d",
+        "pool",
+        "pool",
+        "linear",
+        "linear",
+    ]
     assert manifest["metrics"]["flops"] == sum(layer["flops"] for layer in manifest["layers"])
     cost = manifest["cost_model"]
     assert cost["name"] == "roofline" and len(cost["per_layer"]) == len(manifest["layers"])
@@ -78,8 +91,11 @@ def test_compile_writes_a_complete_artifact(compiled):
     assert cost["measured_over_predicted"] == pytest.approx(cost["measured_latency_s"] / cost["predicted_latency_s"])
     # every kernel of the library timed alone; the conv/linear ones sit beside their layer's prediction
     assert cost["kernels"]["attributed"] and cost["kernels"]["count"] == len(manifest["metrics"]["kernels"])
-    assert all((row.get("measured_s") or 0) > 0 for row, layer in zip(cost["per_layer"], manifest["layers"])
-               if layer["op"] in ("conv2d", "linear"))
+    assert all(
+        (row.get("measured_s") or 0) > 0
+        for row, layer in zip(cost["per_layer"], manifest["layers"])
+        if layer["op"] in ("conv2d", "linear")
+    )
     assert cost["kernels"]["kernels_s"] < cost["measured_latency_s"]  # the VM's dispatch is not a kernel
     assert "| measured kernel |" in (out / "report.md").read_text()
     assert "accuracy" in proc.stdout and "holds" in proc.stdout
@@ -97,8 +113,21 @@ def test_dump_ir_after_each_pass(compiled):
 def test_run_reproduces_the_measured_accuracy(compiled):
     folder, spec, _ = compiled
     assert main(["data", str(spec), "-o", str(folder / "test.npz")]) == 0
-    proc = subprocess.run([sys.executable, "-m", "adl", "run", str(folder / "out"), "--input", str(folder / "test.npz"),
-                           "--output", str(folder / "pred.npy")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adl",
+            "run",
+            str(folder / "out"),
+            "--input",
+            str(folder / "test.npz"),
+            "--output",
+            str(folder / "pred.npy"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
     assert f"accuracy: {100 * manifest['metrics']['accuracy']:.2f} %" in proc.stdout
@@ -108,11 +137,14 @@ def test_run_reproduces_the_measured_accuracy(compiled):
 def test_load_runs_through_tvm_only(compiled):
     folder, spec, _ = compiled
     main(["data", str(spec), "-o", str(folder / "test.npz")])
-    code = ("import sys, numpy as np, adl; a = adl.load(sys.argv[1]); d = np.load(sys.argv[2]); "
-            "acc = float(np.mean(a.predict(d['x']) == d['y'])); "
-            "assert 'torch' not in sys.modules, 'torch was imported'; print(acc)")
-    proc = subprocess.run([sys.executable, "-c", code, str(folder / "out"), str(folder / "test.npz")],
-                          capture_output=True, text=True)
+    code = (
+        "import sys, numpy as np, adl; a = adl.load(sys.argv[1]); d = np.load(sys.argv[2]); "
+        "acc = float(np.mean(a.predict(d['x']) == d['y'])); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; print(acc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder / "out"), str(folder / "test.npz")], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
     assert float(proc.stdout) == pytest.approx(manifest["metrics"]["accuracy"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adl.cli import main
-from adl.compiler.check import load_target
+from adl.driver.check import load_target
 from adl.hwmodels.calibration import identity_digest
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,10 @@ def test_hw_calibrate_stores_roofline_parameters_that_compiles_then_use(tmp_path
     assert main(["compile", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["cost_model"]["parameters"]["sources"] == {
-        "gflops": "calibrated", "bandwidth": "calibrated", "overhead": "calibrated"}
+        "gflops": "calibrated",
+        "bandwidth": "calibrated",
+        "overhead": "calibrated",
+    }
 
 
 def test_a_compile_for_an_rpc_device_measures_there_and_prices_with_its_table(servers, tmp_path, monkeypatch):
@@ -90,11 +93,15 @@ def test_a_compile_for_an_rpc_device_measures_there_and_prices_with_its_table(se
 
 def test_hw_lut_of_a_searched_spec_measures_every_candidate_of_its_space(tmp_path, capsys):
     spec = tmp_path / "searched.adl"
-    spec.write_text(SPEC.replace("model cnn(channels = [8, 16], hidden = 32)\n", "").replace(
-        "TARGET", "target host { cores = 2  cost = measured }").replace(
-        "pipeline { train { epochs = 2 } lower { repeats = 10 } }",
-        "pipeline { nas { space = mobilenet(blocks = 1, kernels = [3], expand = [1, 3], stem = 8, head = 16) } "
-        "train lower }"))
+    spec.write_text(
+        SPEC.replace("model cnn(channels = [8, 16], hidden = 32)\n", "")
+        .replace("TARGET", "target host { cores = 2  cost = measured }")
+        .replace(
+            "pipeline { train { epochs = 2 } lower { repeats = 10 } }",
+            "pipeline { nas { space = mobilenet(blocks = 1, kernels = [3], expand = [1, 3], stem = 8, head = 16) } "
+            "train lower }",
+        )
+    )
     cache = tmp_path / "lut"
     assert main(["hw", "lut", "--space", str(spec), "--cache", str(cache)]) == 0
     out = capsys.readouterr().out

@@ -56,8 +56,9 @@ def _comparable(manifest: dict) -> dict:
 
 def _whole_or_none(out: Path) -> None:
     """Under the artifact's name: nothing, or every file with the library the manifest names."""
-    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and
-                 not p.name.endswith(".lock")]
+    leftovers = [
+        p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and not p.name.endswith(".lock")
+    ]
     if out.exists():
         assert {p.name for p in out.iterdir()} == ARTIFACT_FILES
         assert _sha256(out / "model.so") == json.loads((out / "manifest.json").read_text())["library"]["sha256"]
@@ -86,8 +87,9 @@ def reference(tmp_path_factory) -> Reference:
 
 
 def _kill_when(spec: Path, out: Path, cache: Path, ready: Callable[[], bool]) -> None:
-    victim = subprocess.Popen(_command(spec, out, cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+    victim = subprocess.Popen(
+        _command(spec, out, cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while not ready():
         assert victim.poll() is None, f"the compile ended before it could be killed: {victim.stderr.read()}"
@@ -114,9 +116,11 @@ def _rerun_equals_reference(out: Path, cache: Path, reference: Reference) -> str
 @pytest.mark.parametrize("moment", ["training", "lowering", "writing the artifact"])
 def test_sigkill_leaves_no_partial_artifact_and_the_rerun_equals_an_uninterrupted_run(tmp_path, reference, moment):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    ready = {"training": lambda: any(cache.glob("state/*/train_state.pt")),
-             "lowering": lambda: any(cache.glob("outputs/*")),  # lower's output folder: the build has begun
-             "writing the artifact": lambda: len(list(cache.glob("checkpoints/*.pkl"))) == 2}[moment]
+    ready = {
+        "training": lambda: any(cache.glob("state/*/train_state.pt")),
+        "lowering": lambda: any(cache.glob("outputs/*")),  # lower's output folder: the build has begun
+        "writing the artifact": lambda: len(list(cache.glob("checkpoints/*.pkl"))) == 2,
+    }[moment]
     _kill_when(reference.spec, out, cache, ready)
     log = _rerun_equals_reference(out, cache, reference)
     if moment == "training":  # resumed from the epoch saved before the kill, not started over
@@ -128,8 +132,7 @@ def test_a_truncated_cached_library_is_rebuilt_not_shipped(tmp_path, reference):
     [library] = reference.cache.glob("outputs/*/model.so")
     library.write_bytes(library.read_bytes()[:1000])
 
-    proc = subprocess.run(_command(reference.spec, tmp_path / "again", reference.cache), capture_output=True,
-                          text=True)
+    proc = subprocess.run(_command(reference.spec, tmp_path / "again", reference.cache), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "changed since it was written; rebuilding" in proc.stderr
     manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())

@@ -9,9 +9,9 @@ import warnings
 
 import pytest
 
-from adl.compiler.layers import KernelGroup, LayerDesc, group_layers
-from adl.compiler.spec import TargetSpec
 from adl.hwmodels.measured import MeasuredModel, calibrate
+from adl.ir.layers import KernelGroup, LayerDesc, group_layers
+from adl.ir.spec import TargetSpec
 
 TARGET = TargetSpec(name="host", cores=2)
 
@@ -57,8 +57,12 @@ def test_an_add_after_a_conv_of_its_shape_fuses_into_the_conv_kernel():
 def test_the_table_key_is_the_configuration_not_the_name():
     renamed = LayerDesc("other", "dwconv2d", (1, 8, 8, 8), (1, 8, 8, 8), (3, 3), groups=8, activation="relu6")
     assert KernelGroup(DW).key == KernelGroup(renamed).key
-    assert KernelGroup(DW).key != KernelGroup(LayerDesc("dw", "dwconv2d", (1, 8, 8, 8), (1, 8, 8, 8), (5, 5),
-                                                        groups=8, activation="relu6")).key
+    assert (
+        KernelGroup(DW).key
+        != KernelGroup(
+            LayerDesc("dw", "dwconv2d", (1, 8, 8, 8), (1, 8, 8, 8), (5, 5), groups=8, activation="relu6")
+        ).key
+    )
     assert KernelGroup(PROJECT).key != KernelGroup(PROJECT, ADD).key
 
 
@@ -119,8 +123,9 @@ def test_tables_are_per_version_of_the_lowering_code(tmp_path, monkeypatch):
     assert len(list(tables.glob("*.json"))) == 2
 
 
-@pytest.mark.parametrize("damage", ["{ not json", json.dumps({"schema": 1}), json.dumps([1, 2]),
-                                    "entries-missing", "negative"])
+@pytest.mark.parametrize(
+    "damage", ["{ not json", json.dumps({"schema": 1}), json.dumps([1, 2]), "entries-missing", "negative"]
+)
 def test_a_corrupt_table_is_moved_aside_rebuilt_and_warned_about(tmp_path, damage):
     model, _ = make_model(tmp_path)
     expected = model.estimate(NETWORK, TARGET).latency_s

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from adl.compiler.layers import LayerDesc
-from adl.compiler.spec import TargetSpec
 from adl.hwmodels import Cost, LayerCost
 from adl.hwmodels.bitserial import BitSerialModel
 from adl.hwmodels.roofline import RooflineModel
+from adl.ir.layers import LayerDesc
+from adl.ir.spec import TargetSpec
 
 HOST = TargetSpec(name="host", cores=2)
 
@@ -37,6 +37,7 @@ def mid_conv(w: int = 8, a: int = 8) -> LayerDesc:
 
 
 # -- roofline ---------------------------------------------------------------------------------
+
 
 def test_roofline_memory_bound_layers():
     model = RooflineModel(gflops=100.0, bandwidth=10.0, overhead=1e-6)
@@ -81,6 +82,7 @@ def test_roofline_memory_time_follows_bit_widths():
 
 
 # -- bit-serial -------------------------------------------------------------------------------
+
 
 def test_bitserial_edge_hand_computed():
     model = BitSerialModel(preset="edge")  # 8x256x8 at 200 MHz, 1.6 GB/s, 5 us/layer
@@ -160,6 +162,7 @@ def test_pool_and_add_only_move_memory():
 
 
 # -- memory -----------------------------------------------------------------------------------
+
 
 def test_memory_is_weights_at_their_bits_plus_the_peak_activation():
     layers = [conv(8, 8), dwconv(4, 4), linear(2, 16)]

@@ -10,7 +10,6 @@ import textwrap
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def installed_plugin(install_example):
     return install_example("plugin_costmodel", "adl-plugin-costmodel")
@@ -19,7 +18,7 @@ def installed_plugin(install_example):
 SCRIPT = textwrap.dedent("""
     import sys
     import adl
-    from adl.compiler.layers import LayerDesc
+    from adl.ir.layers import LayerDesc
     from adl.hwmodels import default_registry
 
     spec = adl.check('''
@@ -55,8 +54,10 @@ def test_plugin_is_registered_checked_and_prices_layers(installed_plugin, tmp_pa
 
 def test_plugin_options_are_checked_with_a_caret(installed_plugin, tmp_path):
     spec = tmp_path / "bad.adl"
-    spec.write_text("task classify { classes = 10 }\ndata digits\nmodel mlp()\n"
-                    "target host { cost = my_model(ns_per_mac = fast) }\npipeline { train }\n")
+    spec.write_text(
+        "task classify { classes = 10 }\ndata digits\nmodel mlp()\n"
+        "target host { cost = my_model(ns_per_mac = fast) }\npipeline { train }\n"
+    )
     proc = subprocess.run([sys.executable, "-m", "adl", "check", str(spec)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert f"{spec}:4:44: error: 'ns_per_mac' must be a number" in proc.stderr

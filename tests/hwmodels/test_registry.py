@@ -11,15 +11,20 @@ from pathlib import Path
 import pytest
 
 import adl
-from adl.compiler.check import load_spec
-from adl.compiler.layers import LayerDesc
-from adl.compiler.spec import CallValue, TargetSpec
+from adl.driver.check import load_spec
 from adl.dsl.errors import AdlError
 from adl.hwmodels import (
-    ENTRY_POINT_GROUP, CostModel, CostModelRegistry, UnknownCostModel, default_registry, get_cost_model,
+    ENTRY_POINT_GROUP,
+    CostModel,
+    CostModelRegistry,
+    UnknownCostModel,
+    default_registry,
+    get_cost_model,
 )
 from adl.hwmodels.bitserial import BitSerialModel
 from adl.hwmodels.roofline import RooflineModel
+from adl.ir.layers import LayerDesc
+from adl.ir.spec import CallValue, TargetSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,22 +99,30 @@ def test_bad_options_are_type_errors():
 
 
 def test_broken_plugins_warn_and_are_skipped():
-    entry_points = [ep("broken", "adl_no_such_module:Model"), ep("notamodel", "adl.compiler.spec:Spec"),
-                    LoadedEntryPoint("roofline", FakeRoofline), ep("bitserial", "adl.hwmodels.bitserial:BitSerialModel"),
-                    LoadedEntryPoint("extra", CrossOnly)]
+    entry_points = [
+        ep("broken", "adl_no_such_module:Model"),
+        ep("notamodel", "adl.ir.spec:Spec"),
+        LoadedEntryPoint("roofline", FakeRoofline),
+        ep("bitserial", "adl.hwmodels.bitserial:BitSerialModel"),
+        LoadedEntryPoint("extra", CrossOnly),
+    ]
     with pytest.warns(UserWarning) as caught:
         registry = CostModelRegistry.from_entry_points(entry_points)
     messages = [str(w.message) for w in caught]
-    assert any("skipping cost-model plug-in 'broken' (adl_no_such_module:Model): ModuleNotFoundError" in m
-               for m in messages)
-    assert any("skipping cost-model plug-in 'notamodel': adl.compiler.spec:Spec is not a CostModel subclass" in m
-               for m in messages)
+    assert any(
+        "skipping cost-model plug-in 'broken' (adl_no_such_module:Model): ModuleNotFoundError" in m for m in messages
+    )
+    assert any(
+        "skipping cost-model plug-in 'notamodel': adl.ir.spec:Spec is not a CostModel subclass" in m for m in messages
+    )
     # a plug-in registering another class under a built-in's name does not replace it
     assert registry.get("roofline") is RooflineModel
     assert registry.names() == ["bitserial", "cross_only", "measured", "roofline"]
     assert len(messages) == 3  # broken, notamodel, roofline; the bitserial entry point is the built-in itself
-    assert any("skipping cost-model plug-in 'roofline'" in m and "taken by adl.hwmodels.roofline.RooflineModel" in m
-               for m in messages)
+    assert any(
+        "skipping cost-model plug-in 'roofline'" in m and "taken by adl.hwmodels.roofline.RooflineModel" in m
+        for m in messages
+    )
 
 
 def test_a_broken_installed_plugin_does_not_break_check():
@@ -138,13 +151,13 @@ def test_spec_cost_defaults_to_roofline_with_its_defaults():
     for target in ("", "target host { cores = 2 }", "target host { cost = roofline }"):
         spec = load_spec(SPEC.format(target=target))
         # unset options stay None: roofline fills them from a calibration or its built-in defaults
-        assert spec.target.cost == CallValue("roofline", (("gflops", None), ("bandwidth", None),
-                                                          ("overhead", None)))
+        assert spec.target.cost == CallValue("roofline", (("gflops", None), ("bandwidth", None), ("overhead", None)))
 
 
 def test_spec_cost_with_options():
-    spec = load_spec(SPEC.format(target="target host { cost = roofline(gflops = 150, bandwidth = 25, "
-                                        "overhead = 4 us) }"))
+    spec = load_spec(
+        SPEC.format(target="target host { cost = roofline(gflops = 150, bandwidth = 25, overhead = 4 us) }")
+    )
     model = default_registry().create(spec.target.cost)
     assert model.config == {"gflops": 150.0, "bandwidth": 25.0, "overhead": pytest.approx(4e-6)}
     spec = load_spec(SPEC.format(target="target acc { cost = bitserial(preset = cloud, mhz = 300) }"))
@@ -156,7 +169,8 @@ def test_unknown_cost_model_is_an_error_listing_the_registered_ones():
         "s.adl:4:19: error: unknown cost model 'magic'\n"
         "   4 | target t { cost = magic }\n"
         "     |                   ^~~~~\n"
-        "  note: expected one of: bitserial, measured, roofline")
+        "  note: expected one of: bitserial, measured, roofline"
+    )
 
 
 def test_bad_cost_model_option_is_an_error_at_the_value():
@@ -164,12 +178,14 @@ def test_bad_cost_model_option_is_an_error_at_the_value():
         "s.adl:4:38: error: unknown preset 'huge'\n"
         "   4 | target t { cost = bitserial(preset = huge) }\n"
         "     |                                      ^~~~\n"
-        "  note: expected one of: edge, cloud")
+        "  note: expected one of: edge, cloud"
+    )
     assert check_error("target t { cost = roofline(peak = 3) }") == (
         "s.adl:4:28: error: unknown setting 'peak' for roofline(...)\n"
         "   4 | target t { cost = roofline(peak = 3) }\n"
         "     |                            ^~~~\n"
-        "  note: known settings: gflops, bandwidth, overhead")
+        "  note: known settings: gflops, bandwidth, overhead"
+    )
 
 
 def test_a_cost_model_that_does_not_support_the_target_is_an_error():
@@ -179,14 +195,16 @@ def test_a_cost_model_that_does_not_support_the_target_is_an_error():
         "s.adl:4:19: error: cost model 'cross_only' does not support target 't'\n"
         "   4 | target t { cost = cross_only }\n"
         "     |                   ^~~~~~~~~~\n"
-        "  note: cost models that do: bitserial, measured, roofline")
-    spec = load_spec(SPEC.format(target='target t { triple = "aarch64-linux-gnu"  cost = cross_only }'),
-                     cost_models=registry)
+        "  note: cost models that do: bitserial, measured, roofline"
+    )
+    spec = load_spec(
+        SPEC.format(target='target t { triple = "aarch64-linux-gnu"  cost = cross_only }'), cost_models=registry
+    )
     assert spec.target.cost.name == "cross_only"
 
 
 def test_context_prices_candidates_with_the_targets_model(tmp_path):
-    from adl.compiler.passes import PassContext, PassError
+    from adl.ir.passes import PassContext, PassError
 
     spec = load_spec(SPEC.format(target="target t { cost = bitserial(preset = edge, overhead = 0 us) }"))
     layer = LayerDesc("fc", "linear", (1, 256), (1, 10), weight_bits=8, act_bits=8)
@@ -202,17 +220,29 @@ def test_hw_list_shows_models_options_and_targets(capsys):
 
     assert main(["hw", "list"]) == 0
     out = capsys.readouterr().out
-    for text in ("roofline:", "bitserial:", "measured:", "gflops", "bandwidth", "10 us", "edge|cloud",
-                 "supports: any target", "edge 8, cloud 32", "rpc = ..."):
+    for text in (
+        "roofline:",
+        "bitserial:",
+        "measured:",
+        "gflops",
+        "bandwidth",
+        "10 us",
+        "edge|cloud",
+        "supports: any target",
+        "edge 8, cloud 32",
+        "rpc = ...",
+    ):
         assert text in out, text
 
 
 def test_check_with_a_cost_model_stays_free_of_heavy_imports(tmp_path):
     spec = tmp_path / "s.adl"
     spec.write_text(SPEC.format(target="target t { cost = bitserial(preset = cloud) }"))
-    code = (f"import sys; from adl.cli import main; rc = main(['check', {str(spec)!r}]); "
-            "heavy = [m for m in ('torch', 'tvm', 'jax', 'sklearn') if m in sys.modules]; "
-            "assert rc == 0 and not heavy, heavy")
+    code = (
+        f"import sys; from adl.cli import main; rc = main(['check', {str(spec)!r}]); "
+        "heavy = [m for m in ('torch', 'tvm', 'jax', 'sklearn') if m in sys.modules]; "
+        "assert rc == 0 and not heavy, heavy"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

@@ -25,17 +25,20 @@ def head_of(model: nn.Sequential) -> tuple[str, int]:
     return ("pool" if pooled else "flatten"), next(m for m in model if isinstance(m, nn.Linear)).in_features
 
 
-@pytest.mark.parametrize("shape, options, channels, head", [
-    ((1, 8, 8), {}, (16, 32), ("pool", 32)),  # digits: every 2x2 position sees the whole image
-    ((1, 8, 8), {"channels": (8, 16), "hidden": 32}, (8, 16), ("pool", 16)),
-    ((1, 28, 28), {}, (16, 32), ("flatten", 32 * 7 * 7)),
-    ((1, 28, 28), {"channels": (32, 64), "hidden": 128}, (32, 64), ("flatten", 64 * 7 * 7)),
-    ((3, 32, 32), {}, (16, 32), ("flatten", 32 * 8 * 8)),
-    ((3, 64, 64), {}, (16, 32, 64), ("flatten", 64 * 8 * 8)),  # one more stage, not a 16x16 map
-    ((3, 64, 64), {"channels": (16, 32)}, (16, 32), ("pool", 32)),  # 16x16: too large to flatten
-    ((1, 28, 28), {"head": "pool"}, (16, 32), ("pool", 32)),
-    ((1, 8, 8), {"head": "flatten"}, (16, 32), ("flatten", 32 * 2 * 2)),
-])
+@pytest.mark.parametrize(
+    "shape, options, channels, head",
+    [
+        ((1, 8, 8), {}, (16, 32), ("pool", 32)),  # digits: every 2x2 position sees the whole image
+        ((1, 8, 8), {"channels": (8, 16), "hidden": 32}, (8, 16), ("pool", 16)),
+        ((1, 28, 28), {}, (16, 32), ("flatten", 32 * 7 * 7)),
+        ((1, 28, 28), {"channels": (32, 64), "hidden": 128}, (32, 64), ("flatten", 64 * 7 * 7)),
+        ((3, 32, 32), {}, (16, 32), ("flatten", 32 * 8 * 8)),
+        ((3, 64, 64), {}, (16, 32, 64), ("flatten", 64 * 8 * 8)),  # one more stage, not a 16x16 map
+        ((3, 64, 64), {"channels": (16, 32)}, (16, 32), ("pool", 32)),  # 16x16: too large to flatten
+        ((1, 28, 28), {"head": "pool"}, (16, 32), ("pool", 32)),
+        ((1, 8, 8), {"head": "flatten"}, (16, 32), ("flatten", 32 * 2 * 2)),
+    ],
+)
 def test_the_cnn_head_and_stages_follow_the_input_size(shape, options, channels, head):
     model = cnn(shape, 10, **options)
     convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -88,28 +91,47 @@ def train_on_a_slice(options: dict, tmp_path, seed: int = 0) -> tuple[float, flo
     """(test accuracy, training accuracy of epoch 1) of `model cnn(options)` trained by adl's loop
     with the `train` pass's defaults (Adam 0.003, batch 64, cosine) for 2 epochs on 4,000 training
     images of Fashion-MNIST, scored on the first 2,000 test images."""
-    from adl.compiler.progress import SilentProgress
-    from adl.compiler.spec import CallValue
     from adl.data import load_dataset
+    from adl.ir.progress import SilentProgress
+    from adl.ir.spec import CallValue
     from adl.passes.train.loop import train_model
 
     full = load_dataset("fashion_mnist")
     order = np.random.default_rng(0).permutation(len(full.y_train))[:4000]
-    data = dataclasses.replace(full, x_train=full.x_train[order], y_train=full.y_train[order],
-                               x_test=full.x_test[:2000], y_test=full.y_test[:2000])
+    data = dataclasses.replace(
+        full,
+        x_train=full.x_train[order],
+        y_train=full.y_train[order],
+        x_test=full.x_test[:2000],
+        y_test=full.y_test[:2000],
+    )
     torch.manual_seed(seed)
-    model = build_model("cnn", options, input_shape=data.input_shape, classes=data.classes, mean=data.mean,
-                        std=data.std)
-    config = {"epochs": 2, "batch_size": 64, "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
-              "schedule": "cosine", "label_smoothing": 0.0}
-    result = train_model(model, data, config, seed=seed, state_dir=tmp_path / str(options), progress=SilentProgress(),
-                         log=lambda message: None)
+    model = build_model(
+        "cnn", options, input_shape=data.input_shape, classes=data.classes, mean=data.mean, std=data.std
+    )
+    config = {
+        "epochs": 2,
+        "batch_size": 64,
+        "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
+        "schedule": "cosine",
+        "label_smoothing": 0.0,
+    }
+    result = train_model(
+        model,
+        data,
+        config,
+        seed=seed,
+        state_dir=tmp_path / str(options),
+        progress=SilentProgress(),
+        log=lambda message: None,
+    )
     return result.test_accuracy, result.history[0]["train_accuracy"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST is not installed "
-                    "(apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+)
 def test_the_default_cnn_learns_fashion_mnist_on_a_small_budget(tmp_path, one_thread):
     """Measured (seeds 0, 1, 2; ~5 s each on one core): the default (flatten 7x7x32) reaches
     0.8385, 0.8420, 0.8460 test accuracy (epoch 1 training accuracy 0.732, 0.726, 0.723); the

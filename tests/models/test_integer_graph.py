@@ -24,10 +24,16 @@ def chain() -> nn.Sequential:
     output but the last reaches only the next integer layer."""
     torch.manual_seed(0)
     return nn.Sequential(
-        integer(nn.Conv2d(1, 16, 3, padding=1), -1.5, 3.0), nn.ReLU6(),
-        integer(nn.Conv2d(16, 32, 3, padding=1), 0.0, 5.0), nn.ReLU(), nn.MaxPool2d(2),
-        integer(nn.Conv2d(32, 16, 1), 0.0, 4.0), nn.ReLU(), nn.Flatten(),
-        integer(nn.Linear(16 * 16, 10), 0.0, 4.0)).eval()
+        integer(nn.Conv2d(1, 16, 3, padding=1), -1.5, 3.0),
+        nn.ReLU6(),
+        integer(nn.Conv2d(16, 32, 3, padding=1), 0.0, 5.0),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        integer(nn.Conv2d(32, 16, 1), 0.0, 4.0),
+        nn.ReLU(),
+        nn.Flatten(),
+        integer(nn.Linear(16 * 16, 10), 0.0, 4.0),
+    ).eval()
 
 
 def test_requantize_rounds_half_to_even_and_clamps_to_the_code_range():
@@ -40,8 +46,9 @@ def test_requantize_rounds_half_to_even_and_clamps_to_the_code_range():
 
 
 def test_output_requantization_keeps_the_bias_in_accumulator_units():
-    requant = OutputRequantization(torch.tensor([0.01, 0.5]), torch.tensor([0.05, -0.2]), scale=0.1, zero_point=3,
-                                   bits=8, low=3, high=255)
+    requant = OutputRequantization(
+        torch.tensor([0.01, 0.5]), torch.tensor([0.05, -0.2]), scale=0.1, zero_point=3, bits=8, low=3, high=255
+    )
     # not rounded to accumulator units: -0.2 is 0.4 of a 0.5 unit, which alone moves the output 2 codes
     assert torch.allclose(requant.bias, torch.tensor([5.0, -0.4]))
     assert torch.allclose(requant.multiplier, torch.tensor([0.1, 5.0]))
@@ -63,7 +70,10 @@ def test_a_chain_of_integer_layers_hands_codes_from_layer_to_layer():
     # ReLU6 became the code range [code of 0, code of 6]; the pools and the flatten stay, on codes
     relu6 = handoffs[0]
     consumer = model[2]
-    assert (relu6.low, relu6.high) == (consumer.zero_point, min(255, round(6 / consumer.act_scale) + consumer.zero_point))
+    assert (relu6.low, relu6.high) == (
+        consumer.zero_point,
+        min(255, round(6 / consumer.act_scale) + consumer.zero_point),
+    )
     called = [type(fused.get_submodule(n.target)) for n in fused.graph.nodes if n.op == "call_module"]
     assert nn.ReLU not in called and nn.ReLU6 not in called  # the clamps became code ranges
     assert called.count(nn.MaxPool2d) == 1 and called.count(nn.Flatten) == 1 and len(called) == 6

@@ -30,15 +30,21 @@ def trained_digits_cnn():
     dataset = load_dataset("digits")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model("cnn", {"channels": [8, 16], "hidden": 32}, input_shape=dataset.input_shape,
-                            classes=10, mean=dataset.mean, std=dataset.std)
+        model = build_model(
+            "cnn",
+            {"channels": [8, 16], "hidden": 32},
+            input_shape=dataset.input_shape,
+            classes=10,
+            mean=dataset.mean,
+            std=dataset.std,
+        )
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
         model.train()
         for _ in range(8):
             for start in range(0, len(x), 64):
                 optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(model(x[start:start + 64]), y[start:start + 64]).backward()
+                torch.nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64]).backward()
                 optimizer.step()
     torch.set_num_threads(threads)
     return model.eval(), dataset

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from adl.compiler.layers import describe_model
-from adl.compiler.module import Module
-from adl.compiler.passes import PassContext, PassError
-from adl.compiler.spec import TargetSpec
 from adl.hwmodels.roofline import RooflineModel
+from adl.ir.layers import describe_model
+from adl.ir.module import Module
+from adl.ir.passes import PassContext, PassError
+from adl.ir.spec import TargetSpec
 from adl.models.zoo import BasicBlock, InvertedResidual, _conv_bn, build_model
 from adl.passes.amc import AmcPass
 from adl.passes.amc.env import AmcEnv, BudgetError, PolicyScore, Resources, keep_grid
@@ -46,29 +46,56 @@ class Chain(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(3, 12, 3, act=nn.ReLU), nn.MaxPool2d(2),
-                                      _conv_bn(12, 16, 3, act=nn.ReLU), nn.MaxPool2d(2), nn.Flatten(),
-                                      nn.Linear(16 * 4, 20), nn.ReLU(), nn.Linear(20, 5))
+        self.features = nn.Sequential(
+            _conv_bn(3, 12, 3, act=nn.ReLU),
+            nn.MaxPool2d(2),
+            _conv_bn(12, 16, 3, act=nn.ReLU),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 4, 20),
+            nn.ReLU(),
+            nn.Linear(20, 5),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
 
 def separable() -> nn.Module:
-    return nn.Sequential(_conv_bn(3, 16, 3), _conv_bn(16, 16, 3, groups=16), _conv_bn(16, 24, 1),
-                         _conv_bn(24, 24, 3, stride=2, groups=24), _conv_bn(24, 32, 1), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(32, 5))
+    return nn.Sequential(
+        _conv_bn(3, 16, 3),
+        _conv_bn(16, 16, 3, groups=16),
+        _conv_bn(16, 24, 1),
+        _conv_bn(24, 24, 3, stride=2, groups=24),
+        _conv_bn(24, 32, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    )
 
 
 def inverted_residual() -> nn.Module:
-    return nn.Sequential(_conv_bn(3, 16, 3), InvertedResidual(16, 16, 3, 6, 1), InvertedResidual(16, 24, 3, 6, 2),
-                         InvertedResidual(24, 24, 3, 6, 1), _conv_bn(24, 32, 1), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(32, 5))
+    return nn.Sequential(
+        _conv_bn(3, 16, 3),
+        InvertedResidual(16, 16, 3, 6, 1),
+        InvertedResidual(16, 24, 3, 6, 2),
+        InvertedResidual(24, 24, 3, 6, 1),
+        _conv_bn(24, 32, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 5),
+    )
 
 
 def basic_blocks() -> nn.Module:
-    return nn.Sequential(_conv_bn(3, 8, 3, act=nn.ReLU), BasicBlock(8, 8, 1), BasicBlock(8, 16, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    return nn.Sequential(
+        _conv_bn(3, 8, 3, act=nn.ReLU),
+        BasicBlock(8, 8, 1),
+        BasicBlock(8, 16, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
 
 
 class Concat(nn.Module):
@@ -85,15 +112,21 @@ class Concat(nn.Module):
         return self.head(joined + self.c(joined))
 
 
-STRUCTURES = {"chain": Chain, "separable": separable, "inverted_residual": inverted_residual,
-              "basic_blocks": basic_blocks, "concat": Concat}
+STRUCTURES = {
+    "chain": Chain,
+    "separable": separable,
+    "inverted_residual": inverted_residual,
+    "basic_blocks": basic_blocks,
+    "concat": Concat,
+}
 
 
 def random_keep(graph: ChannelGraph, seed: int) -> dict[int, np.ndarray]:
     """Random channels of every prunable group (not the norm-ranked ones: any subset must work)."""
     rng = np.random.default_rng(seed)
-    return {g.index: np.sort(rng.choice(g.size, size=int(rng.integers(1, g.size)), replace=False))
-            for g in graph.prunable}
+    return {
+        g.index: np.sort(rng.choice(g.size, size=int(rng.integers(1, g.size)), replace=False)) for g in graph.prunable
+    }
 
 
 @pytest.mark.parametrize("name", STRUCTURES)
@@ -122,8 +155,9 @@ def test_the_pruned_model_computes_the_masked_original(name):
         layers = describe_model(pruned, SHAPE)
         assert table.flops_per_layer(counts).sum() == pytest.approx(sum(l.flops for l in layers))
         assert table.params_per_layer(counts).sum() == pytest.approx(sum(l.params for l in layers))
-        assert [(l.input_shape, l.output_shape, l.groups) for l in table.descs(counts)] == \
-            [(l.input_shape, l.output_shape, l.groups) for l in layers]
+        assert [(l.input_shape, l.output_shape, l.groups) for l in table.descs(counts)] == [
+            (l.input_shape, l.output_shape, l.groups) for l in layers
+        ]
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
@@ -131,8 +165,16 @@ def test_a_flatten_head_loses_a_block_of_h_x_w_features_per_pruned_channel(shape
     """The default `cnn` head on 28x28 and 32x32 images flattens the last stage's map into the
     Linear: pruning one of that stage's channels must drop its H*W consecutive columns, not one."""
     torch.manual_seed(0)
-    model = randomise_batchnorm(build_model("cnn", {"channels": (8, 12), "hidden": 16}, input_shape=shape,
-                                            classes=10, mean=(0.5,) * shape[0], std=(2.0,) * shape[0]))
+    model = randomise_batchnorm(
+        build_model(
+            "cnn",
+            {"channels": (8, 12), "hidden": 16},
+            input_shape=shape,
+            classes=10,
+            mean=(0.5,) * shape[0],
+            std=(2.0,) * shape[0],
+        )
+    )
     body, side = model[1], shape[1] // 4
     assert isinstance(body[4], nn.Flatten) and body[5].in_features == 12 * side * side
     graph = ChannelGraph(model, (2, *shape))
@@ -167,8 +209,14 @@ def test_groups_tie_what_must_be_pruned_together():
     # inverted residual with skip: the stem, the first block's depthwise and projection share a group
     graph = ChannelGraph(inverted_residual(), SHAPE)
     sizes = [(g.name, g.size) for g in graph.prunable]
-    assert sizes == [("0.0", 16), ("1.body.0.0", 96), ("2.body.0.0", 96), ("2.body.2.0", 24), ("3.body.0.0", 144),
-                     ("4.0", 32)]
+    assert sizes == [
+        ("0.0", 16),
+        ("1.body.0.0", 96),
+        ("2.body.0.0", 96),
+        ("2.body.2.0", 24),
+        ("3.body.0.0", 144),
+        ("4.0", 32),
+    ]
     assert sorted(graph.groups[1].producers) == ["0.0", "1.body.2.0"]
     # basic blocks: the downsampling shortcut and the second conv of the block are one group
     graph = ChannelGraph(basic_blocks(), SHAPE)
@@ -210,11 +258,14 @@ class Softmaxed(nn.Module):
         return self.head(self.attend(self.stem(x)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("model, words", [
-    (Grouped, ["'mixer'", "grouped convolution", "groups=2"]),
-    (Reshaped, ["'view'", "not supported", "'stem'"]),
-    (Softmaxed, ["'attend'", "Softmax", "not supported"]),
-])
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        (Grouped, ["'mixer'", "grouped convolution", "groups=2"]),
+        (Reshaped, ["'view'", "not supported", "'stem'"]),
+        (Softmaxed, ["'attend'", "Softmax", "not supported"]),
+    ],
+)
 def test_unsupported_structures_are_refused_naming_the_layer(model, words):
     with pytest.raises(PruningError) as info:
         ChannelGraph(model(), SHAPE)
@@ -232,34 +283,39 @@ pipeline { amc }
 
 
 def pass_context(tmp_path) -> PassContext:
-    from adl.compiler.check import load_spec
     from adl.data import load_dataset
+    from adl.driver.check import load_spec
 
     spec = load_spec(SPEC.replace("pipeline { amc }", "model cnn()\npipeline { train amc }"))
-    return PassContext(spec=spec, work_dir=tmp_path, load_dataset=lambda: load_dataset("digits"),
-                       cost_model=RooflineModel(), current_key="0" * 64)
+    return PassContext(
+        spec=spec,
+        work_dir=tmp_path,
+        load_dataset=lambda: load_dataset("digits"),
+        cost_model=RooflineModel(),
+        current_key="0" * 64,
+    )
 
 
 def test_the_pass_refuses_an_unsupported_model_with_a_pass_error(tmp_path):
     ctx = pass_context(tmp_path)
-    bad = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(),
-                        nn.Linear(8 * 64, 10))
+    bad = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.Flatten(), nn.Linear(8 * 64, 10)
+    )
     with pytest.raises(PassError, match=r"layer '1' is a grouped convolution"):
         AmcPass(flops=0.5).run(Module(spec=ctx.spec, model=bad, facts=frozenset({"trained"})), ctx)
 
 
-def make_env(model: nn.Module, budgets: dict[str, float], evaluate=lambda m: PolicyScore(0.5, 1.0),
-             **kwargs) -> AmcEnv:
+def make_env(model: nn.Module, budgets: dict[str, float], evaluate=lambda m: PolicyScore(0.5, 1.0), **kwargs) -> AmcEnv:
     graph = ChannelGraph(model, (1, *SHAPE[1:]))
     target = TargetSpec("host")
     roofline = RooflineModel(gflops=1.0, bandwidth=1.0, overhead=0.0)  # a compute-bound target
-    resources = Resources(graph.layer_table(), budgets,
-                          lambda layers: roofline.estimate(layers, target).latency_s)
+    resources = Resources(graph.layer_table(), budgets, lambda layers: roofline.estimate(layers, target).latency_s)
     return AmcEnv(graph, resources, evaluate, **kwargs)
 
 
-@pytest.mark.parametrize("budgets", [{"flops": 0.5}, {"flops": 0.3}, {"params": 0.4}, {"latency": 0.6},
-                                     {"flops": 0.6, "params": 0.5}])
+@pytest.mark.parametrize(
+    "budgets", [{"flops": 0.5}, {"flops": 0.3}, {"params": 0.4}, {"latency": 0.6}, {"flops": 0.6, "params": 0.5}]
+)
 def test_every_episode_ends_within_the_budget_whatever_the_actions(budgets):
     """Property: random actions (uniform, extreme, constant) never break the budget."""
     torch.manual_seed(0)
@@ -379,8 +435,14 @@ def test_the_pass_prunes_fine_tunes_and_records_its_policy(tmp_path):
     torch.manual_seed(0)
     dataset = load_dataset("digits")
     ctx = pass_context(tmp_path)
-    model = build_model("cnn", {"channels": (8, 16), "hidden": 16}, input_shape=dataset.input_shape, classes=10,
-                        mean=dataset.mean, std=dataset.std)
+    model = build_model(
+        "cnn",
+        {"channels": (8, 16), "hidden": 16},
+        input_shape=dataset.input_shape,
+        classes=10,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
     module = Module(spec=ctx.spec, model=model, facts=frozenset({"trained"}))
     amc = AmcPass(flops=0.5, episodes=8, warmup=4, finetune=1, val_samples=100)
     out = amc.run(module, ctx)
@@ -397,6 +459,34 @@ def test_the_pass_prunes_fine_tunes_and_records_its_policy(tmp_path):
     (ctx.state_dir() / "amc_policy.json").write_text(json.dumps(policy))
     again = AmcPass(flops=0.5, episodes=8, warmup=4, finetune=1, val_samples=100).run(module, ctx)
     assert again.metrics["amc"]["ratios"] == metrics["ratios"] and again.metrics["amc"]["history"] == "reused"
+
+
+def test_a_policy_saved_for_another_search_configuration_is_not_reused(tmp_path):
+    """The saved policy carries its search's key: a search configured otherwise (another budget) in the
+    same state folder searches again instead of taking it."""
+    from adl.data import load_dataset
+
+    torch.manual_seed(0)
+    dataset = load_dataset("digits")
+    ctx = pass_context(tmp_path)
+    model = build_model(
+        "cnn",
+        {"channels": (8, 16), "hidden": 16},
+        input_shape=dataset.input_shape,
+        classes=10,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
+    module = Module(spec=ctx.spec, model=model, facts=frozenset({"trained"}))
+    AmcPass(search="uniform", flops=0.5, finetune=0, val_samples=100).run(module, ctx)
+    path = ctx.state_dir() / "amc_policy.json"
+    policy = json.loads(path.read_text())
+    policy["history"] = "reused"
+    path.write_text(json.dumps(policy))
+    logs: list[str] = []
+    ctx.log = logs.append
+    again = AmcPass(search="uniform", flops=0.6, finetune=0, val_samples=100).run(module, ctx)
+    assert again.metrics["amc"]["history"] == [] and not any("reusing" in line for line in logs)
 
 
 E2E_SPEC = """
@@ -420,8 +510,11 @@ def test_adl_compile_with_amc_builds_a_pruned_library(tmp_path):
 
     spec = tmp_path / "tiny_amc.adl"
     spec.write_text(E2E_SPEC)
-    proc = subprocess.run([sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "amc: scoring policies on 100 validation images" in proc.stderr  # held out of training
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -435,16 +528,19 @@ def test_adl_compile_with_amc_builds_a_pruned_library(tmp_path):
     assert manifest["metrics"]["max_abs_diff"] <= 1e-4  # the pruned network lowers and agrees with PyTorch
     assert "amc" in manifest["pipeline"]
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "## `amc`" in report and "flops <= 50%" in report
+    assert "## Channel pruning (`amc`)" in report and "flops <= 50%" in report
     for group, (kept, size) in amc["channels"].items():
         assert f"| {group} | {kept} | {size} | {amc['ratios'][group]:.3f} |" in report
 
 
-@pytest.mark.parametrize("target, lanes, logged", [
-    ({"kind": "llvm", "mcpu": "znver3"}, 8, False),
-    ({"kind": "llvm", "mcpu": "skylake-avx512"}, 16, False),
-    ({"kind": "no-such-kind"}, 8, True),  # TVM cannot tell: 8, and the log says so
-])
+@pytest.mark.parametrize(
+    "target, lanes, logged",
+    [
+        ({"kind": "llvm", "mcpu": "znver3"}, 8, False),
+        ({"kind": "llvm", "mcpu": "skylake-avx512"}, 16, False),
+        ({"kind": "no-such-kind"}, 8, True),  # TVM cannot tell: 8, and the log says so
+    ],
+)
 def test_kept_channels_default_to_multiples_of_the_targets_simd_lanes(target, lanes, logged):
     from types import SimpleNamespace
 

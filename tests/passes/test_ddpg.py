@@ -35,8 +35,9 @@ class Targets:
 
 
 def small_config(**changes) -> DDPGConfig:
-    base = dict(hidden=(64, 64), actor_lr=3e-4, critic_lr=3e-3, warmup=30, noise=0.3, noise_decay=0.98,
-                batch_size=64, seed=0)
+    base = dict(
+        hidden=(64, 64), actor_lr=3e-4, critic_lr=3e-3, warmup=30, noise=0.3, noise_decay=0.98, batch_size=64, seed=0
+    )
     return DDPGConfig(**(base | changes))
 
 
@@ -67,12 +68,16 @@ def test_a_rank_key_decides_the_best_episode_and_what_the_progress_callback_sees
             return dataclasses.replace(step, reward=1.0) if step.done else step
 
     seen = []
-    result = search(Ties(), DDPGAgent(3, small_config(warmup=20)), 12,
-                    on_episode=lambda episode, best: seen.append(best.index),
-                    rank=lambda episode: (episode.reward, -episode.info["error"]))
+    result = search(
+        Ties(),
+        DDPGAgent(3, small_config(warmup=20)),
+        12,
+        on_episode=lambda episode, best: seen.append(best.index),
+        rank=lambda episode: (episode.reward, -episode.info["error"]),
+    )
     errors = [episode.info["error"] for episode in result.history]
     assert result.best.index == int(np.argmin(errors))
-    assert seen == [int(np.argmin(errors[:i + 1])) for i in range(12)]
+    assert seen == [int(np.argmin(errors[: i + 1])) for i in range(12)]
     by_reward = search(Ties(), DDPGAgent(3, small_config(warmup=20)), 3)
     assert by_reward.best.index == 0  # the default rank, the reward: the first of equals
 
@@ -86,7 +91,7 @@ def test_warmup_actions_are_uniform_and_exploration_stays_in_bounds():
     assert np.mean(warm) == pytest.approx(0.55, abs=0.02)
     explored = [agent.act(state, 10) for _ in range(500)]
     assert 0.2 <= min(explored) and max(explored) <= 0.9
-    assert agent.sigma(10) == pytest.approx(0.3) and agent.sigma(20) == pytest.approx(0.3 * 0.98 ** 10)
+    assert agent.sigma(10) == pytest.approx(0.3) and agent.sigma(20) == pytest.approx(0.3 * 0.98**10)
     assert agent.act(state, None) == agent.act(state, None)  # exploitation is deterministic
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from adl.compiler.layers import LayerDesc
-from adl.compiler.spec import TargetSpec
 from adl.hwmodels.bitserial import BitSerialModel
+from adl.ir.layers import LayerDesc
+from adl.ir.spec import TargetSpec
 from adl.passes.haq.budget import (
     BitPolicy,
     BudgetUnreachable,
@@ -75,8 +75,7 @@ def test_a_lowering_that_saves_nothing_is_not_made():
     """A size budget prices weights only: activations keep their widths (lowering them would cost
     accuracy for nothing; the digits demo lost 40 points of validation accuracy that way)."""
     cost = _cost("size")
-    result = enforce_budget(BitPolicy.uniform(4, 8), cost, 0.5 * cost(BitPolicy.uniform(4, 8)), low=2,
-                            resource="size")
+    result = enforce_budget(BitPolicy.uniform(4, 8), cost, 0.5 * cost(BitPolicy.uniform(4, 8)), low=2, resource="size")
     assert result.act_bits == (8, 8, 8, 8) and max(result.weight_bits) < 8
 
     def weights_of_the_first_layer_only(policy):
@@ -97,6 +96,7 @@ def test_a_step_priced_cost_drops_to_the_widest_width_that_saves():
     """A measured CPU prices every width above 8 bits as a float kernel and every width up to 8 as
     an int8 kernel: one bit less from 16 saves nothing, 8 bits do. The budget is reachable, so it is
     reached -- with the wider layer kept where the other alone pays for it."""
+
     def cost(policy: BitPolicy) -> float:
         return sum(10.0 if w > 8 or a > 8 else 7.0 for w, a in zip(policy.weight_bits, policy.act_bits))
 

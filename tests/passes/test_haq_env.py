@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adl.compiler.folding import fold_batchnorm  # noqa: E402
-from adl.compiler.layers import describe_model  # noqa: E402
-from adl.compiler.spec import TargetSpec  # noqa: E402
 from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
+from adl.ir.layers import describe_model  # noqa: E402
+from adl.ir.spec import TargetSpec  # noqa: E402
+from adl.models.folding import fold_batchnorm  # noqa: E402
 from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function  # noqa: E402
 from adl.passes.haq.env import FEATURES, HaqEnv, bits_of, episode_rank  # noqa: E402
 from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
@@ -33,8 +33,11 @@ def test_bits_cover_the_range_evenly():
 def test_eight_bits_agree_with_the_float_network_and_two_bits_hurt(trained):
     model, dataset = trained
     samples = torch.from_numpy(dataset.x_train[:256])
-    layers = [l for l in describe_model(fold_batchnorm(model), (1, *dataset.input_shape))
-              if l.op in ("conv2d", "dwconv2d", "linear")]
+    layers = [
+        l
+        for l in describe_model(fold_batchnorm(model), (1, *dataset.input_shape))
+        if l.op in ("conv2d", "dwconv2d", "linear")
+    ]
     eight = quantize_model(model, BitPolicy.uniform(len(layers), 8), samples, method="minmax")
     assert sum(isinstance(m, FakeQuantLayer) for m in eight.modules()) == len(layers)
     with torch.no_grad():
@@ -53,8 +56,9 @@ def test_a_short_search_ends_every_episode_within_budget(trained):
     model, dataset = trained
     folded = fold_batchnorm(model)
     layers = describe_model(folded, (1, *dataset.input_shape))
-    cost = cost_function(layers, lambda ls: BitSerialModel(preset="edge").estimate(ls, TargetSpec(name="fpga")),
-                         "latency")
+    cost = cost_function(
+        layers, lambda ls: BitSerialModel(preset="edge").estimate(ls, TargetSpec(name="fpga")), "latency"
+    )
     n = sum(l.op in ("conv2d", "dwconv2d", "linear") for l in layers)
     budget = (cost(BitPolicy.uniform(n, 8)) + cost(BitPolicy.uniform(n, 2))) / 2
     samples = torch.from_numpy(dataset.x_train[:256])
@@ -97,10 +101,18 @@ def test_a_weights_only_search_asks_one_width_per_layer_and_keeps_activations_at
     model, dataset = trained
     layers = describe_model(fold_batchnorm(model), (1, *dataset.input_shape))
     n = sum(l.op in ("conv2d", "dwconv2d", "linear") for l in layers)
-    size = cost_function(layers, lambda ls: BitSerialModel(preset="edge").estimate(ls, TargetSpec(name="fpga")),
-                         "size")
-    env = HaqEnv(layers, lambda policy: 0.9, size, 0.6 * size(BitPolicy.uniform(n, 8)), low=2, high=8,
-                 full_precision_accuracy=0.9, resource="size", activations=False)
+    size = cost_function(layers, lambda ls: BitSerialModel(preset="edge").estimate(ls, TargetSpec(name="fpga")), "size")
+    env = HaqEnv(
+        layers,
+        lambda policy: 0.9,
+        size,
+        0.6 * size(BitPolicy.uniform(n, 8)),
+        low=2,
+        high=8,
+        full_precision_accuracy=0.9,
+        resource="size",
+        activations=False,
+    )
     assert env.steps == n
     flags = []
     state = env.reset()

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from adl.compiler.layers import describe_model  # noqa: E402
+from adl.ir.layers import describe_model  # noqa: E402
 from adl.models.integer import IntegerConv2d, IntegerLinear, SimulatedQuantLayer, int_conv2d  # noqa: E402
 from adl.passes.haq.budget import BitPolicy  # noqa: E402
 from adl.passes.haq.lowering import deployable_model  # noqa: E402
@@ -25,12 +25,16 @@ def fake_and_integer(layer: nn.Module, weight_bits: int, act_bits: int, lo: floa
     return fake, cls(layer, codes, scales, act.scale, act.zero_point, act_bits, weight_bits)
 
 
-@pytest.mark.parametrize("conv", [
-    dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
-    dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1),
-    dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8),  # depthwise
-    dict(in_channels=5, out_channels=7, kernel_size=1, bias=False),
-], ids=["3x3", "stride2", "depthwise", "1x1-nobias"])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
+        dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1),
+        dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8),  # depthwise
+        dict(in_channels=5, out_channels=7, kernel_size=1, bias=False),
+    ],
+    ids=["3x3", "stride2", "depthwise", "1x1-nobias"],
+)
 @pytest.mark.parametrize("bits", [(8, 8), (4, 6), (2, 3)], ids=lambda b: f"w{b[0]}a{b[1]}")
 def test_integer_conv_computes_what_the_fake_quantized_conv_simulates(conv, bits):
     torch.manual_seed(0)
@@ -55,8 +59,9 @@ def test_integer_linear_and_its_accumulator_are_exact():
     codes = integer.quantize_input(x)
     assert codes.dtype == torch.uint8  # u8 activations x s8 weights: the operand order of VNNI's vpdpbusd
     expected = (codes.to(torch.int64) - integer.zero_point) @ integer.weight_codes.to(torch.int64).T
-    assert torch.equal(torch.ops.adl.int_linear(codes, integer.weight_codes, integer.zero_point),
-                       expected.to(torch.int32))
+    assert torch.equal(
+        torch.ops.adl.int_linear(codes, integer.weight_codes, integer.zero_point), expected.to(torch.int32)
+    )
 
 
 def test_integer_conv_accumulates_in_int32_without_overflowing_int8():
@@ -151,15 +156,17 @@ def test_describe_model_sees_quantized_layers_as_the_layers_they_compute(small):
     deployed, _, _ = deployable_model(fake, "llvm")
     for quantized in (fake, deployed):
         layers = describe_model(quantized, (1, 1, 8, 8))
-        assert [(l.op, l.input_shape, l.output_shape, l.params) for l in layers] == \
-            [(l.op, l.input_shape, l.output_shape, l.params) for l in float_layers]
+        assert [(l.op, l.input_shape, l.output_shape, l.params) for l in layers] == [
+            (l.op, l.input_shape, l.output_shape, l.params) for l in float_layers
+        ]
         assert [(l.weight_bits, l.act_bits) for l in layers if l.op != "add"] == [(3, 4), (5, 6), (8, 7)]
-    assert isinstance(SimulatedQuantLayer(nn.Linear(2, 2), torch.zeros(2, 2), 0.1, 0, 8, 12).quantized_template,
-                      nn.Linear)
+    assert isinstance(
+        SimulatedQuantLayer(nn.Linear(2, 2), torch.zeros(2, 2), 0.1, 0, 8, 12).quantized_template, nn.Linear
+    )
 
 
 def test_parameter_count_counts_integer_weight_codes(small):
-    from adl.compiler.driver import parameter_count
+    from adl.driver.run import parameter_count
 
     model, samples = small
     fake = quantize_model(model, BitPolicy((3, 5, 12), (8, 8, 8)), samples)

@@ -11,10 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adl.compiler.module import Module  # noqa: E402
-from adl.compiler.passes import PassContext, PassError  # noqa: E402
 from adl.hwmodels.base import CostModel, LayerCost  # noqa: E402
 from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
+from adl.ir.module import Module  # noqa: E402
+from adl.ir.passes import PassContext, PassError  # noqa: E402
 from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
 from adl.passes.haq import HaqPass  # noqa: E402
 from adl.passes.haq.packing import unpack_codes  # noqa: E402
@@ -33,12 +33,17 @@ pipeline { train haq }
 
 
 def pass_context(tmp_path, cost_model=None, budgets: str = "") -> PassContext:
-    from adl.compiler.check import load_spec
     from adl.data import load_dataset
+    from adl.driver.check import load_spec
 
     spec = load_spec(SPEC.replace("BUDGETS", budgets))
-    return PassContext(spec=spec, work_dir=tmp_path, load_dataset=lambda: load_dataset("digits"),
-                       cost_model=cost_model or BitSerialModel(preset="edge"), current_key="0" * 64)
+    return PassContext(
+        spec=spec,
+        work_dir=tmp_path,
+        load_dataset=lambda: load_dataset("digits"),
+        cost_model=cost_model or BitSerialModel(preset="edge"),
+        current_key="0" * 64,
+    )
 
 
 @pytest.fixture
@@ -62,8 +67,9 @@ def test_the_pass_quantizes_within_budget_fine_tunes_and_deploys_integer_layers(
     assert all(2 <= w <= 8 for w in widths) and min(widths) < 8  # the budget forced some layer below 8 bits
     assert metrics["integer_layers"] == 4 == len(metrics["lowering"])
     layers = [m for m in out.model.modules() if isinstance(m, (IntegerConv2d, IntegerLinear))]
-    assert [(m.weight_bits, m.act_bits) for m in layers] == [(p["weight_bits"], p["act_bits"]) for p in
-                                                             metrics["policy"]]
+    assert [(m.weight_bits, m.act_bits) for m in layers] == [
+        (p["weight_bits"], p["act_bits"]) for p in metrics["policy"]
+    ]
     assert metrics["test_agreement_deployed_vs_simulated"] >= 0.99
     assert 0.5 < out.metrics["torch_accuracy"] <= 1.0
     assert metrics["weight_bytes"]["packed"] < metrics["weight_bytes"]["int8"] < metrics["weight_bytes"]["float32"]
@@ -71,10 +77,11 @@ def test_the_pass_quantizes_within_budget_fine_tunes_and_deploys_integer_layers(
     first = next(m for m in out.model.modules() if isinstance(m, IntegerConv2d))
     name = metrics["lowering"][0]["name"]
     bits = int(packed[f"{name}.bits"][0])
-    assert np.array_equal(unpack_codes(packed[f"{name}.codes"], bits, first.weight_codes.numel()),
-                          first.weight_codes.numpy().reshape(-1))
+    assert np.array_equal(
+        unpack_codes(packed[f"{name}.codes"], bits, first.weight_codes.numel()), first.weight_codes.numpy().reshape(-1)
+    )
     json.dumps(metrics)  # goes into the manifest as it is
-    lines = "\n".join(haq.report(out.metrics))
+    lines = "\n".join(line for section in haq.report(out.metrics) for line in section.markdown())
     assert "4 of 4 layers in integer arithmetic" in lines and "| int8 |" in lines
 
     saved = json.loads((ctx.state_dir() / "haq_policy.json").read_text())
@@ -105,8 +112,14 @@ class BitBlind(CostModel):
     name = "bitblind"
 
     def estimate_layer(self, layer, target) -> LayerCost:
-        return LayerCost(layer.name, layer.op, latency_s=1e-9 * (layer.macs + 1), energy_j=None,
-                         weight_bytes=layer.weight_bytes, activation_bytes=0)
+        return LayerCost(
+            layer.name,
+            layer.op,
+            latency_s=1e-9 * (layer.macs + 1),
+            energy_j=None,
+            weight_bytes=layer.weight_bytes,
+            activation_bytes=0,
+        )
 
 
 def test_a_cost_model_blind_to_bits_is_refused_for_latency_but_size_still_works(tmp_path, trained):
@@ -114,7 +127,8 @@ def test_a_cost_model_blind_to_bits_is_refused_for_latency_but_size_still_works(
     with pytest.raises(PassError, match="prices every width in 2..8 the same latency"):
         HaqPass(episodes=2, warmup=1, finetune=0).run(module_of(ctx, trained), ctx)
     out = HaqPass(budget="size", fraction=0.5, episodes=3, warmup=2, finetune=0, val_samples=100).run(
-        module_of(ctx, trained), ctx)
+        module_of(ctx, trained), ctx
+    )
     assert out.metrics["haq"]["cost"]["chosen"] <= 0.5 * out.metrics["haq"]["cost"]["highest_bits"]
 
 
@@ -123,6 +137,21 @@ def test_a_quantized_network_is_not_quantized_twice(tmp_path, trained):
     module = module_of(ctx, trained).establish("quantized")
     with pytest.raises(PassError, match="already quantized"):
         HaqPass().run(module, ctx)
+
+
+def test_a_policy_saved_for_another_search_configuration_is_not_reused(tmp_path, trained):
+    """The saved policy carries its search's key: a search configured otherwise (fewer scoring images)
+    in the same state folder searches again instead of taking it."""
+    ctx = pass_context(tmp_path)
+    HaqPass(search="fixed", fraction=0.95, finetune=0, val_samples=100).run(module_of(ctx, trained), ctx)
+    path = ctx.state_dir() / "haq_policy.json"
+    saved = json.loads(path.read_text())
+    saved["history"] = "reused"
+    path.write_text(json.dumps(saved))
+    logs: list[str] = []
+    ctx.log = logs.append
+    again = HaqPass(search="fixed", fraction=0.95, finetune=0, val_samples=50).run(module_of(ctx, trained), ctx)
+    assert again.metrics["haq"]["history"] == [] and not any("reusing" in line for line in logs)
 
 
 E2E_SPEC = """
@@ -144,12 +173,21 @@ pipeline {
 def test_adl_compile_with_haq_builds_an_integer_library_with_packed_weights(tmp_path):
     spec = tmp_path / "tiny_haq.adl"
     spec.write_text(E2E_SPEC)
-    proc = subprocess.run([sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adl", "compile", "-q", str(spec), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.so", "report.html", "report.md", "spec.adl",
-                                                     "weights.packed.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "model.so",
+        "report.html",
+        "report.md",
+        "spec.adl",
+        "weights.packed.npz",
+    ]
     manifest = json.loads((out / "manifest.json").read_text())
     haq = manifest["metrics"]["haq"]
     assert [p["name"] for p in manifest["passes"]] == ["train", "haq", "lower"]
@@ -159,11 +197,12 @@ def test_adl_compile_with_haq_builds_an_integer_library_with_packed_weights(tmp_
     assert haq["integer_handoffs"] and manifest["metrics"]["max_abs_diff"] == 0.0
     assert "rounding_flips" not in manifest["metrics"]
     quantized = [l for l in manifest["layers"] if l["op"] in ("conv2d", "linear")]
-    assert [(l["weight_bits"], l["act_bits"]) for l in quantized] == [(p["weight_bits"], p["act_bits"])
-                                                                      for p in haq["policy"]]
+    assert [(l["weight_bits"], l["act_bits"]) for l in quantized] == [
+        (p["weight_bits"], p["act_bits"]) for p in haq["policy"]
+    ]
     assert (out / "weights.packed.npz").stat().st_size < haq["weight_bytes"]["int8"] + 4096
     report = (out / "report.md").read_text()
-    assert "## `haq`" in report and "integer arithmetic" in report
+    assert "## Mixed precision (`haq`)" in report and "integer arithmetic" in report
 
 
 def test_search_data_scores_on_the_validation_split_and_calibrates_on_training_images():

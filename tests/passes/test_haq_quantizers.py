@@ -26,7 +26,8 @@ from adl.passes.haq.quantizers import (  # noqa: E402
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
 def test_weight_round_trip_error_is_at_most_half_a_step_per_channel(bits):
     weight = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(bits)) * torch.arange(1, 7).reshape(
-        6, 1, 1, 1)
+        6, 1, 1, 1
+    )
     codes, scales = quantize_weight(weight, bits)
     limit = weight_code_limit(bits)
     assert codes.dtype == torch.int32 and codes.abs().max() <= limit and codes.abs().amax(dim=(1, 2, 3)).eq(limit).all()
@@ -65,7 +66,7 @@ def test_activation_round_trip_inside_the_range_is_within_half_a_step(bits):
     q = activation_quant(-2.0, 6.0, bits)
     x = torch.linspace(*q.range, 1000)
     codes = q.quantize(x)
-    assert codes.min() >= 0 and codes.max() <= 2 ** bits - 1
+    assert codes.min() >= 0 and codes.max() <= 2**bits - 1
     # half a step, plus the roundings of x / s and code * s: 2 * 2**-24 * 6 = 7e-7 for |x| <= 6
     assert torch.all((q.dequantize(codes) - x).abs() <= q.scale / 2 + 1e-6)
     assert torch.allclose(q.fake(x), q.dequantize(codes), atol=1e-6)
@@ -83,8 +84,10 @@ def test_percentile_and_kl_calibration_clip_rare_outliers_that_minmax_keeps():
     assert percentile.range[1] < 5.0 and 1.0 < kl.range[1] < 5.0
     # on the bulk of the data, the clipped ranges quantize far more finely
     bulk = samples[samples < 3]
-    error = {name: float((q.dequantize(q.quantize(bulk)) - bulk).abs().mean())
-             for name, q in (("minmax", minmax), ("kl", kl))}
+    error = {
+        name: float((q.dequantize(q.quantize(bulk)) - bulk).abs().mean())
+        for name, q in (("minmax", minmax), ("kl", kl))
+    }
     assert error["kl"] < error["minmax"] / 2
     with pytest.raises(ValueError, match="method"):
         calibrate(samples, 8, "mean")
@@ -100,7 +103,7 @@ def test_kmeans_codes_index_sorted_centroids_and_error_shrinks_with_bits():
     errors = []
     for bits in (1, 2, 3, 4):
         codes, centroids = kmeans_quantize(weight, bits)
-        assert codes.shape == weight.shape and codes.min() >= 0 and codes.max() < 2 ** bits
+        assert codes.shape == weight.shape and codes.min() >= 0 and codes.max() < 2**bits
         assert torch.all(centroids[1:] > centroids[:-1])
         errors.append(float((centroids[codes.long()] - weight).pow(2).mean()))
     assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0] / 10

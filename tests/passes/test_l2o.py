@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +13,12 @@ import pytest
 import torch
 
 import adl
-from adl.compiler.driver import compile_spec
-from adl.compiler.passes import PassError
-from adl.compiler.pipeline import Pipeline
-from adl.compiler.progress import SilentProgress
-from adl.compiler.spec import CallValue
+from adl.driver.run import compile_spec
 from adl.dsl.errors import AdlError
+from adl.ir.passes import PassError
+from adl.ir.pipeline import Pipeline
+from adl.ir.progress import SilentProgress
+from adl.ir.spec import CallValue
 from adl.passes.train.l2o import SHIPPED, L2OWeightsError, load_weights
 from adl.passes.train.l2o.config import MetaConfig
 from adl.passes.train.l2o.rule import l2o, preprocess
@@ -46,8 +45,12 @@ def test_preprocessing_follows_the_paper_with_cutoff_p():
 
 def test_torch_preprocessing_matches_jax_on_edge_cases():
     # two libraries' float32 log and exp(p): within 2 ulps (2.4e-7 relative); rtol 1e-6 is ~8 ulps
-    np.testing.assert_allclose(torch_preprocess(torch.from_numpy(EDGE), P).numpy(),
-                               np.asarray(preprocess(jnp.asarray(EDGE), P)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        torch_preprocess(torch.from_numpy(EDGE), P).numpy(),
+        np.asarray(preprocess(jnp.asarray(EDGE), P)),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_zero_huge_and_nan_gradients_give_finite_updates_and_states():
@@ -70,8 +73,11 @@ def test_state_shapes_follow_the_parameter_leaves():
     params = {"conv": jnp.zeros((8, 1, 3, 3)), "bias": jnp.zeros(8), "scalar": jnp.zeros(())}
     state = l2o(weights).init(params)
     for part in (state.hidden, state.cell):
-        assert jax.tree.map(jnp.shape, part) == {"conv": (2, 72, weights.hidden), "bias": (2, 8, weights.hidden),
-                                                  "scalar": (2, 1, weights.hidden)}
+        assert jax.tree.map(jnp.shape, part) == {
+            "conv": (2, 72, weights.hidden),
+            "bias": (2, 8, weights.hidden),
+            "scalar": (2, 1, weights.hidden),
+        }
     updates, _ = l2o(weights).update(jax.tree.map(jnp.ones_like, params), state)
     assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
 
@@ -136,8 +142,9 @@ def test_optax_and_torch_produce_the_same_updates(scale):
     torch_params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
     opt = L2O(list(torch_params.values()), lr=scale)
     for step in range(5):
-        grads = {k: (rng.normal(size=s) * 10.0 ** rng.integers(-8, 3, size=s)).astype(np.float32)
-                 for k, s in shapes.items()}
+        grads = {
+            k: (rng.normal(size=s) * 10.0 ** rng.integers(-8, 3, size=s)).astype(np.float32) for k, s in shapes.items()
+        }
         grads["b"][:3] = [0.0, np.nan, 1e30]
         updates, state = update({k: jnp.asarray(v) for k, v in grads.items()}, state)
         jax_params = {k: jax_params[k] + updates[k] for k in shapes}
@@ -149,8 +156,13 @@ def test_optax_and_torch_produce_the_same_updates(scale):
         # (|p| <= 3.3, ulp 2.4e-7) may round the two sums one ulp apart; the hidden state carries both into
         # later steps, so the bound grows by 1e-6 a step (measured 1.2e-7 after step 1, 4.8e-7 after 5).
         for k in shapes:
-            np.testing.assert_allclose(torch_params[k].detach().numpy(), np.asarray(jax_params[k]), rtol=0,
-                                       atol=1e-6 * (step + 1), err_msg=f"step {step}, leaf {k}")
+            np.testing.assert_allclose(
+                torch_params[k].detach().numpy(),
+                np.asarray(jax_params[k]),
+                rtol=0,
+                atol=1e-6 * (step + 1),
+                err_msg=f"step {step}, leaf {k}",
+            )
             assert np.abs(np.asarray(updates[k])).max() > 1e-4  # the comparison is not vacuous
 
 
@@ -217,8 +229,11 @@ def test_bad_weights_files_are_errors_naming_the_path(tmp_path):
         load_weights(tmp_path / "shape.npz")
     old = dict(init_weights(0).arrays, out_w=np.zeros((20, 1), np.float32), out_b=np.zeros(1, np.float32))
     np.savez(tmp_path / "v1.npz", format_version=1, p=10.0, output_scale=0.1, **old)
-    with pytest.raises(L2OWeightsError, match=r"v1\.npz' has format version 1, this adl reads version 2; "
-                                              r"meta-train new weights"):
+    with pytest.raises(
+        L2OWeightsError,
+        match=r"v1\.npz' has format version 1, this adl reads version 2; "
+        r"meta-train new weights",
+    ):
         load_weights(tmp_path / "v1.npz")
     assert issubclass(L2OWeightsError, PassError)
 
@@ -231,8 +246,18 @@ def test_a_short_meta_training_lowers_the_meta_loss_and_resumes_bit_identically(
     from adl.passes.train.l2o.meta_train import _fresh, make_segment, meta_train
     from adl.passes.train.l2o.tasks import make_task
 
-    cfg = MetaConfig(seed=1, iterations=30, unroll=10, curriculum=(20,), instances=4, task_instances=(),
-                     tasks=("quadratic",), lr=0.01, checkpoint_every=10, validate_every=8)
+    cfg = MetaConfig(
+        seed=1,
+        iterations=30,
+        unroll=10,
+        curriculum=(20,),
+        instances=4,
+        task_instances=(),
+        tasks=("quadratic",),
+        lr=0.01,
+        checkpoint_every=10,
+        validate_every=8,
+    )
     result = meta_train(cfg)
     task = make_task("quadratic")
     segment = make_segment(task, cfg.unroll, cfg.p, cfg.output_scale)
@@ -275,8 +300,28 @@ def test_meta_train_command_writes_weights_and_curves(tmp_path):
     from adl.cli import main
 
     out = tmp_path / "w.npz"
-    assert main(["l2o", "meta-train", "--out", str(out), "--tasks", "quadratic", "--iterations", "3",
-                 "--unroll", "10", "--curriculum", "20", "--instances", "4", "-q"]) == 0
+    assert (
+        main(
+            [
+                "l2o",
+                "meta-train",
+                "--out",
+                str(out),
+                "--tasks",
+                "quadratic",
+                "--iterations",
+                "3",
+                "--unroll",
+                "10",
+                "--curriculum",
+                "20",
+                "--instances",
+                "4",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert load_weights(out).hidden == 20
     curves = json.loads(out.with_suffix(".json").read_text())
     assert curves["config"]["iterations"] == 3 and len(curves["meta_loss"]["quadratic"]) == 3
@@ -298,8 +343,9 @@ def test_the_meta_loss_is_the_log_of_the_mean_loss_over_instances():
     task, cfg = make_task("quadratic"), MetaConfig(instances=6, task_instances=())
     flat, state, instance, scale = _fresh(task, jax.random.key(3), cfg)
     segment = make_segment(task, 5, cfg.p, cfg.output_scale)
-    meta, _, (_, _, losses) = segment(init_weights(0).as_jax(), flat, state, instance, scale,
-                                      jax.random.split(jax.random.key(4), 6))
+    meta, _, (_, _, losses) = segment(
+        init_weights(0).as_jax(), flat, state, instance, scale, jax.random.split(jax.random.key(4), 6)
+    )
     losses = np.asarray(losses, np.float64)  # (instances, steps), of very different sizes
     assert losses.max() / losses.min() > 3
     assert float(meta) == pytest.approx(np.mean(np.log(losses.mean(axis=0) + 1e-8)), rel=1e-5)
@@ -311,8 +357,18 @@ def test_meta_training_returns_the_best_validated_weights():
     from adl.passes.train.l2o.meta_train import make_validation, meta_train
     from adl.passes.train.l2o.tasks import make_task
 
-    cfg = MetaConfig(seed=2, iterations=40, unroll=10, curriculum=(20,), instances=4, task_instances=(),
-                     tasks=("quadratic",), lr=0.03, validate_every=10, validation_instances=8)
+    cfg = MetaConfig(
+        seed=2,
+        iterations=40,
+        unroll=10,
+        curriculum=(20,),
+        instances=4,
+        task_instances=(),
+        tasks=("quadratic",),
+        lr=0.03,
+        validate_every=10,
+        validation_instances=8,
+    )
     result = meta_train(cfg)
     rows = result.curves["validation"]
     assert [row["iteration"] for row in rows] == [10, 20, 30, 40]
@@ -374,21 +430,27 @@ def test_a_missing_weights_file_fails_the_pass_naming_the_path(tmp_path):
 
 
 def test_training_with_l2o_resumes_bit_identically_after_an_interruption(tmp_path):
-    from adl.compiler.driver import initial_module
     from adl.data import load_dataset
+    from adl.driver.run import initial_module
 
     dataset = load_dataset("digits", split=0.8, seed=0)
     spec = adl.check(SPEC.format(optimizer="l2o"))
-    config = {"epochs": 3, "batch_size": 64, "optimizer": CallValue("l2o", (("weights", ""), ("scale", 1.0))),
-              "schedule": "cosine", "label_smoothing": 0.0}
+    config = {
+        "epochs": 3,
+        "batch_size": 64,
+        "optimizer": CallValue("l2o", (("weights", ""), ("scale", 1.0))),
+        "schedule": "cosine",
+        "label_smoothing": 0.0,
+    }
 
     def model():
         return initial_module(spec, dataset, seed=0).model
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    straight = train_model(model(), dataset, config, seed=0, state_dir=tmp_path / "a", progress=SilentProgress(),
-                           log=lambda m: None)
+    straight = train_model(
+        model(), dataset, config, seed=0, state_dir=tmp_path / "a", progress=SilentProgress(), log=lambda m: None
+    )
 
     class Interrupt(Exception):
         pass
@@ -404,11 +466,19 @@ def test_training_with_l2o_resumes_bit_identically_after_an_interruption(tmp_pat
             yield Bar()
 
     with pytest.raises(Interrupt):
-        train_model(model(), dataset, config, seed=0, state_dir=tmp_path / "b", progress=StopAfterFirstEpoch(),
-                    log=lambda m: None)
+        train_model(
+            model(),
+            dataset,
+            config,
+            seed=0,
+            state_dir=tmp_path / "b",
+            progress=StopAfterFirstEpoch(),
+            log=lambda m: None,
+        )
     logs: list[str] = []
-    resumed = train_model(model(), dataset, config, seed=0, state_dir=tmp_path / "b", progress=SilentProgress(),
-                          log=logs.append)
+    resumed = train_model(
+        model(), dataset, config, seed=0, state_dir=tmp_path / "b", progress=SilentProgress(), log=logs.append
+    )
     assert logs == ["train: resuming after epoch 1 of 3"]
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)

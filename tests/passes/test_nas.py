@@ -12,9 +12,8 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 from adl.models.space import MobileNetSpace  # noqa: E402
-from adl.passes.nas.search import (  # noqa: E402
-    STRATEGIES, LatencyTable, Search, SearchConfig, gumbel_gates, pair_gradient)
 from adl.passes.nas.paths import PathRunner  # noqa: E402
+from adl.passes.nas.search import STRATEGIES, LatencyTable, Search, SearchConfig, gumbel_gates, pair_gradient  # noqa: E402
 from adl.passes.nas.supernet import Supernet, to_torch  # noqa: E402
 
 SPACE = MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3, 5), expand=(1, 3), widths=(0.5,), stem=8, head=16)
@@ -23,8 +22,9 @@ LATENCY = LatencyTable([[1e-5 * (i + 1) for i in range(len(c))] for c in NET.cho
 # darts trains the whole mixture, which XLA compiles as one program (second order: five gradients of it):
 # 30-37 s for NET's four candidates per block on 2 cores. One kernel size halves the candidates and drops
 # the 5x5 depthwise convolutions (25 shifted slices each, against 9): a quarter of the slices remain.
-DARTS_NET = Supernet(MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3,), expand=(1, 3), widths=(0.5,), stem=8,
-                                    head=16), 0.5)
+DARTS_NET = Supernet(
+    MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3,), expand=(1, 3), widths=(0.5,), stem=8, head=16), 0.5
+)
 DARTS_LATENCY = LatencyTable([[1e-5 * (i + 1) for i in range(len(c))] for c in DARTS_NET.choices], 2e-5)
 
 
@@ -61,14 +61,20 @@ def test_the_darts_mixture_gradient_matches_finite_differences():
 
     grad = np.asarray(jax.grad(f, argnums=2)(params["blocks"][0], h, alpha))
     with jax.enable_x64(True):
+
         def as64(v):
             return jnp.asarray(np.asarray(v), jnp.float64)
+
         block, inputs, a = jax.tree.map(as64, params["blocks"][0]), as64(h), as64(alpha)
         f64 = jax.jit(f)
         assert f64(block, inputs, a).dtype == jnp.float64
         eps = 1e-4
-        numeric = np.array([(f64(block, inputs, a.at[i].add(eps)) - f64(block, inputs, a.at[i].add(-eps)))
-                            / (2 * eps) for i in range(a.shape[0])])
+        numeric = np.array(
+            [
+                (f64(block, inputs, a.at[i].add(eps)) - f64(block, inputs, a.at[i].add(-eps))) / (2 * eps)
+                for i in range(a.shape[0])
+            ]
+        )
     np.testing.assert_allclose(grad, numeric, rtol=0, atol=1e-3 * np.abs(numeric).max())
 
 
@@ -100,9 +106,11 @@ def test_the_path_runner_gives_the_gradients_of_the_whole_network_for_the_path_i
     runner = PathRunner(NET, optax.adam(0.01))
     indices = [len(NET.choices[0]) - 1, 1]
     # jitted: op by op, each of the reference's few hundred operations compiled on its own (20-30 s)
-    reference_loss, reference = jax.jit(jax.value_and_grad(
-        lambda p, x, y: _path_loss(p, x, y, lambda b, ops, h: NET.op_fn(b, indices[b])(ops[indices[b]], h))))(
-        params, x, y)
+    reference_loss, reference = jax.jit(
+        jax.value_and_grad(
+            lambda p, x, y: _path_loss(p, x, y, lambda b, ops, h: NET.op_fn(b, indices[b])(ops[indices[b]], h))
+        )
+    )(params, x, y)
     path = runner.gradients(params, [[i] for i in indices], [0, 0], x, y)
     assert path.loss == pytest.approx(float(reference_loss), rel=1e-5)
     for name in ("stem", "head", "classifier"):
@@ -113,12 +121,15 @@ def test_the_path_runner_gives_the_gradients_of_the_whole_network_for_the_path_i
         for leaf_ours, leaf_theirs in zip(jax.tree.leaves(ours), jax.tree.leaves(reference["blocks"][b][i])):
             np.testing.assert_allclose(np.asarray(leaf_ours), np.asarray(leaf_theirs), rtol=1e-4, atol=1e-6)
     # only the path's ops got gradients, and an update leaves every other op as it was
-    assert {k for k in path.params if isinstance(k, tuple)} == {(b, i) for b, i in enumerate(indices)
-                                                                if not NET.choices[b][i].skip}
+    assert {k for k in path.params if isinstance(k, tuple)} == {
+        (b, i) for b, i in enumerate(indices) if not NET.choices[b][i].skip
+    }
     state = runner.init_state(params)
     updated, _ = runner.apply(params, state, path.params)
-    assert all(np.array_equal(u, p) for u, p in zip(jax.tree.leaves(updated["blocks"][0][0]),
-                                                     jax.tree.leaves(params["blocks"][0][0])))
+    assert all(
+        np.array_equal(u, p)
+        for u, p in zip(jax.tree.leaves(updated["blocks"][0][0]), jax.tree.leaves(params["blocks"][0][0]))
+    )
     assert not np.array_equal(updated["blocks"][1][1]["dw"]["w"], params["blocks"][1][1]["dw"]["w"])
 
 
@@ -128,9 +139,11 @@ def test_two_path_gate_gradients_are_those_of_the_one_hot_relaxation():
     runner = PathRunner(NET, optax.adam(0.01))
     pairs, actives = [[0, 2], [1, 0]], [1, 0]
     gates = [jax.nn.one_hot(pair[a], len(c)) for pair, a, c in zip(pairs, actives, NET.choices)]
-    reference = jax.jit(jax.grad(  # jitted: one compile, not one per operation
-        lambda g, p, x, y: _path_loss(p, x, y, lambda b, ops, h: NET.mixed_block(b, ops, h, g[b]))))(
-        gates, params, x, y)
+    reference = jax.jit(
+        jax.grad(  # jitted: one compile, not one per operation
+            lambda g, p, x, y: _path_loss(p, x, y, lambda b, ops, h: NET.mixed_block(b, ops, h, g[b]))
+        )
+    )(gates, params, x, y)
     path = runner.gradients(params, pairs, actives, x, y)
     for b, pair in enumerate(pairs):
         np.testing.assert_allclose(path.gates[b], np.asarray(reference[b])[pair], rtol=1e-4, atol=1e-6)
@@ -147,14 +160,23 @@ def test_the_binary_gate_gradient_is_the_proxylessnas_formula():
     np.testing.assert_allclose(np.asarray(pair_gradient(alpha_pair, g)), np.asarray(exact), rtol=1e-6)
 
 
-@pytest.mark.parametrize("strategy,extra", [("darts", {}), ("darts", {"order": "second"}), ("gdas", {}),
-                                            ("proxyless", {}), ("proxyless", {"estimator": "reinforce"}),
-                                            ("random", {"random_samples": 5})])
+@pytest.mark.parametrize(
+    "strategy,extra",
+    [
+        ("darts", {}),
+        ("darts", {"order": "second"}),
+        ("gdas", {}),
+        ("proxyless", {}),
+        ("proxyless", {"estimator": "reinforce"}),
+        ("random", {"random_samples": 5}),
+    ],
+)
 def test_a_tiny_search_runs_for_every_strategy(strategy, extra):
     x, y = data()
     net, latency = (DARTS_NET, DARTS_LATENCY) if strategy == "darts" else (NET, LATENCY)
     result = Search(net, latency, SearchConfig(strategy=strategy, epochs=1, batch_size=32, **extra)).run(
-        x[:64], y[:64], x[64:], y[64:])
+        x[:64], y[:64], x[64:], y[64:]
+    )
     assert len(result.indices) == net.space.blocks == 2
     assert all(0 <= i < len(c) for i, c in zip(result.indices, net.choices))
     (row,) = result.history
@@ -167,8 +189,9 @@ def test_a_tiny_search_runs_for_every_strategy(strategy, extra):
 
 def test_the_latency_term_pushes_the_architecture_to_faster_ops():
     x, y = data()
-    heavy = Search(NET, LATENCY, SearchConfig(strategy="proxyless", epochs=3, batch_size=32, latency_weight=50.0,
-                                             lr=0.0)).run(x[:64], y[:64], x[64:], y[64:])
+    heavy = Search(
+        NET, LATENCY, SearchConfig(strategy="proxyless", epochs=3, batch_size=32, latency_weight=50.0, lr=0.0)
+    ).run(x[:64], y[:64], x[64:], y[64:])
     first, last = heavy.history[0]["expected_latency_s"], heavy.history[-1]["expected_latency_s"]
     uniform = LATENCY.expected([jnp.ones(len(c)) / len(c) for c in NET.choices])
     assert last < first <= float(uniform) + 1e-12
@@ -179,7 +202,8 @@ def test_a_killed_search_resumes_from_its_last_epoch(tmp_path):
     config = SearchConfig(strategy="gdas", epochs=2, batch_size=32)
     whole = Search(NET, LATENCY, config).run(x[:64], y[:64], x[64:], y[64:])
     first = Search(NET, LATENCY, SearchConfig(strategy="gdas", epochs=1, batch_size=32)).run(
-        x[:64], y[:64], x[64:], y[64:], state_dir=tmp_path)
+        x[:64], y[:64], x[64:], y[64:], state_dir=tmp_path
+    )
     resumed = Search(NET, LATENCY, config).run(x[:64], y[:64], x[64:], y[64:], state_dir=tmp_path)
     assert len(first.history) == 1 and len(resumed.history) == 2
     assert resumed.history == whole.history
@@ -192,8 +216,11 @@ def _with_random_batch_norms(params, seed: int):
 
     def visit(node):
         if isinstance(node, dict) and "g" in node:
-            return {**node, "g": jnp.asarray(rng.uniform(0.5, 1.5, node["g"].shape), jnp.float32),
-                    "b": jnp.asarray(rng.normal(0.0, 0.3, node["b"].shape), jnp.float32)}
+            return {
+                **node,
+                "g": jnp.asarray(rng.uniform(0.5, 1.5, node["g"].shape), jnp.float32),
+                "b": jnp.asarray(rng.normal(0.0, 0.3, node["b"].shape), jnp.float32),
+            }
         if isinstance(node, dict):
             return {k: visit(v) for k, v in node.items()}
         if isinstance(node, list):
@@ -243,7 +270,7 @@ def test_every_candidate_normalises_its_output_so_the_shared_layers_see_one_scal
     h = NET.op_fn(0, 0)(params["blocks"][0][0], h) * 20.0
     b = 1  # a block without a skip connection: its output is the projection's BatchNorm
     assert not any(choice.skip for choice in NET.choices[b])
-    for i, choice in enumerate(NET.choices[b]):
+    for i in range(len(NET.choices[b])):
         out = np.asarray(NET.op_fn(b, i)(params["blocks"][b][i], h))
         np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
         np.testing.assert_allclose(out.std(axis=(0, 1, 2)), 1.0, rtol=1e-2)
@@ -269,13 +296,14 @@ def test_warmup_epochs_train_the_weights_and_leave_the_architecture_alone():
         net, latency = (DARTS_NET, DARTS_LATENCY) if strategy == "darts" else (NET, LATENCY)
         start = net.init(0)
         result = Search(net, latency, SearchConfig(strategy=strategy, epochs=1, warmup=1, batch_size=32)).run(
-            x[:64], y[:64], x[64:], y[64:])
+            x[:64], y[:64], x[64:], y[64:]
+        )
         assert all(np.all(np.asarray(a) == 0.0) for a in result.alphas), strategy
         assert not np.allclose(np.asarray(result.params["stem"]["w"]), np.asarray(start["stem"]["w"])), strategy
 
 
 def test_the_pass_fills_strategy_dependent_learning_rate_and_warmup_and_refuses_an_all_warmup_search():
-    from adl.compiler.passes import PassError
+    from adl.ir.passes import PassError
     from adl.passes.nas import NasPass, search_config
 
     options = dict(NasPass().config)

@@ -9,11 +9,11 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
-from adl.compiler.layers import describe_model  # noqa: E402
-from adl.compiler.spec import TargetSpec  # noqa: E402
 from adl.hwmodels.roofline import RooflineModel  # noqa: E402
-from adl.passes.nas.cell_modules import build  # noqa: E402
-from adl.passes.nas.cells import DROPPED, CellSpace, CellSupernet, _op_apply, to_torch  # noqa: E402
+from adl.ir.layers import describe_model  # noqa: E402
+from adl.ir.spec import TargetSpec  # noqa: E402
+from adl.passes.nas.cell_modules import build, to_torch  # noqa: E402
+from adl.passes.nas.cells import DROPPED, CellSpace, CellSupernet, _op_apply  # noqa: E402
 from adl.passes.nas.pricing import price_candidates  # noqa: E402
 from adl.passes.nas.search import Search, SearchConfig  # noqa: E402
 
@@ -38,7 +38,7 @@ def test_the_derived_cell_keeps_two_inputs_per_node_with_their_strongest_real_op
     for part in (indices[:E], indices[E:]):
         start = 0
         for node in range(SPACE.nodes):
-            chosen = part[start:start + node + 2]
+            chosen = part[start : start + node + 2]
             assert sum(i != DROPPED for i in chosen) == 2
             assert all(SPACE.ops[i] != "none" for i in chosen if i != DROPPED)
             start += node + 2
@@ -65,8 +65,9 @@ def test_the_derived_pytorch_network_computes_what_the_supernet_computes():
     every = [i if SPACE.ops[i] != "none" else 0 for i in every]
     with torch.no_grad():
         ours = build(SPACE, params, every).train()(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(ours, np.asarray(NET.mixed_forward(params, jnp.asarray(x), NET.derived_weights(every))),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        ours, np.asarray(NET.mixed_forward(params, jnp.asarray(x), NET.derived_weights(every))), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_every_convolution_and_pooling_is_normalised_by_its_batch():
@@ -125,7 +126,8 @@ def test_a_tiny_darts_search_over_cells_derives_a_genotype_and_single_path_strat
     x, y = rng.standard_normal((96, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 96).astype(np.int32)
     table = price_candidates(net, RooflineModel(gflops=50.0, bandwidth=10.0, overhead=0.0), TargetSpec(name="host"))
     result = Search(net, table, SearchConfig(strategy="darts", epochs=1, batch_size=32)).run(
-        x[:64], y[:64], x[64:], y[64:])
+        x[:64], y[:64], x[64:], y[64:]
+    )
     assert len(result.indices) == 2 * edges and sum(i != DROPPED for i in result.indices) == 2 * 2 * space.nodes
     assert all(space.ops[i] != "none" for i in result.indices if i != DROPPED)
     assert any(np.abs(a).sum() > 0 for a in result.alphas)

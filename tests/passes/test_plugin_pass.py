@@ -45,8 +45,11 @@ def test_a_compile_runs_the_plugin_pass_between_train_and_lower(installed_pass, 
     spec = tmp_path / "calibrated.adl"
     spec.write_text(SPEC)
     out = tmp_path / "out"
-    proc = subprocess.run([*ADL, "compile", "-q", str(spec), "-o", str(out), "--depfile", str(tmp_path / "out.d")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*ADL, "compile", "-q", str(spec), "-o", str(out), "--depfile", str(tmp_path / "out.d")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert [p["name"] for p in manifest["passes"]] == ["train", "temperature", "lower"]
@@ -57,6 +60,11 @@ def test_a_compile_runs_the_plugin_pass_between_train_and_lower(installed_pass, 
     # its two top logits are within 2e-4 of each other: allow one such near-tie among the test samples
     one_sample = 1 / manifest["data"]["test_samples"]
     assert abs(manifest["metrics"]["accuracy"] - manifest["metrics"]["torch_accuracy"]) <= one_sample + 1e-12
-    assert "## `temperature`" in (out / "report.md").read_text()
+    assert "## Calibration (`temperature`)" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    body = page.split("<h2>Calibration (<code>temperature</code>)</h2>", 1)[1].split("<h2>", 1)[0]
+    assert '<img alt="Reliability: accuracy against confidence' in body and "<th>mean confidence</th>" in body
+    carried = json.loads((out / "calibration.json").read_text())  # the pass's artifact file
+    assert carried["t"] == t["t"] and sum(b["count"] for b in carried["after"]["bins"]) == t["judged_on"]
     assert t["after"]["nll"] <= t["before"]["nll"] + 1e-3  # one parameter fitted on 180 samples generalises
     assert "adl_temperature.py" in (tmp_path / "out.d").read_text()  # a plug-in's source is a dependency

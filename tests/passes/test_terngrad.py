@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from adl.compiler.passes import PassError
-from adl.compiler.pipeline import Pipeline
-from adl.compiler.progress import SilentProgress
-from adl.compiler.spec import CallValue
 from adl.dsl.errors import AdlError
+from adl.ir.passes import PassError
+from adl.ir.pipeline import Pipeline
+from adl.ir.progress import SilentProgress
+from adl.ir.spec import CallValue
 from adl.passes.train.distributed import hooks, ternary
 
 # --- ternarization -----------------------------------------------------------------------------
@@ -58,8 +58,11 @@ def test_stochastic_ternary_is_unbiased_and_its_error_shrinks_as_one_over_sqrt_n
 def test_the_unbiasedness_check_rejects_a_biased_ternarizer():
     grad = torch.randn(400, generator=torch.Generator().manual_seed(1)) * 0.01
     scaler = float(grad.abs().max())
-    biased = scaler * torch.sign(grad) * (torch.rand(4_000, 400, generator=torch.Generator().manual_seed(0))
-                                          < (grad.abs() / scaler) ** 2)
+    biased = (
+        scaler
+        * torch.sign(grad)
+        * (torch.rand(4_000, 400, generator=torch.Generator().manual_seed(0)) < (grad.abs() / scaler) ** 2)
+    )
     assert not _unbiased_within(biased.to(torch.float64), grad, scaler)
 
 
@@ -177,7 +180,8 @@ def test_byte_counter_counts_fp16_and_allreduce_hooks(single_process_group):
     for compress, expected in (("none", 310 * 4), ("fp16", 310 * 2)):
         ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(30, 10))
         assert hooks.register(ddp, CallValue("ddp", (("compress", compress),)), seed=0).name == (
-            "allreduce" if compress == "none" else "fp16")
+            "allreduce" if compress == "none" else "fp16"
+        )
         counter = hooks.ByteCounter().install()
         counter.active = True
         try:
@@ -195,19 +199,26 @@ def test_distributed_option_parses_and_prints_back():
     pipeline = Pipeline.parse("train{epochs=2,distributed=terngrad(workers=4)}")
     (train,) = list(pipeline)
     assert train.config["distributed"].name == "terngrad"
-    assert train.config["distributed"].as_dict() == {"workers": 4, "clip": 2.5, "error_feedback": False,
-                                                    "timeout": 60.0}
+    assert train.config["distributed"].as_dict() == {
+        "workers": 4,
+        "clip": 2.5,
+        "error_feedback": False,
+        "timeout": 60.0,
+    }
     assert Pipeline.parse(str(pipeline)) == pipeline
     ddp = list(Pipeline.parse("train{distributed=ddp(compress=powersgd,rank=2)}"))[0]
     assert ddp.config["distributed"].as_dict()["compress"] == "powersgd"
     assert list(Pipeline.parse("train"))[0].config["distributed"] == CallValue("none")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("train{distributed=terngrad(workers=0)}", "'workers' must be at least 1"),
-    ("train{distributed=ddp(compress=int8)}", "unknown compress 'int8'"),
-    ("train{distributed=horovod(workers=2)}", "unknown distributed 'horovod'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train{distributed=terngrad(workers=0)}", "'workers' must be at least 1"),
+        ("train{distributed=ddp(compress=int8)}", "unknown compress 'int8'"),
+        ("train{distributed=horovod(workers=2)}", "unknown distributed 'horovod'"),
+    ],
+)
 def test_bad_distributed_options_point_at_the_spec(text, message):
     with pytest.raises(AdlError, match=message):
         Pipeline.parse(text)
@@ -220,8 +231,14 @@ EPOCHS = 6
 
 def _config() -> dict:
     """What SPEC below spells, as the train pass's configuration."""
-    return {"epochs": EPOCHS, "batch_size": 64, "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
-            "schedule": "cosine", "label_smoothing": 0.0, "distributed": TERNGRAD}
+    return {
+        "epochs": EPOCHS,
+        "batch_size": 64,
+        "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
+        "schedule": "cosine",
+        "label_smoothing": 0.0,
+        "distributed": TERNGRAD,
+    }
 
 
 TERNGRAD = CallValue("terngrad", (("workers", 2), ("clip", 2.5), ("error_feedback", False), ("timeout", 10.0)))
@@ -238,15 +255,17 @@ def _model(digits):
     from adl.models import build_model
 
     torch.manual_seed(0)
-    return build_model("mlp", {"hidden": (64,)}, input_shape=digits.input_shape, classes=10, mean=digits.mean,
-                       std=digits.std)
+    return build_model(
+        "mlp", {"hidden": (64,)}, input_shape=digits.input_shape, classes=10, mean=digits.mean, std=digits.std
+    )
 
 
 def _train(digits, state_dir: Path, log=lambda message: None):
     from adl.passes.train.distributed.launch import train_distributed
 
-    return train_distributed(_model(digits), digits, _config(), seed=0, state_dir=state_dir,
-                             progress=SilentProgress(), log=log)
+    return train_distributed(
+        _model(digits), digits, _config(), seed=0, state_dir=state_dir, progress=SilentProgress(), log=log
+    )
 
 
 SPEC = """
@@ -261,13 +280,12 @@ pipeline {
 """
 
 
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """`train { distributed = terngrad(workers = 2) }` compiled as `adl compile` does (in process):
     the module after the train pass, whose workers the compile started itself."""
-    from adl.compiler.check import load_spec
-    from adl.compiler.driver import compile_spec
+    from adl.driver.check import load_spec
+    from adl.driver.run import compile_spec
 
     folder = tmp_path_factory.mktemp("terngrad")
     return compile_spec(load_spec(SPEC), out_dir=folder / "out", cache_dir=folder / "cache").module
@@ -295,8 +313,7 @@ def _pids(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_fails_the_run_quickly_naming_its_rank_and_a_rerun_resumes(digits, tmp_path,
-                                                                                   uninterrupted):
+def test_a_killed_worker_fails_the_run_quickly_naming_its_rank_and_a_rerun_resumes(digits, tmp_path, uninterrupted):
     outcome: dict = {}
 
     def run() -> None:
@@ -336,9 +353,25 @@ def test_torchrun_runs_the_same_training_as_the_local_launcher(tmp_path, uninter
     (tmp_path / "tiny.adl").write_text(SPEC)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "adl.train",
-                           str(tmp_path / "tiny.adl"), "-o", str(tmp_path / "out"), "-q"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "adl.train",
+            str(tmp_path / "tiny.adl"),
+            "-o",
+            str(tmp_path / "out"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "manifest.json").read_text())["metrics"]
     assert metrics["distributed_hook"] == "terngrad" and metrics["distributed_workers"] == 2
@@ -362,7 +395,6 @@ def test_the_watchdog_ends_a_worker_stuck_outside_any_collective():
     assert proc.returncode == 3
     assert "rank 0: no progress for 1 s in starting" in proc.stderr
     assert time.monotonic() - began < 25  # not the 30 s sleep
-
 
 
 @pytest.mark.slow

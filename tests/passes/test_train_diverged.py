@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from adl.compiler.passes import PassError
-from adl.compiler.progress import SilentProgress
-from adl.compiler.spec import CallValue
 from adl.data import load_dataset
+from adl.ir.passes import PassError
+from adl.ir.progress import SilentProgress
+from adl.ir.spec import CallValue
 from adl.models import build_model
 from adl.passes.train.loop import STATE_FILE, TrainingDiverged, check_finite_weights, train_model
 
@@ -18,18 +18,26 @@ from adl.passes.train.loop import STATE_FILE, TrainingDiverged, check_finite_wei
 def train(tmp_path, optimizer: CallValue, model: nn.Module | None = None):
     dataset = load_dataset("digits")
     torch.manual_seed(0)
-    model = model or build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=dataset.input_shape,
-                                 classes=10, mean=dataset.mean, std=dataset.std)
+    model = model or build_model(
+        "cnn",
+        {"channels": [4, 8], "hidden": 16},
+        input_shape=dataset.input_shape,
+        classes=10,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
     config = {"epochs": 2, "batch_size": 64, "optimizer": optimizer, "schedule": "constant", "label_smoothing": 0.0}
-    return train_model(model, dataset, config, seed=0, state_dir=tmp_path, progress=SilentProgress(),
-                       log=lambda message: None)
+    return train_model(
+        model, dataset, config, seed=0, state_dir=tmp_path, progress=SilentProgress(), log=lambda message: None
+    )
 
 
 def test_a_nan_loss_stops_training_at_once(tmp_path, one_torch_thread):
     with pytest.raises(TrainingDiverged) as info:
         train(tmp_path, CallValue("adam", (("lr", 1e30), ("weight_decay", 0.0))))
-    assert str(info.value) == ("train: the loss became NaN at epoch 1 (lr = 1e+30): training diverged; "
-                               "lower the learning rate")
+    assert str(info.value) == (
+        "train: the loss became NaN at epoch 1 (lr = 1e+30): training diverged; lower the learning rate"
+    )
     assert isinstance(info.value, PassError)
     assert not (tmp_path / STATE_FILE).exists(), "a diverged epoch must not be checkpointed"
 
@@ -51,12 +59,19 @@ class Poison(nn.Module):
 def test_infinite_weights_stop_training_while_the_loss_is_still_finite(tmp_path):
     dataset = load_dataset("digits")
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), Poison())
-    config = {"epochs": 2, "batch_size": 64, "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
-              "schedule": "constant", "label_smoothing": 0.0}
+    config = {
+        "epochs": 2,
+        "batch_size": 64,
+        "optimizer": CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))),
+        "schedule": "constant",
+        "label_smoothing": 0.0,
+    }
     with pytest.raises(TrainingDiverged) as info:
         train_model(model, dataset, config, seed=0, state_dir=tmp_path, progress=SilentProgress(), log=print)
-    assert str(info.value) == ("train: the weights (in 2.state) became infinite at epoch 1 (lr = 0.003): "
-                               "training diverged; lower the learning rate")
+    assert str(info.value) == (
+        "train: the weights (in 2.state) became infinite at epoch 1 (lr = 0.003): "
+        "training diverged; lower the learning rate"
+    )
 
 
 def test_the_first_non_finite_tensor_is_named():
@@ -66,14 +81,16 @@ def test_the_first_non_finite_tensor_is_named():
         model[1].running_var[1] = float("-inf")
     with pytest.raises(TrainingDiverged) as info:
         check_finite_weights(model, 3, 0.1)
-    assert str(info.value) == ("train: the weights (in 1.running_var) became infinite at epoch 3 (lr = 0.1): "
-                               "training diverged; lower the learning rate")
+    assert str(info.value) == (
+        "train: the weights (in 1.running_var) became infinite at epoch 3 (lr = 0.1): "
+        "training diverged; lower the learning rate"
+    )
 
 
 def test_distributed_divergence_is_reported_once_not_as_a_failed_worker(tmp_path):
     from adl.passes.train.distributed import launch, worker
 
-    said = ("train: the loss became NaN at epoch 2 (lr = 50): training diverged; lower the learning rate")
+    said = "train: the loss became NaN at epoch 2 (lr = 50): training diverged; lower the learning rate"
     for rank in (0, 1):
         worker.error_path(tmp_path, rank).write_text(said + "\n")
     assert launch._failure_message([None, None], [1, 1], tmp_path, 10.0) == said
@@ -86,18 +103,23 @@ def _all_contiguous(model: nn.Module) -> bool:
 def test_images_train_channels_last_and_the_model_comes_back_in_the_default_layout(tmp_path, one_torch_thread):
     """Image batches train in NHWC (faster convolutions on the CPU); export and pruning expect
     the default layout afterwards, also when training stops with an error."""
-    model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 8, 8), classes=10, mean=[0.0],
-                        std=[1.0])
+    model = build_model(
+        "cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 8, 8), classes=10, mean=[0.0], std=[1.0]
+    )
     seen = []
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
-    conv.register_forward_pre_hook(lambda module, args: seen.append(
-        (module.training, args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())))
+    conv.register_forward_pre_hook(
+        lambda module, args: seen.append(
+            (module.training, args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())
+        )
+    )
     result = train(tmp_path / "ok", CallValue("adam", (("lr", 0.003), ("weight_decay", 0.0))), model)
     assert {nhwc for training, nhwc in seen if training} == {True}
     assert _all_contiguous(result.model)
     assert any(p.dim() == 4 for p in result.model.parameters())
-    model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 8, 8), classes=10, mean=[0.0],
-                        std=[1.0])
+    model = build_model(
+        "cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 8, 8), classes=10, mean=[0.0], std=[1.0]
+    )
     with pytest.raises(TrainingDiverged):
         train(tmp_path / "nan", CallValue("adam", (("lr", 1e30), ("weight_decay", 0.0))), model)
     assert _all_contiguous(model)
