@@ -298,7 +298,7 @@ def torch_pruning(
     if within_tolerance(kept, budget) and kept <= budget:
         return best, extra
     at_ratio = counts_of(best)
-    fraction = lambda c: float(table.flops_per_layer(c).sum()) / float(table.flops_full.sum())  # noqa: E731
+    fraction = lambda c: float(table.flops_per_layer(c).sum()) / float(table.flops_full.sum())  # noqa: E731 -- a one-expression closure, named for what it computes
     for steps in range(1, 4):
         options = {
             d.group: sorted({int(at_ratio[d.group]), *grid_options(d.grid, at_ratio[d.group], steps)})

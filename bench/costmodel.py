@@ -41,19 +41,19 @@ MEASURES = (
     "adl/backends/runtime.py",
 )
 
-import numpy as np  # noqa: E402
-from provenance import provenance  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+import numpy as np  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from provenance import provenance  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from scipy.stats import spearmanr  # noqa: E402 (after TVM_NUM_THREADS is set above)
 
-from adl.backends.runtime import CompiledLibrary  # noqa: E402
-from adl.backends.tvm.build import build_library  # noqa: E402
-from adl.backends.tvm.calibrate import measure_roofline  # noqa: E402
-from adl.hwmodels.calibration import save_calibration  # noqa: E402
-from adl.hwmodels.measured import MeasuredModel, calibrate  # noqa: E402
-from adl.hwmodels.roofline import DEFAULT_BANDWIDTH, DEFAULT_OVERHEAD, GFLOPS_PER_CORE, RooflineModel  # noqa: E402
-from adl.ir.layers import describe_model  # noqa: E402
-from adl.ir.spec import CallValue, TargetSpec  # noqa: E402
-from adl.models.space import MobileNetSpace  # noqa: E402
+from adl.backends.runtime import CompiledLibrary  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.backends.tvm.build import build_library  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.backends.tvm.calibrate import measure_roofline  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.hwmodels.calibration import save_calibration  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.hwmodels.measured import MeasuredModel, calibrate  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.hwmodels.roofline import DEFAULT_BANDWIDTH, DEFAULT_OVERHEAD, GFLOPS_PER_CORE, RooflineModel  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.ir.layers import describe_model  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.ir.spec import CallValue, TargetSpec  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.models.space import MobileNetSpace  # noqa: E402 (after TVM_NUM_THREADS is set above)
 
 
 def accuracy(predicted: list[float], measured: list[float]) -> dict:

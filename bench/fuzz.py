@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from provenance import provenance  # noqa: E402
+from provenance import provenance  # noqa: E402 (bench/ put on sys.path above)
 
 # what the outcomes depend on (`python -m bench.status`): the parser and checker, the CLI, the artifact loader
 MEASURES = (

@@ -59,17 +59,20 @@ from common import log, train
 from peers import (
     WARMUP,
     Engine,
-    _guarded,
     _with,
     count_macs,
     export_onnx,
     first_line,
+    goal,
+    guarded,
     import_torchvision,
     openvino_compiled,
     ort_engine,
     ort_session,
     peaks,
+    ratio,
     time_interleaved,
+    versions,
 )
 from provenance import provenance
 
@@ -305,9 +308,9 @@ def ort_engines(prepared: Prepared, folder: Path, wanted: Sequence[str]) -> dict
     exporter = export_onnx(prepared.model, prepared.example, fp32_path)
     base = {"version": ort.__version__, "exporter": exporter}
     if "ort_fp32" in wanted:
-        out["ort_fp32"] = _guarded(lambda: Engine(ort_engine(ort_session(fp32_path, THREADS)), dict(base)))
+        out["ort_fp32"] = guarded(lambda: Engine(ort_engine(ort_session(fp32_path, THREADS)), dict(base)))
     if "ort_int8" in wanted:
-        out["ort_int8"] = _guarded(lambda: ort_int8(prepared, folder, fp32_path, base))
+        out["ort_int8"] = guarded(lambda: ort_int8(prepared, folder, fp32_path, base))
     return out
 
 
@@ -354,9 +357,9 @@ def openvino_engines(prepared: Prepared, wanted: Sequence[str]) -> dict[str, Eng
         model = ov.convert_model(prepared.model, example_input=torch.from_numpy(prepared.example))
     out: dict[str, Engine | dict] = {}
     if "openvino_fp32" in wanted:  # compiled first: nncf.quantize must not change what it runs
-        out["openvino_fp32"] = _guarded(lambda: _with(openvino_compiled(core, model, THREADS), version=ov.__version__))
+        out["openvino_fp32"] = guarded(lambda: _with(openvino_compiled(core, model, THREADS), version=ov.__version__))
     if "openvino_int8" in wanted:
-        out["openvino_int8"] = _guarded(lambda: openvino_int8(core, model, prepared))
+        out["openvino_int8"] = guarded(lambda: openvino_int8(core, model, prepared))
     return out
 
 
@@ -447,18 +450,8 @@ def percent_of_peak(engine: str, macs: int, latency_s: float | None, peaks: Mapp
 # -- goals ------------------------------------------------------------------------------------
 
 
-def _goal(value: float | None, target: float, at_least: bool) -> dict:
-    """{"value", "target", "met"}: met when `value` is >= `target` (`at_least`) or <= it; not without a value."""
-    met = value is not None and (value >= target if at_least else value <= target)
-    return {"value": value, "target": target, "met": bool(met)}
-
-
 def _engine(row: Mapping, engine: str) -> Mapping:
     return ((row.get("engines") or {}).get(engine)) or {}
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator and denominator else None
 
 
 def goals(report: Mapping) -> dict:
@@ -470,21 +463,21 @@ def goals(report: Mapping) -> dict:
     out: dict[str, dict] = {}
     for net, row in (report.get("networks") or {}).items():
         int8 = _engine(row, "adl_int8").get("latency_s")
-        speedup = _ratio(_engine(row, "adl_fp32").get("latency_s"), int8)
-        out[f"{net}: adl int8 >= {SPEEDUP_TARGET}x faster than adl fp32"] = _goal(speedup, SPEEDUP_TARGET, True)
+        speedup = ratio(_engine(row, "adl_fp32").get("latency_s"), int8)
+        out[f"{net}: adl int8 >= {SPEEDUP_TARGET}x faster than adl fp32"] = goal(speedup, SPEEDUP_TARGET, True)
         if net in PEER_NETWORKS:
             for peer, text in PEERS.items():
-                out[f"{net}: adl int8 latency <= {text}"] = _goal(
-                    _ratio(int8, _engine(row, peer).get("latency_s")), 1.0, False
+                out[f"{net}: adl int8 latency <= {text}"] = goal(
+                    ratio(int8, _engine(row, peer).get("latency_s")), 1.0, False
                 )
         if net == "fashion":
             adl = _engine(row, "adl_int8")
-            out["fashion: library logits bit-identical to the PyTorch integer model"] = _goal(
+            out["fashion: library logits bit-identical to the PyTorch integer model"] = goal(
                 adl.get("bit_identical_to_integer_model"), 1.0, True
             )
             fp32, accuracy = row.get("fp32_accuracy"), adl.get("test_accuracy")
             drop = 100.0 * (fp32 - accuracy) if fp32 is not None and accuracy is not None else None
-            out[f"fashion: adl int8 accuracy within {ACCURACY_POINTS:g} point of fp32"] = _goal(
+            out[f"fashion: adl int8 accuracy within {ACCURACY_POINTS:g} point of fp32"] = goal(
                 drop, ACCURACY_POINTS, False
             )
     return out
@@ -537,20 +530,6 @@ def measure_network(name: str, args: argparse.Namespace, peak: Mapping) -> dict:
     return row
 
 
-def versions() -> dict:
-    """The versions of what the engines run on (None: not installed)."""
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for module in ("torchvision", "tvm", "onnx", "onnxruntime", "openvino", "nncf"):
-        try:
-            if module == "torchvision":
-                out[module] = import_torchvision().__version__
-            else:
-                out[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - not installed or not importable
-            out[module] = None
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     uses_fashion = "fashion" in args.networks
@@ -589,7 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "adl_int8": "haq pass, 8 bits everywhere, percentile calibration, no fine-tuning",
             "ort": "quantize_static QDQ, per-channel, QUInt8 activations, QInt8 weights, MinMax",
             "openvino": "nncf.quantize defaults; INFERENCE_PRECISION_HINT f32, LATENCY",
-            "versions": versions(),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                **versions(("torchvision", "tvm", "onnx", "onnxruntime", "openvino", "nncf")),
+            },
         },
         "peaks": peak,
         "networks": networks,
@@ -597,8 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"goals": goals(report), **report, "seconds": time.perf_counter() - started}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    for goal, row in report["goals"].items():
-        log(f"{goal}: {row['value']} ({'met' if row['met'] else 'not met'})")
+    for name, row in report["goals"].items():
+        log(f"{name}: {row['value']} ({'met' if row['met'] else 'not met'})")
     log(f"wrote {args.out}")
     return 0
 

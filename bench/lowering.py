@@ -69,17 +69,19 @@ import torch
 from common import log
 from peers import (
     Engine,
-    _guarded,
     _with,
     count_macs,
     export_onnx,
     first_line,
     gemm_peak,
+    goal,
+    guarded,
     import_torchvision,
     openvino_compiled,
     ort_engine,
     ort_session,
     peaks,
+    ratio,
     time_interleaved,
     versions,
 )
@@ -326,7 +328,7 @@ def make_engines(
     for name, make in makers.items():
         log(f"  building {name}")
         started = time.perf_counter()
-        out[name] = _guarded(make)
+        out[name] = guarded(make)
         state = out[name]["error"] if isinstance(out[name], dict) else "ok"
         log(f"    {name}: {state} ({time.perf_counter() - started:.1f} s)")
         torch.set_num_threads(THREADS)  # a build may have changed it
@@ -431,7 +433,7 @@ def measure_case(
     checked = None
     if special and not args.skip_thread_check and "latency_ms" in rows.get("adl", {}):
         log("  thread check: the adl library's thread count quiet and under load")
-        checked = _guarded_dict(lambda: thread_check(folder / "adl.so", rows["adl"]["input_shape"]))
+        checked = guarded(lambda: thread_check(folder / "adl.so", rows["adl"]["input_shape"]))
     row = {
         "batch": batch,
         "input_shape": list(x.shape),
@@ -444,25 +446,7 @@ def measure_case(
     return row, checked
 
 
-def _guarded_dict(make) -> dict:
-    """`make()`, or {"error": its first line} where it raises."""
-    try:
-        return make()
-    except Exception as err:  # noqa: BLE001 - a diagnostic: the bench goes on
-        return {"error": first_line(err)}
-
-
 # -- goals ------------------------------------------------------------------------------------
-
-
-def _goal(value: float | None, target: float, at_least: bool = False) -> dict:
-    """{"value", "target", "met"}: met when `value` is <= `target` (>= with `at_least`); not without a value."""
-    met = value is not None and (value >= target if at_least else value <= target)
-    return {"value": value, "target": target, "met": bool(met)}
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator and denominator else None
 
 
 def _engines(report: Mapping, arch: str, size: int, batch: int) -> Mapping:
@@ -495,21 +479,21 @@ def goals(report: Mapping) -> dict:
     peers = " / min(ONNX Runtime, OpenVINO)"
     for arch in ARCHITECTURES:
         engines = _engines(report, arch, 224, 1)
-        out[f"{network_name(arch, 224)} b1: adl{peers}"] = _goal(
-            _ratio(_latency(engines.get("adl")), best_peer_ms(engines)), PEER_TARGETS[arch]
+        out[f"{network_name(arch, 224)} b1: adl{peers}"] = goal(
+            ratio(_latency(engines.get("adl")), best_peer_ms(engines)), PEER_TARGETS[arch]
         )
     for arch in ARCHITECTURES:
         for size in SIZES:
             for batch in BATCHES:
                 engines = _engines(report, arch, size, batch)
-                out[f"{network_name(arch, size)} b{batch}: adl / PyTorch eager"] = _goal(
-                    _ratio(_latency(engines.get("adl")), _latency(engines.get("pytorch_eager"))), GOAL_EAGER
+                out[f"{network_name(arch, size)} b{batch}: adl / PyTorch eager"] = goal(
+                    ratio(_latency(engines.get("adl")), _latency(engines.get("pytorch_eager"))), GOAL_EAGER
                 )
     arch, size, batch = SPECIAL_CASE
     name = network_name(arch, size)
     engines = _engines(report, arch, size, batch)
     adl = engines.get("adl") or {}
-    out[f"{name}: untuned compile seconds"] = _goal(
+    out[f"{name}: untuned compile seconds"] = goal(
         None if adl.get("error") else adl.get("compile_seconds"), GOAL_COMPILE_SECONDS
     )
     # only libraries that tuning made: where the tuned build lost to the default one, `build_library`
@@ -522,13 +506,13 @@ def goals(report: Mapping) -> dict:
         and (row.get("tuning") or {}).get("chosen") == "metaschedule"
     ]
     tuned = [t for t in tuned if t]
-    out[f"{name} b{batch}: adl tuned <= {GOAL_TUNED_MINUTES:g} min{peers}"] = _goal(
-        _ratio(min(tuned) if tuned else None, best_peer_ms(engines)), GOAL_TUNED
+    out[f"{name} b{batch}: adl tuned <= {GOAL_TUNED_MINUTES:g} min{peers}"] = goal(
+        ratio(min(tuned) if tuned else None, best_peer_ms(engines)), GOAL_TUNED
     )
     check = report.get("thread_check") or {}
     quiet, loaded = (check.get("quiet") or {}).get("threads"), (check.get("loaded") or {}).get("threads")
     same = None if quiet is None or loaded is None else float(quiet == loaded)
-    out[f"{name} b{batch}: thread count the same quiet and under load of one busy core"] = _goal(same, 1.0, True)
+    out[f"{name} b{batch}: thread count the same quiet and under load of one busy core"] = goal(same, 1.0, True)
     return out
 
 
@@ -654,9 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write(args.out, report)
     for line in table(report):
         print(line)
-    for goal, row in goals(report).items():
+    for name, row in goals(report).items():
         value = "-" if row["value"] is None else f"{row['value']:.3f}"
-        print(f"{goal}: {value} (target {row['target']:g}) {'met' if row['met'] else 'NOT MET'}")
+        print(f"{name}: {value} (target {row['target']:g}) {'met' if row['met'] else 'NOT MET'}")
     log(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
 

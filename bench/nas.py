@@ -29,22 +29,22 @@ from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from provenance import provenance  # noqa: E402
+import jax  # noqa: E402 (after TVM_NUM_THREADS is set above)
+import jax.numpy as jnp  # noqa: E402 (after TVM_NUM_THREADS is set above)
+import numpy as np  # noqa: E402 (after TVM_NUM_THREADS is set above)
+import torch  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from provenance import provenance  # noqa: E402 (after TVM_NUM_THREADS is set above)
 
-from adl.data import load_dataset  # noqa: E402
-from adl.hwmodels.measured import MeasuredModel  # noqa: E402
-from adl.ir.progress import SilentProgress  # noqa: E402
-from adl.ir.spec import CallValue, TargetSpec  # noqa: E402
-from adl.models.space import MobileNetSpace  # noqa: E402
-from adl.models.zoo import Normalize  # noqa: E402
-from adl.passes.nas.pricing import price_candidates  # noqa: E402
-from adl.passes.nas.search import LatencyTable, Search, SearchConfig, default_lr, default_warmup  # noqa: E402
-from adl.passes.nas.supernet import Supernet  # noqa: E402
-from adl.passes.train.loop import train_model  # noqa: E402
+from adl.data import load_dataset  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.hwmodels.measured import MeasuredModel  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.ir.progress import SilentProgress  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.ir.spec import CallValue, TargetSpec  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.models.space import MobileNetSpace  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.models.zoo import Normalize  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.passes.nas.pricing import price_candidates  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.passes.nas.search import LatencyTable, Search, SearchConfig, default_lr, default_warmup  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.passes.nas.supernet import Supernet  # noqa: E402 (after TVM_NUM_THREADS is set above)
+from adl.passes.train.loop import train_model  # noqa: E402 (after TVM_NUM_THREADS is set above)
 
 # what the figures depend on (`python -m bench.status`): search, pricing by the measured table (timed through
 # the TVM lowering), retraining, the space, the data

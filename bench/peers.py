@@ -122,12 +122,26 @@ def _with(engine: Engine, **info: Any) -> Engine:
     return engine
 
 
-def _guarded(make: Callable[[], Engine]) -> Engine | dict:
-    """`make()`, or {"error": its first line} where it raises."""
+def guarded(make: Callable[[], Any]) -> Any:
+    """`make()`, or {"error": its first line} where it raises (an engine, a diagnostic: each optional)."""
     try:
         return make()
-    except Exception as err:  # noqa: BLE001 - every engine is optional
+    except Exception as err:  # noqa: BLE001 - every engine and diagnostic is optional: the bench goes on
         return {"error": first_line(err)}
+
+
+# -- goals ------------------------------------------------------------------------------------
+
+
+def goal(value: float | None, target: float, at_least: bool = False) -> dict:
+    """{"value", "target", "met"}: met when `value` is <= `target` (>= with `at_least`); not without a value."""
+    met = value is not None and (value >= target if at_least else value <= target)
+    return {"value": value, "target": target, "met": bool(met)}
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator; None when either is missing (or zero)."""
+    return numerator / denominator if numerator and denominator else None
 
 
 def export_onnx(model: torch.nn.Module, example: np.ndarray, path: Path) -> str:

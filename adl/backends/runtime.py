@@ -74,7 +74,7 @@ def _import_tvm() -> ModuleType:
             sys.modules[name] = None  # type: ignore[assignment]
         try:
             import tvm
-            import tvm.runtime.vm  # noqa: F401
+            import tvm.runtime.vm  # noqa: F401 (imported for its registration of the Relax VM's functions)
         finally:
             for name in hidden:
                 if name in sys.modules and sys.modules[name] is None:

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
 
-from adl.backends.tvm import default_schedules as ds  # noqa: E402
+from adl.backends.tvm import default_schedules as ds
 
 TARGET = {"kind": "llvm", "num-cores": 2, "mcpu": "znver3"}
 INPUT_SHAPE = (1, 3, 16, 16)

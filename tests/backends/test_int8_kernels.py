@@ -7,15 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("tvm")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from adl.backends.runtime import CompiledLibrary  # noqa: E402
-from adl.backends.tvm.build import build_library  # noqa: E402
-from adl.backends.tvm.int8_kernels import int8_path  # noqa: E402
-from adl.hwmodels.cpu import native_target  # noqa: E402
-from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
-from adl.models.integer_graph import fuse_requantization  # noqa: E402
-from adl.passes.haq.quantizers import activation_quant, quantize_weight  # noqa: E402
+from adl.backends.runtime import CompiledLibrary
+from adl.backends.tvm.build import build_library
+from adl.backends.tvm.int8_kernels import int8_path
+from adl.hwmodels.cpu import native_target
+from adl.models.integer import IntegerConv2d, IntegerLinear
+from adl.models.integer_graph import fuse_requantization
+from adl.passes.haq.quantizers import activation_quant, quantize_weight
 
 VNNI_TARGET = {"kind": "llvm", "num-cores": 2, "mcpu": "icelake-server"}  # AVX-512 with VNNI
 AVX2_TARGET = {"kind": "llvm", "num-cores": 2, "mcpu": "znver3"}  # no VNNI

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from adl.backends.runtime import CompiledLibrary  # noqa: E402
-from adl.backends.tvm.build import build_library  # noqa: E402
-from adl.backends.tvm.integer_ops import import_exported  # noqa: E402
-from adl.backends.tvm.layer_timing import compile_group, layer_model  # noqa: E402
-from adl.ir.layers import KernelGroup, LayerDesc  # noqa: E402
-from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
-from adl.passes.haq.quantizers import activation_quant, quantize_weight  # noqa: E402
+from adl.backends.runtime import CompiledLibrary
+from adl.backends.tvm.build import build_library
+from adl.backends.tvm.integer_ops import import_exported
+from adl.backends.tvm.layer_timing import compile_group, layer_model
+from adl.ir.layers import KernelGroup, LayerDesc
+from adl.models.integer import IntegerConv2d, IntegerLinear
+from adl.passes.haq.quantizers import activation_quant, quantize_weight
 
 TARGET = {"kind": "llvm", "num-cores": 2}
 

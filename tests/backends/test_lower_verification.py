@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from adl.backends.tvm.build import OutputAgreement  # noqa: E402
-from adl.backends.tvm.lower_pass import LowerPass  # noqa: E402
-from adl.ir.passes import PassError  # noqa: E402
-from adl.models.integer import IntegerConv2d  # noqa: E402
+from adl.backends.tvm.build import OutputAgreement
+from adl.backends.tvm.lower_pass import LowerPass
+from adl.ir.passes import PassError
+from adl.models.integer import IntegerConv2d
 
 
 class Log:

@@ -16,7 +16,7 @@ from adl.backends.runtime import CompiledLibrary, LatencyStats, ThreadChoice, fa
 torch = pytest.importorskip("torch")
 pytest.importorskip("tvm")
 
-from adl.backends.tvm.build import BuildInfo, LoweringError, build_library, max_abs_difference  # noqa: E402
+from adl.backends.tvm.build import BuildInfo, LoweringError, build_library, max_abs_difference
 
 INPUT_SHAPE = (1, 1, 8, 8)
 CLASSES = 10

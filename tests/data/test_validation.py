@@ -30,7 +30,7 @@ def test_validation_is_carved_from_training_only(digits, held_out):
     assert abs(len(held_out.y_val) / len(digits.y_train) - 0.2) < 0.01
     assert np.array_equal(held_out.x_test, digits.x_test) and np.array_equal(held_out.y_test, digits.y_test)
     # digits has duplicate images, so compare (image, label) multisets rather than sets
-    pairs = lambda x, y: sorted(r.tobytes() + bytes([l]) for r, l in zip(x.reshape(len(x), -1), y))  # noqa: E731
+    pairs = lambda x, y: sorted(r.tobytes() + bytes([l]) for r, l in zip(x.reshape(len(x), -1), y))  # noqa: E731 -- a one-expression closure, named for what it computes
     assert pairs(
         np.concatenate([held_out.x_train, held_out.x_val]), np.concatenate([held_out.y_train, held_out.y_val])
     ) == pairs(digits.x_train, digits.y_train)

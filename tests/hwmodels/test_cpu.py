@@ -4,9 +4,9 @@ import pytest
 
 pytest.importorskip("tvm")
 
-import tvm  # noqa: E402  (after the skip: adl installed without its `full` extra has no TVM)
+import tvm  # (after the skip: adl installed without its `full` extra has no TVM)
 
-from adl.hwmodels.cpu import float_lanes, native_target, simd_lanes  # noqa: E402
+from adl.hwmodels.cpu import float_lanes, native_target, simd_lanes
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from adl.models import zoo  # noqa: E402
-from adl.models.families import MODEL_FAMILIES  # noqa: E402
+from adl.models import zoo
+from adl.models.families import MODEL_FAMILIES
 
 
 def test_every_builder_has_a_schema_and_every_setting_is_a_builder_argument_with_the_same_default():

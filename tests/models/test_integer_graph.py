@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from adl.models.integer import IntegerConv2d, IntegerLinear, OutputRequantization, requantize  # noqa: E402
-from adl.models.integer_graph import fuse_requantization  # noqa: E402
-from adl.passes.haq.quantizers import activation_quant, quantize_weight  # noqa: E402
+from adl.models.integer import IntegerConv2d, IntegerLinear, OutputRequantization, requantize
+from adl.models.integer_graph import fuse_requantization
+from adl.passes.haq.quantizers import activation_quant, quantize_weight
 
 
 def integer(layer: nn.Module, lo: float, hi: float, weight_bits: int = 8, act_bits: int = 8) -> nn.Module:

@@ -7,15 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
-from adl.ir.layers import describe_model  # noqa: E402
-from adl.ir.spec import TargetSpec  # noqa: E402
-from adl.models.folding import fold_batchnorm  # noqa: E402
-from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function  # noqa: E402
-from adl.passes.haq.env import FEATURES, HaqEnv, bits_of, episode_rank  # noqa: E402
-from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
-from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search  # noqa: E402
-from adl.passes.train.loop import evaluate as top1  # noqa: E402
+from adl.hwmodels.bitserial import BitSerialModel
+from adl.ir.layers import describe_model
+from adl.ir.spec import TargetSpec
+from adl.models.folding import fold_batchnorm
+from adl.passes.haq.budget import BitPolicy, BudgetUnreachable, cost_function
+from adl.passes.haq.env import FEATURES, HaqEnv, bits_of, episode_rank
+from adl.passes.haq.model import FakeQuantLayer, quantize_model
+from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, search
+from adl.passes.train.loop import evaluate as top1
 
 
 @pytest.fixture

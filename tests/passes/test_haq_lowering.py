@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from adl.ir.layers import describe_model  # noqa: E402
-from adl.models.integer import IntegerConv2d, IntegerLinear, SimulatedQuantLayer, int_conv2d  # noqa: E402
-from adl.passes.haq.budget import BitPolicy  # noqa: E402
-from adl.passes.haq.lowering import deployable_model  # noqa: E402
-from adl.passes.haq.model import FakeQuantLayer, quantize_model  # noqa: E402
-from adl.passes.haq.packing import unpack_codes  # noqa: E402
-from adl.passes.haq.quantizers import activation_quant, quantize_weight  # noqa: E402
+from adl.ir.layers import describe_model
+from adl.models.integer import IntegerConv2d, IntegerLinear, SimulatedQuantLayer, int_conv2d
+from adl.passes.haq.budget import BitPolicy
+from adl.passes.haq.lowering import deployable_model
+from adl.passes.haq.model import FakeQuantLayer, quantize_model
+from adl.passes.haq.packing import unpack_codes
+from adl.passes.haq.quantizers import activation_quant, quantize_weight
 
 
 def fake_and_integer(layer: nn.Module, weight_bits: int, act_bits: int, lo: float, hi: float):

@@ -11,13 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adl.hwmodels.base import CostModel, LayerCost  # noqa: E402
-from adl.hwmodels.bitserial import BitSerialModel  # noqa: E402
-from adl.ir.module import Module  # noqa: E402
-from adl.ir.passes import PassContext, PassError  # noqa: E402
-from adl.models.integer import IntegerConv2d, IntegerLinear  # noqa: E402
-from adl.passes.haq import HaqPass  # noqa: E402
-from adl.passes.haq.packing import unpack_codes  # noqa: E402
+from adl.hwmodels.base import CostModel, LayerCost
+from adl.hwmodels.bitserial import BitSerialModel
+from adl.ir.module import Module
+from adl.ir.passes import PassContext, PassError
+from adl.models.integer import IntegerConv2d, IntegerLinear
+from adl.passes.haq import HaqPass
+from adl.passes.haq.packing import unpack_codes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from adl.passes.haq.packing import pack_codes, packed_size, unpack_codes  # noqa: E402
-from adl.passes.haq.quantizers import (  # noqa: E402
+from adl.passes.haq.packing import pack_codes, packed_size, unpack_codes
+from adl.passes.haq.quantizers import (
     ActivationQuant,
     activation_quant,
     calibrate,

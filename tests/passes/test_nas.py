@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
+import jax.numpy as jnp
+import optax
+import torch
 
-from adl.models.space import MobileNetSpace  # noqa: E402
-from adl.passes.nas.paths import PathRunner  # noqa: E402
-from adl.passes.nas.search import STRATEGIES, LatencyTable, Search, SearchConfig, gumbel_gates, pair_gradient  # noqa: E402
-from adl.passes.nas.supernet import Supernet, to_torch  # noqa: E402
+from adl.models.space import MobileNetSpace
+from adl.passes.nas.paths import PathRunner
+from adl.passes.nas.search import STRATEGIES, LatencyTable, Search, SearchConfig, gumbel_gates, pair_gradient
+from adl.passes.nas.supernet import Supernet, to_torch
 
 SPACE = MobileNetSpace((1, 8, 8), 10, blocks=2, kernels=(3, 5), expand=(1, 3), widths=(0.5,), stem=8, head=16)
 NET = Supernet(SPACE, 0.5)

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
+import jax.numpy as jnp
+import torch
 
-from adl.hwmodels.roofline import RooflineModel  # noqa: E402
-from adl.ir.layers import describe_model  # noqa: E402
-from adl.ir.spec import TargetSpec  # noqa: E402
-from adl.passes.nas.cell_modules import build, to_torch  # noqa: E402
-from adl.passes.nas.cells import DROPPED, CellSpace, CellSupernet, _op_apply  # noqa: E402
-from adl.passes.nas.pricing import price_candidates  # noqa: E402
-from adl.passes.nas.search import Search, SearchConfig  # noqa: E402
+from adl.hwmodels.roofline import RooflineModel
+from adl.ir.layers import describe_model
+from adl.ir.spec import TargetSpec
+from adl.passes.nas.cell_modules import build, to_torch
+from adl.passes.nas.cells import DROPPED, CellSpace, CellSupernet, _op_apply
+from adl.passes.nas.pricing import price_candidates
+from adl.passes.nas.search import Search, SearchConfig
 
 SPACE = CellSpace((1, 8, 8), 10, nodes=3, ops=("sep3", "dil3", "max3", "avg3", "skip", "none"), cells=3, channels=4)
 NET = CellSupernet(SPACE)

@@ -18,8 +18,8 @@ from adl.passes.nas.static_pricing import fastest_mobilenet
 
 torch = pytest.importorskip("torch")
 
-from adl.ir.layers import describe_model  # noqa: E402
-from adl.models.zoo import InvertedResidual  # noqa: E402
+from adl.ir.layers import describe_model
+from adl.models.zoo import InvertedResidual
 
 
 def geometry(layers):

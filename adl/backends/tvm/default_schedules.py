@@ -148,7 +148,9 @@ def _rewrite_clip():
 def _vectorizable_sigmoid(x):
     """``1 / (1 + exp(-x))`` with TOPI's ``fast_exp`` (a polynomial on the float's exponent
     and mantissa: vector code), where ``topi.sigmoid``'s ``exp`` is a call of libm's ``expf``
-    per element. Its relative error is a few float32 ulps."""
+    per element. Its absolute error stays below 1.2e-7 (tested against float64); its relative
+    error is a few float32 ulps only above x of about -88: below, the exact value is under
+    float32's smallest normal number and ``fast_exp`` clamps its argument."""
     from tvm import topi
 
     one = 1.0
@@ -218,7 +220,7 @@ def fold_constant_calls():
             super().__init__()
             self.calls = []
 
-        def visit_call_(self, call):  # noqa: N802
+        def visit_call_(self, call):  # noqa: N802 (TVM visitor name)
             if _foldable(call):
                 self.calls.append(call)
             else:
@@ -230,7 +232,7 @@ def fold_constant_calls():
             super().__init__(mod)
             self.done = done
 
-        def visit_call_(self, call):  # noqa: N802
+        def visit_call_(self, call):  # noqa: N802 (TVM visitor name)
             for orig, const in self.done:
                 if call.same_as(orig):
                     return const

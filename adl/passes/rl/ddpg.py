@@ -131,7 +131,7 @@ def truncated_normal(mean: float, sigma: float, low: float, high: float, rng: np
     """One sample of N(mean, sigma^2) restricted to [low, high] (by inverting the CDF)."""
     if sigma <= 0:
         return float(min(max(mean, low), high))
-    cdf = lambda x: 0.5 * (1.0 + math.erf((x - mean) / (sigma * math.sqrt(2.0))))  # noqa: E731
+    cdf = lambda x: 0.5 * (1.0 + math.erf((x - mean) / (sigma * math.sqrt(2.0))))  # noqa: E731 -- a one-expression closure, named for what it computes
     a, b = cdf(low), cdf(high)
     if b - a < 1e-12:  # the mean lies far outside the interval: all the mass sits at the near end
         return float(min(max(mean, low), high))

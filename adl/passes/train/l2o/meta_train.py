@@ -65,7 +65,7 @@ def _unroll(
     task: Task, unravel: Callable, theta, flat, state, instance, scale, key, steps: int, p: float, output_scale: float
 ):
     """`steps` updates of one optimizee by the rule; the mini-batch losses after each, and the final carry."""
-    loss = lambda flat, k: task.loss(unravel(flat), instance, k)  # noqa: E731
+    loss = lambda flat, k: task.loss(unravel(flat), instance, k)  # noqa: E731 -- a one-expression closure, named for what it computes
 
     def step(carry, k):
         flat, hidden, cell = carry
