@@ -158,7 +158,7 @@ class Crash(Pass):
 
 @pytest.fixture
 def crash_pass(monkeypatch):
-    monkeypatch.setitem(default_registry()._passes, "crash", Crash)
+    monkeypatch.setitem(default_registry()._classes, "crash", Crash)
 
 
 def test_a_bug_in_a_pass_is_an_internal_error_of_that_pass(tmp_path, capsys, crash_pass):
