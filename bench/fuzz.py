@@ -63,7 +63,7 @@ MEASURES = (
 
 def _load_fuzzing():
     """tests/dsl/fuzzing.py (the strategies and the judge `make test` uses), loaded by path."""
-    spec = importlib.util.spec_from_file_location("adl_fuzzing", ROOT / "tests" / "adl/dsl" / "fuzzing.py")
+    spec = importlib.util.spec_from_file_location("adl_fuzzing", ROOT / "tests" / "dsl" / "fuzzing.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["adl_fuzzing"] = module
     spec.loader.exec_module(module)
