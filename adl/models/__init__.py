@@ -1,4 +1,6 @@
-"""Model families a spec can name in its `model` block (PyTorch). Imports nothing else of adl.
+"""Model families a spec can name in its `model` block (PyTorch), their option schemas
+(`families`), the search-space geometry, the integer graph and BatchNorm folding. Imports only
+`adl.ir` of adl (layer descriptions, options): the layers above (passes, backends) build on it.
 
 `Normalize` and `build_model` are loaded on first use, so that torch-free parts of the
 package (the search-space geometry in `space`, `widths`) import without torch.
