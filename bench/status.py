@@ -19,9 +19,9 @@ A result is
 "The same code" is judged after a MEASURES path changed: each MEASURES entry now is paired with
 the entry at the same position in the bench's MEASURES at the measured commit (so a folder that
 moved pairs with where it was), the files under each pair must have the same names, and each
-Python file the same syntax tree, up to formatting, comments and the order of a run of import
-statements (the bench's own MEASURES declarations aside); other files byte for byte. A result so
-checked is "fresh (the same code since <commit>: formatting, comments or moves)".
+Python file the same syntax tree, up to formatting, comments, docstrings and the order of a run of
+import statements (the bench's own MEASURES declarations aside); other files byte for byte. A
+result so checked is "fresh (the same code since <commit>: formatting, comments or moves)".
 
 One line per result (the ones git tracks, as they are in the working tree); exit 1 if any is
 stale or untraceable. Only git and the standard library: nothing is imported from the benches.
@@ -150,7 +150,7 @@ def _against_history(
     if _git(root, "merge-base", "--is-ancestor", last, commit) is not None:
         return Verdict(rel, "fresh")
     if same_code(root, commit, Path(rel).stem, paths):
-        return Verdict(rel, "fresh", f"the same code since {commit[:7]}: formatting, comments or moves")
+        return Verdict(rel, "fresh", f"the same code since {commit[:7]}: formatting, comments, docstrings or moves")
     changed = (_git(root, "log", "--format=", "--name-only", f"{commit}..HEAD", "--", *paths) or "").split()
     return Verdict(
         rel,
@@ -190,12 +190,12 @@ def _files_under(root: Path, rev: str, path: str) -> dict[str, str] | None:
 
 
 def _normalised(text: str | None, name: str) -> str | None:
-    """A Python file's syntax tree without formatting, comments, MEASURES declarations or the order of a
-    run of imports; another file as it is."""
+    """A Python file's syntax tree without formatting, comments, docstrings, MEASURES declarations or the
+    order of a run of imports; another file as it is."""
     if text is None or not name.endswith(".py"):
         return text
     try:
-        tree = ast.parse(text)
+        tree = _without_docstrings(ast.parse(text))
     except SyntaxError:
         return text
     declared = _declaration_names(tree)
@@ -207,6 +207,17 @@ def _normalised(text: str | None, name: str) -> str | None:
         )
     ]
     return "\n".join(_sorted_import_runs([ast.dump(node) for node in body], body))
+
+
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """`tree` without the docstrings of the module, its classes and functions (text that runs nowhere)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
 
 
 def _declaration_names(tree: ast.Module) -> set[str]:

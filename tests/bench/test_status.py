@@ -285,9 +285,11 @@ def test_formatting_comments_import_order_and_moves_keep_a_result_fresh(repo):
     first = commit_all(root, "imports")
     result(root, "toy", recorded_at(first))
     commit_all(root, "results")
-    write(root, "passes/toy/search.py", "import sys\nimport os\n\n\nSTEPS = (\n    1\n)\n")  # reformatted, no comment
+    write(root, "passes/toy/search.py", '"""Doc."""\nimport sys\nimport os\n\n\nSTEPS = (\n    1\n)\n')  # reformatted
     reformatted = commit_all(root, "reformat")
-    assert states(root) == {"toy": f"fresh (the same code since {first[:7]}: formatting, comments or moves)"}
+    assert states(root) == {
+        "toy": f"fresh (the same code since {first[:7]}: formatting, comments, docstrings or moves)"
+    }
 
     git(root, "mv", "passes", "lib")  # the folder moves; the bench's MEASURES follow it
     write(root, "bench/toy.py", TOY_BENCH.replace('"passes/toy"', '"lib/toy"').replace("passes/toy/", "lib/toy/"))
