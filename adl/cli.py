@@ -579,9 +579,12 @@ def _check_writable(path: Path) -> None:
 
 
 def _write(path: Path, save) -> None:
-    """`save(file)` into exactly `path` (np.save and np.savez given a name would append .npy/.npz)."""
+    """`save(file)` into exactly `path` (np.save and np.savez given a name would append .npy/.npz),
+    atomically: a killed write leaves the old file or none, never half of one."""
+    from adl.ir.files import atomic_path
+
     try:
-        with open(path, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             save(f)
     except OSError as exc:
         raise _user_error(path, f"cannot write it: {exc.strerror or exc}") from None

@@ -17,7 +17,7 @@ from adl.dsl.errors import AdlError
 from adl.ir import ADL_VERSION
 from adl.ir import budgets as budget_checks
 from adl.ir.budget_plan import plan_budgets
-from adl.ir.files import output_lock
+from adl.ir.files import atomic_write_text, output_lock
 from adl.ir.layers import LayerDesc
 from adl.ir.module import Module, PassRecord
 from adl.ir.passes import BudgetInfeasible, Instrument, Pass, PassContext, PassCrash, PassError, stage_key
@@ -102,7 +102,7 @@ class DumpIR(Instrument):
 
         self.count += 1
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / f"{self.count:02d}-{p.name}.txt").write_text(dump_module(module, p, ctx))
+        atomic_write_text(self.directory / f"{self.count:02d}-{p.name}.txt", dump_module(module, p, ctx))
 
 
 def run_pipeline(

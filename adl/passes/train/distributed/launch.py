@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from adl.ir import seal
+from adl.ir.files import atomic_write_text
 from adl.ir.passes import PassError
 from adl.ir.progress import Progress
 from adl.passes.train.distributed import worker
@@ -192,7 +193,7 @@ def _run_local(
                         env=placement.env(rank),
                     )
                 )
-        (run_dir / "workers.json").write_text(json.dumps({"pids": [p.pid for p in procs]}))
+        atomic_write_text(run_dir / "workers.json", json.dumps({"pids": [p.pid for p in procs]}))
         _follow(procs, store, job, progress, run_dir)
     finally:
         for proc in procs:

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from adl.ir import seal
+from adl.ir.files import atomic_write_text
 from adl.ir.progress import Progress, SilentProgress
 from adl.passes.train.distributed import hooks
 from adl.passes.train.loop import (
@@ -446,11 +447,11 @@ def main(argv: list[str]) -> int:
             port,
             store=store,
             log=lambda message: print(message, flush=True),
-            on_stall=lambda message: error_path(run_dir, rank).write_text(message + "\n"),
+            on_stall=lambda message: atomic_write_text(error_path(run_dir, rank), message + "\n"),
         )
     except Exception as err:
         message = str(err) if isinstance(err, WorkerFailure) else f"rank {rank}: {type(err).__name__}: {err}"
-        error_path(run_dir, rank).write_text(message + "\n")
+        atomic_write_text(error_path(run_dir, rank), message + "\n")
         print(message, file=sys.stderr, flush=True)
         return 1
     if rank == 0:

@@ -44,6 +44,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from adl.ir import seal
+from adl.ir.files import atomic_write_text
 from adl.ir.progress import Progress, SilentProgress
 from adl.passes.train.l2o.config import MetaConfig, add_arguments, config_from_args
 from adl.passes.train.l2o.rule import lstm_step
@@ -345,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(result.weights, args.out)
     curves_path = args.curves or args.out.with_suffix(".json")
-    curves_path.write_text(json.dumps({"config": asdict(cfg), **result.curves}, indent=1))
+    atomic_write_text(curves_path, json.dumps({"config": asdict(cfg), **result.curves}, indent=1))
     checkpoint.unlink(missing_ok=True)  # done: a rerun starts afresh
     err.print(f"meta-train: {cfg.iterations} iterations in {result.seconds:.0f} s; wrote {args.out} and {curves_path}")
     return 0
