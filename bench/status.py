@@ -206,17 +206,16 @@ def _normalised(text: str | None, name: str) -> str | None:
             isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", None) in declared
         )
     ]
-    return "\n".join(_sorted_import_runs([ast.dump(node) for node in body], body))
+    return "\n".join(_sorted_import_runs(body))
 
 
 def _without_docstrings(tree: ast.Module) -> ast.Module:
     """`tree` without the docstrings of the module, its classes and functions (text that runs nowhere)."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-                if isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
+                node.body = node.body[1:] or [ast.Pass()]
     return tree
 
 
@@ -229,14 +228,15 @@ def _declaration_names(tree: ast.Module) -> set[str]:
     return declared
 
 
-def _sorted_import_runs(dumps: list[str], nodes: list[ast.stmt]) -> list[str]:
+def _sorted_import_runs(nodes: list[ast.stmt]) -> list[str]:
+    """The statements' dumps, each run of consecutive imports in sorted order."""
     out: list[str] = []
     run: list[str] = []
-    for dump, node in zip(dumps, nodes):
+    for node in nodes:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            run.append(dump)
+            run.append(ast.dump(node))
             continue
-        out += sorted(run) + [dump]
+        out += sorted(run) + [ast.dump(node)]
         run = []
     return out + sorted(run)
 

@@ -87,8 +87,10 @@ def _training_plot(manifest: dict[str, Any]) -> str:
     metrics = manifest["metrics"]
     curves = [("train", manifest.get("training", {}).get("history") or [])]
     for name in dict.fromkeys(p["name"] for p in manifest["passes"]):
-        finetune = (metrics.get(name) or {}).get("finetune") if isinstance(metrics.get(name), dict) else None
-        curves.append((f"{name} fine-tuning", (finetune or {}).get("history") or []))
+        record = metrics.get(name)
+        finetune = record.get("finetune") if isinstance(record, dict) else None
+        history = finetune.get("history") if isinstance(finetune, dict) else None
+        curves.append((f"{name} fine-tuning", history or []))
     curves = [(label, rows) for label, rows in curves if rows and "loss" in rows[0]]
     if not curves:
         return ""
@@ -107,9 +109,9 @@ def _training_plot(manifest: dict[str, Any]) -> str:
     return "<h2>Training</h2>" + _figure(draw, "Training loss per epoch: the train pass, then each fine-tuning")
 
 
-def _paragraph(text: str) -> str:
-    """A section's paragraph: escaped, with Markdown `code` spans as <code>."""
-    return "<p>" + _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(text)) + "</p>"
+def _inline(text: str) -> str:
+    """A section's title or paragraph: escaped, with Markdown `code` spans as <code>."""
+    return _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(text))
 
 
 def _block(block: Block) -> str:
@@ -117,12 +119,11 @@ def _block(block: Block) -> str:
         return _table(block.header, block.rows)
     if isinstance(block, Figure):
         return _figure(block.draw, block.caption, block.size)
-    return _paragraph(block)
+    return f"<p>{_inline(block)}</p>"
 
 
 def _section(section: Section) -> str:
-    title = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(section.title))
-    return f"<h2>{title}</h2>" + "".join(_block(b) for b in section.blocks)
+    return f"<h2>{_inline(section.title)}</h2>" + "".join(_block(b) for b in section.blocks)
 
 
 def _latency_section(cost: dict[str, Any]) -> str:

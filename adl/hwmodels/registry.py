@@ -44,9 +44,7 @@ class CostModelRegistry(Registry[type[CostModel]]):
     group = ENTRY_POINT_GROUP
     builtins = BUILTINS
 
-    @classmethod
-    def base(cls) -> type:
-        return CostModel
+    base = CostModel
 
     def get(self, key: str | type[CostModel]) -> type[CostModel] | None:
         """The class registered under a name, or the class itself when given a CostModel subclass."""
@@ -64,15 +62,9 @@ class CostModelRegistry(Registry[type[CostModel]]):
         return model_cls(**options)
 
 
-_default: CostModelRegistry | None = None
-
-
 def default_registry() -> CostModelRegistry:
     """The process-wide registry (loaded once, on first use)."""
-    global _default
-    if _default is None:
-        _default = CostModelRegistry.from_entry_points()
-    return _default
+    return CostModelRegistry.default()
 
 
 def get_cost_model(key: str | type[CostModel] | CallValue, **options: Any) -> CostModel:

@@ -223,17 +223,9 @@ class PassRegistry(Registry[type[Pass]]):
     kind = "pass"
     group = ENTRY_POINT_GROUP
 
-    @classmethod
-    def base(cls) -> type:
-        return Pass
-
-
-_default: PassRegistry | None = None
+    base = Pass
 
 
 def default_registry() -> PassRegistry:
     """The process-wide registry (loaded once, on first use)."""
-    global _default
-    if _default is None:
-        _default = PassRegistry.from_entry_points()
-    return _default
+    return PassRegistry.default()

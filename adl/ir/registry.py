@@ -18,7 +18,7 @@ import importlib
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 T = TypeVar("T", bound=type)
 
@@ -55,6 +55,8 @@ class Registry(Generic[T]):
     kind = "plug-in"  # "pass", "cost model": how messages name the kind
     group = ""  # the entry-point group
     builtins: Mapping[str, str] = {}  # name -> entry-point value of adl's own classes
+    base: ClassVar[type]  # what every class of this kind subclasses
+    _default: ClassVar[Registry | None] = None
 
     def __init__(self, classes: Mapping[str, T] | None = None) -> None:
         self._classes: dict[str, T] = {}
@@ -63,8 +65,11 @@ class Registry(Generic[T]):
             self.register(cls, name)
 
     @classmethod
-    def base(cls) -> type:
-        raise NotImplementedError
+    def default(cls) -> Registry[T]:
+        """The process-wide registry of this kind, loaded from the entry points on first use."""
+        if cls.__dict__.get("_default") is None:  # each kind its own: not inherited from a base class
+            cls._default = cls.from_entry_points()
+        return cls._default
 
     @classmethod
     def from_entry_points(cls, entry_points: Iterable[Any] | None = None, builtins: bool = True) -> Registry[T]:
@@ -85,8 +90,8 @@ class Registry(Generic[T]):
         except Exception as err:  # noqa: BLE001 -- any error importing a third party's module: skip it, warn
             self._warn(f"skipping {self.kind} plug-in '{ep.name}' ({ep.value}): {type(err).__name__}: {err}")
             return
-        if not (isinstance(plugin, type) and issubclass(plugin, self.base())):
-            self._warn(f"skipping {self.kind} plug-in '{ep.name}': {ep.value} is not a {self.base().__name__} subclass")
+        if not (isinstance(plugin, type) and issubclass(plugin, self.base)):
+            self._warn(f"skipping {self.kind} plug-in '{ep.name}': {ep.value} is not a {self.base.__name__} subclass")
             return
         name = getattr(plugin, "name", None) or ep.name
         known = self._classes.get(name)
@@ -107,8 +112,8 @@ class Registry(Generic[T]):
     def register(self, cls: T, name: str | None = None, origin: str = "registered in code") -> T:
         """Register `cls` under `name` (default: its `name` attribute); usable as a decorator.
         Registering in code replaces what the name held (a test or an embedding program decides)."""
-        if not (isinstance(cls, type) and issubclass(cls, self.base())):
-            raise TypeError(f"{cls!r} is not a {self.base().__name__} subclass")
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise TypeError(f"{cls!r} is not a {self.base.__name__} subclass")
         name = name or getattr(cls, "name", None)
         if not name:
             raise TypeError(f"{cls.__qualname__} has no `name`")
