@@ -237,6 +237,62 @@ class Grouped(nn.Module):
         return self.head(self.mixer(self.stem(x)).mean((2, 3)))
 
 
+class Normed(nn.Module):
+    """A layer with weights the analysis does not know how to cut (a GroupNorm's per-channel affine)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.stem(x)).mean((2, 3)))
+
+
+class Shared(nn.Module):
+    """One convolution called twice: its weights would have to be cut for two inputs at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mixer = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mixer(self.mixer(self.stem(x))).mean((2, 3)))
+
+
+class Gated(nn.Module):
+    """A one-channel gate broadcast over the channels: not a per-channel scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = nn.Conv2d(8, 1, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head((y * self.gate(y).sigmoid()).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        (Grouped, ["'mixer'", "grouped convolution", "groups=2"]),
+        (Normed, ["'norm'", "GroupNorm", "not supported"]),
+        (Shared, ["'mixer'", "called more than once"]),
+        (Gated, ["'mul'", "(2, 1, 8, 8)", "broadcasting"]),
+    ],
+)
+def test_unsupported_structures_are_refused_naming_the_layer(model, words):
+    with pytest.raises(PruningError) as info:
+        ChannelGraph(model(), SHAPE)
+    for word in words:
+        assert word in str(info.value)
+
+
 class Reshaped(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -258,19 +314,58 @@ class Softmaxed(nn.Module):
         return self.head(self.attend(self.stem(x)).mean((2, 3)))
 
 
+class Counted(nn.Module):
+    """A size of 'wide' used as a number: its channel count (dim 1) would change with pruning and
+    rescale the other branch; its batch or spatial size (dims 0, 2) would not."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.wide = nn.Conv2d(8, 12, 1)
+        self.narrow = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        return self.head((self.narrow(y) / self.wide(y).shape[self.dim]).mean((2, 3)))
+
+
 @pytest.mark.parametrize(
-    "model, words",
+    "model, through",
     [
-        (Grouped, ["'mixer'", "grouped convolution", "groups=2"]),
-        (Reshaped, ["'view'", "not supported", "'stem'"]),
-        (Softmaxed, ["'attend'", "Softmax", "not supported"]),
+        (Reshaped, "passes through node 'view' (view), which channel pruning cannot follow"),
+        (Softmaxed, "passes through layer 'attend' (Softmax), which channel pruning cannot follow"),
     ],
 )
-def test_unsupported_structures_are_refused_naming_the_layer(model, words):
-    with pytest.raises(PruningError) as info:
-        ChannelGraph(model(), SHAPE)
-    for word in words:
-        assert word in str(info.value)
+def test_channels_reaching_an_op_the_analysis_cannot_follow_are_fixed_naming_it(model, through):
+    """A parameter-free op the analysis cannot follow fixes the channels it reads; its output is a new
+    fixed group. Nothing is left prunable here, and the environment says why."""
+    graph = ChannelGraph(model(), SHAPE)
+    stem = next(g for g in graph.groups if g.name == "stem")
+    assert stem.fixed == through
+    assert not graph.prunable
+    made = graph.groups[stem.index + 1]
+    assert made.fixed.startswith("made by ") and made.size == (8 * 64 if model is Reshaped else 8)
+    with pytest.raises(BudgetError, match="no prunable channels: .*'stem' \\(8 channels\\): passes through"):
+        AmcEnv(graph, Resources(graph.layer_table(), {"flops": 0.5}), lambda m: PolicyScore(0.5, 1.0))
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_a_channel_count_read_as_a_number_fixes_its_channels(dim):
+    graph = ChannelGraph(Counted(dim), SHAPE)
+    fixed = {g.name: g.fixed for g in graph.groups if g.name in ("wide", "narrow")}
+    if dim == 1:
+        through = "passes through node 'truediv' (truediv), which channel pruning cannot follow"
+        assert fixed == {"wide": through, "narrow": through}
+        assert [g.name for g in graph.prunable] == ["stem"]
+    else:
+        assert fixed == {"wide": "", "narrow": ""}
+        assert sorted(g.name for g in graph.prunable) == ["narrow", "stem", "wide"]
+    x = torch.randn(4, *SHAPE[1:])
+    keep = random_keep(graph, 0)
+    with torch.no_grad():  # as in test_the_pruned_model_computes_the_masked_original
+        np.testing.assert_allclose(graph.prune(keep)(x).numpy(), graph.masked(keep)(x).numpy(), atol=1e-5, rtol=1e-4)
 
 
 SPEC = """

@@ -133,7 +133,7 @@ class AmcEnv:
         table = resources.table
         self.order = [g.index for g in graph.prunable]
         if not self.order:
-            raise BudgetError("the model has no prunable channels")
+            raise BudgetError(f"the model has no prunable channels: {graph.fixed_summary()}")
         layers = {layer.name: layer for layer in table.layers}
         flops_full = table.flops_full
         self.total_flops = float(flops_full.sum())

@@ -2,13 +2,29 @@
 
 Every tensor's channel axis (dim 1; the feature axis of a 2-D tensor) is described as a list
 of `Segment`s, each a run of one group's channels. A convolution (groups = 1) or a Linear
-starts a new group with its output; a depthwise convolution, a BatchNorm, an activation or a
-pooling keep their input's segments (a depthwise convolution ties its input and output
-channels); an addition (or multiplication) of two tensors unites the groups at each position
-(a residual block's branches share their channels); a concatenation along the channels
-appends segments (each keeps its offset in the consumer); a flatten turns each channel into
-H*W consecutive features (`unit`). Groups that reach the network's input or output cannot be
-pruned. Anything else is refused with a `PruningError` naming the node -- never skipped.
+starts a new group with its output; a depthwise convolution, a BatchNorm, an activation, a
+pooling or torchvision's `StochasticDepth` keep their input's segments (a depthwise
+convolution ties its input and output channels); an addition (or multiplication) of two
+tensors unites the groups at each position (a residual block's branches share their
+channels), also when one of them broadcasts over the spatial dims only (a squeeze-and-
+excitation scale of shape (N, C, 1, 1) times its (N, C, H, W) input); a concatenation along
+the channels appends segments (each keeps its offset in the consumer); a flatten turns each
+channel into H*W consecutive features (`unit`). Groups that reach the network's input or
+output cannot be pruned.
+
+A parameter-free op the analysis cannot follow (a reshape, a transpose, a channel shuffle, a
+chunk, a softmax, a concatenation along another axis, ...) does not stop the analysis: the
+groups of its inputs become fixed ("passes through node 'view' (view), which channel pruning
+cannot follow"), and its output starts a new fixed group of its channel count (known from
+shape propagation). Channels that never meet such an op stay prunable -- in ShuffleNetV2 the
+inner channels of every branch. Shapes read from a tensor (`x.size(1)`) count as reaching an
+op they are passed to. The reason is recorded on each fixed group (`Group.fixed`).
+
+Refused with a `PruningError` naming the layer or node: a layer with parameters the analysis
+does not know how to cut (grouped convolutions other than depthwise, a Linear on a 3-D
+tensor, a LayerNorm, ...), a layer with parameters called more than once, an elementwise op
+of two tensors that broadcast otherwise than over the spatial dims, an op of unknown
+channel count, and a model torch.fx cannot trace. Nothing is skipped silently.
 
 `ChannelGraph.prune(keep)` returns a smaller dense copy of the model (modules resized in
 place of the copy: no masks), and `masked(keep)` the same-size original with the pruned
@@ -19,13 +35,14 @@ from __future__ import annotations
 
 import copy
 import operator
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from adl.ir.layers import LayerDesc, describe_model
 
@@ -143,7 +160,10 @@ class ChannelGraph:
         self._modules = dict(gm.named_modules())
         self._uf = _UnionFind()
         self._raw: list[dict[str, Any]] = []  # per raw group: size, name, producers, fixed
-        self._node_segs: dict[str, list[Segment] | None] = {}  # None: not a tensor (a shape)
+        self._node_segs: dict[str, list[Segment] | None] = {}  # None: not a tensor (a shape, a tuple)
+        self._meta: dict[str, set[int]] = {}  # non-tensor node -> raw groups whose channel count it depends on
+        self._shapes: dict[str, tuple[int, set[int]]] = {}  # a tensor's shape (x.shape, x.size()): rank, groups
+        self._multi: dict[str, str] = {}  # an unsupported op's tuple of tensors (x.chunk) -> the op's description
         self._layouts: dict[str, ParamLayout] = {}
         self._constants: dict[str, str] = {}  # get_attr node -> attribute path
         self._walk()
@@ -156,6 +176,10 @@ class ChannelGraph:
         self._raw.append({"size": size, "name": name, "producers": [producer] if producer else [], "fixed": fixed})
         return [Segment(index, size)]
 
+    def _fix(self, raw_group: int, why: str) -> None:
+        if not self._raw[raw_group]["fixed"]:
+            self._raw[raw_group]["fixed"] = why
+
     def _walk(self) -> None:
         seen_modules: set[str] = set()
         for node in self.module.graph.nodes:
@@ -164,12 +188,12 @@ class ChannelGraph:
             elif node.op == "output":
                 for arg in _flat_nodes(node.args):
                     for seg in self._segs(arg, node):
-                        self._raw[seg.group]["fixed"] = "feeds the network's output"
+                        self._fix(seg.group, "feeds the network's output")
             elif node.op == "call_module":
-                if node.target in seen_modules:
+                if node.target in seen_modules and _has_state(self._modules[node.target]):
                     raise PruningError(
                         f"layer '{node.target}' is called more than once; channel pruning needs "
-                        "each layer to be used once"
+                        "each layer with weights to be used once"
                     )
                 seen_modules.add(node.target)
                 self._node_segs[node.name] = self._module(node)
@@ -187,17 +211,74 @@ class ChannelGraph:
             raise PruningError(f"node '{user.name}' takes a value channel pruning cannot follow ({arg!r})")
         return self._node_segs[arg.name]
 
-    def _unsupported(self, node: fx.Node, what: str) -> PruningError:
-        """The refusal of `node`, naming the layer whose output it takes."""
-        source = next((a for a in _flat_nodes(node.args) if self._node_segs.get(a.name) is not None), None)
-        origin = ""
-        if source is not None:
-            origin = f" on the output of '{source.target if source.op == 'call_module' else source.name}'"
-        return PruningError(f"node '{node.name}' ({what}{origin}) is not supported by channel pruning")
+    def _depends(self, arg: fx.Node) -> set[int]:
+        """The raw groups whose channel count `arg` (a tensor or a value computed from shapes) depends on."""
+        if self._node_segs.get(arg.name) is not None:
+            return {seg.group for seg in self._node_segs[arg.name]}
+        return set(self._meta.get(arg.name, ()))
 
-    def _module(self, node: fx.Node) -> list[Segment]:
+    def _opaque(self, node: fx.Node, what: str) -> list[Segment] | None:
+        """A parameter-free op the analysis cannot follow: what it reads is fixed, what it makes is a
+        new fixed group (or, for a tuple of tensors, one per item taken from it)."""
+        label = f"layer '{node.target}' ({what})" if node.op == "call_module" else f"node '{node.name}' ({what})"
+        for arg in _flat_nodes((node.args, node.kwargs)):
+            for group in self._depends(arg):
+                self._fix(group, f"passes through {label}, which channel pruning cannot follow")
+        meta = node.meta.get("tensor_meta")
+        if isinstance(meta, (tuple, list)) and meta and all(isinstance(m, TensorMetadata) for m in meta):
+            self._multi[node.name] = label
+            return None
+        return self._made_by(node, label)
+
+    def _made_by(self, node: fx.Node, label: str) -> list[Segment]:
+        """A new fixed group: the channels of `node`, made by the op `label` the analysis cannot follow."""
+        shape = _shape(node)
+        if len(shape) < 2:
+            raise PruningError(
+                f"node '{node.name}' is a {len(shape)}-D tensor made by {label}; channel pruning cannot follow it"
+            )
+        name = str(node.target) if node.op == "call_module" else node.name
+        return self._new_group(shape[1], name, fixed=f"made by {label}, which channel pruning cannot follow")
+
+    def _metadata(self, node: fx.Node) -> None:
+        """A value that is not a tensor (a shape, a size, arithmetic on them): remembers which groups'
+        channel counts it depends on -- a reshape it is passed to fixes them."""
+        args = node.args
+        source = args[0] if args and isinstance(args[0], fx.Node) else None
+        deps: set[int] = set()
+        if source is not None and self._node_segs.get(source.name) is not None:  # read from a tensor
+            rank, groups = len(_shape(source)), self._depends(source)
+            dim = args[1] if len(args) > 1 else node.kwargs.get("dim")  # x.size(dim); getattr's attribute
+            if (node.target is getattr and dim == "shape") or (node.target == "size" and dim is None):
+                self._shapes[node.name] = (rank, groups)  # the whole shape: its items are told apart below
+                deps = groups
+            elif node.target == "size":
+                deps = groups if not isinstance(dim, int) or dim % rank == 1 else set()
+            elif node.target == "dim" or (node.target is getattr and dim in ("dtype", "device", "ndim")):
+                deps = set()
+            else:
+                deps = groups
+        elif node.target is operator.getitem and source is not None and source.name in self._shapes:
+            rank, groups = self._shapes[source.name]
+            index = args[1]
+            if isinstance(index, int):
+                deps = groups if index % rank == 1 else set()
+            elif isinstance(index, slice):
+                deps = groups if 1 in range(rank)[index] else set()
+            else:
+                deps = groups
+        else:
+            deps = set().union(*(self._depends(a) for a in _flat_nodes((args, node.kwargs))))
+        self._meta[node.name] = deps
+        return None
+
+    def _module(self, node: fx.Node) -> list[Segment] | None:
         mod = self._modules[node.target]
         name = str(node.target)
+        if not _is_tensor(node):
+            if _has_state(mod):
+                self._refuse_module(mod, name)
+            return self._opaque(node, type(mod).__name__)
         segs = self._segs(node.args[0], node)
         if isinstance(mod, nn.Conv2d):
             if mod.groups == 1:
@@ -228,47 +309,40 @@ class ChannelGraph:
             return segs
         if isinstance(mod, nn.Flatten):
             return self._flatten(node, segs, mod.start_dim, mod.end_dim)
-        if isinstance(mod, ELEMENTWISE_MODULES):
+        if isinstance(mod, ELEMENTWISE_MODULES) or isinstance(mod, _torchvision_channel_preserving_modules()):
             return segs
-        raise PruningError(f"layer '{name}' ({type(mod).__name__}) is not supported by channel pruning")
+        if _has_state(mod):
+            self._refuse_module(mod, name)
+        return self._opaque(node, type(mod).__name__)
 
-    def _flatten(self, node: fx.Node, segs: list[Segment], start: int, end: int) -> list[Segment]:
+    @staticmethod
+    def _refuse_module(mod: nn.Module, name: str) -> NoReturn:
+        raise PruningError(
+            f"layer '{name}' ({type(mod).__name__}) is not supported by channel pruning: it has weights "
+            "the analysis does not know how to cut"
+        )
+
+    def _flatten(self, node: fx.Node, segs: list[Segment], start: int, end: int) -> list[Segment] | None:
         shape = _shape(node.args[0])
         if start != 1 or end not in (-1, len(shape) - 1):
-            raise PruningError(
-                f"node '{node.name}' flattens dims {start}..{end}; channel pruning supports "
-                "flattening everything after the batch axis"
-            )
+            return self._opaque(node, f"a flatten of dims {start}..{end}")
         unit = int(np.prod(shape[2:], dtype=np.int64))
         if unit != 1 and any(s.unit != 1 for s in segs):
-            raise PruningError(f"node '{node.name}' flattens an already flattened tensor")
+            return self._opaque(node, "a flatten of an already flattened tensor")
         return [Segment(s.group, s.size, s.unit * unit) for s in segs]
 
     def _function(self, node: fx.Node) -> list[Segment] | None:
         target = node.target
-        if target is getattr and node.args[1] in ("shape", "dtype", "device"):
-            return None  # metadata, not a tensor: fine until something reshapes with it
-        if (
-            target is operator.getitem
-            and isinstance(node.args[0], fx.Node)
-            and self._node_segs.get(node.args[0].name, []) is None
-        ):
-            return None
+        name = getattr(target, "__name__", str(target))
+        if target is operator.getitem and isinstance(node.args[0], fx.Node) and node.args[0].name in self._multi:
+            return self._made_by(node, self._multi[node.args[0].name])
+        if "tensor_meta" not in node.meta:  # no tensor: a shape, a size, arithmetic on them
+            return self._metadata(node)
+        if not _is_tensor(node):  # a tuple of tensors (x.chunk)
+            return self._opaque(node, name)
         if target in BINARY:
-            tensors = [a for a in node.args if isinstance(a, fx.Node) and a.name not in self._constants]
-            constants = [a for a in node.args if isinstance(a, fx.Node) and a.name in self._constants]
-            if len(tensors) == 1:
-                segs = self._segs(tensors[0], node)
-                for constant in constants:
-                    self._follow_constant(node, constant, segs)
-                return segs
-            if target not in TIES:
-                raise PruningError(
-                    f"node '{node.name}' ({getattr(target, '__name__', target)}) of two tensors is "
-                    "not supported by channel pruning"
-                )
-            return self._tie(node, tensors)
-        if target in ELEMENTWISE_FUNCTIONS:
+            return self._binary(node, name, ties=target in TIES)
+        if target in ELEMENTWISE_FUNCTIONS or target in _torchvision_channel_preserving_functions():
             return self._segs(node.args[0], node)
         if target is torch.flatten:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
@@ -277,20 +351,18 @@ class ChannelGraph:
         if target is torch.cat:
             tensors = node.args[0]
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            rank = len(_shape(node))
-            if dim % rank != 1:
-                raise PruningError(
-                    f"node '{node.name}' concatenates along dim {dim}; channel pruning supports "
-                    "concatenation along the channels (dim 1)"
-                )
+            if dim % len(_shape(node)) != 1:
+                return self._opaque(node, f"cat along dim {dim}")
             return [seg for t in tensors for seg in self._segs(t, node)]
         if target is torch.mean:
             return self._mean(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))
-        raise self._unsupported(node, getattr(target, "__name__", str(target)))
+        return self._opaque(node, name)
 
     def _method(self, node: fx.Node) -> list[Segment] | None:
-        if node.target in ("size", "dim"):
-            return None
+        if "tensor_meta" not in node.meta:  # no tensor: a shape, a size, arithmetic on them
+            return self._metadata(node)
+        if not _is_tensor(node):  # a tuple of tensors (x.chunk)
+            return self._opaque(node, str(node.target))
         if node.target in ELEMENTWISE_METHODS:
             return self._segs(node.args[0], node)
         if node.target == "flatten":
@@ -300,55 +372,64 @@ class ChannelGraph:
         if node.target == "mean":
             return self._mean(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))
         if node.target in ("add", "mul"):
-            return self._binary_method(node)
-        raise self._unsupported(node, f"method .{node.target}()")
+            return self._binary(node, str(node.target), ties=True)
+        return self._opaque(node, str(node.target))
 
-    def _binary_method(self, node: fx.Node) -> list[Segment]:
-        tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    def _binary(self, node: fx.Node, what: str, ties: bool) -> list[Segment] | None:
+        """A tensor with scalars or per-channel constants keeps its channels; two tensors are tied
+        (`ties`: an addition or multiplication); anything else is an op the analysis cannot follow."""
+        args = _flat_nodes((node.args, node.kwargs))
+        tensors = [a for a in args if self._node_segs.get(a.name) is not None]
+        constants = [a for a in args if a.name in self._constants]
+        shapes = [a for a in args if a not in tensors and a not in constants]  # values computed from shapes
+        if any(self._depends(a) for a in shapes):  # x * x.size(1): the value changes with the channels
+            return self._opaque(node, what)
         if len(tensors) == 1:
-            return self._segs(tensors[0], node)
-        return self._tie(node, tensors)
+            segs = self._node_segs[tensors[0].name]
+            for constant in constants:
+                if not self._follow_constant(node, constant, segs):
+                    value = _attribute(self.module, self._constants[constant.name])
+                    return self._opaque(node, f"{what} with a constant of shape {tuple(value.shape)}")
+            return segs
+        if len(tensors) == 2 and ties and not constants:
+            return self._tie(node, tensors)
+        return self._opaque(node, what)
 
-    def _follow_constant(self, node: fx.Node, constant: fx.Node, segs: list[Segment]) -> None:
-        """A constant combined with a tensor: a per-channel constant is sliced with the channels."""
+    def _follow_constant(self, node: fx.Node, constant: fx.Node, segs: list[Segment]) -> bool:
+        """A constant combined with a tensor: a per-channel constant is sliced with the channels.
+        False for a constant of another shape (the op is then one the analysis cannot follow)."""
         target = self._constants[constant.name]
         value = _attribute(self.module, target)
         rank = len(_shape(node))
         if value.numel() == 1:
-            return
+            return True
         shape = (1,) * (rank - value.dim()) + tuple(value.shape)
         if value.dim() > rank or any(d != 1 for i, d in enumerate(shape) if i != 1):
-            raise PruningError(
-                f"node '{node.name}' combines the channels with a constant '{target}' of shape "
-                f"{tuple(value.shape)}; channel pruning supports scalars and per-channel constants"
-            )
+            return False
         self._layouts[target] = ParamLayout("constant", segs, axis=1 - (rank - value.dim()))
+        return True
 
-    def _tie(self, node: fx.Node, tensors: list[fx.Node]) -> list[Segment]:
-        """An elementwise op of two tensors: the channels at each position are one group."""
+    def _tie(self, node: fx.Node, tensors: list[fx.Node]) -> list[Segment] | None:
+        """An elementwise op of two tensors: the channels at each position are one group. The two may
+        differ in their spatial dims only where one of them is 1 (a squeeze-and-excitation scale)."""
         a, b = (self._segs(t, node) for t in tensors)
-        if _shape(tensors[0]) != _shape(tensors[1]):
+        sa, sb = _shape(tensors[0]), _shape(tensors[1])
+        if sa != sb and not _broadcasts_spatially(sa, sb):
             raise PruningError(
-                f"node '{node.name}' combines tensors of shapes {_shape(tensors[0])} and "
-                f"{_shape(tensors[1])} (broadcasting); channel pruning supports equal shapes"
+                f"node '{node.name}' combines tensors of shapes {sa} and {sb} (broadcasting); channel "
+                "pruning supports equal shapes and broadcasting over the spatial dims (batch and channels equal)"
             )
         if [(s.size, s.unit) for s in a] != [(s.size, s.unit) for s in b]:
-            raise PruningError(
-                f"node '{node.name}' adds tensors whose channels are concatenated differently; "
-                "channel pruning cannot tie them"
-            )
-        for sa, sb in zip(a, b, strict=True):
-            self._uf.union(sa.group, sb.group)
+            return self._opaque(node, "an elementwise op of tensors whose channels are concatenated differently")
+        for seg_a, seg_b in zip(a, b, strict=True):
+            self._uf.union(seg_a.group, seg_b.group)
         return a
 
-    def _mean(self, node: fx.Node, dims: Any) -> list[Segment]:
+    def _mean(self, node: fx.Node, dims: Any) -> list[Segment] | None:
         rank = len(_shape(node.args[0]))
         dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
         if rank < 3 or sorted(d % rank for d in dims) != list(range(2, rank)):
-            raise PruningError(
-                f"node '{node.name}' takes a mean over dims {dims}; channel pruning supports a "
-                "mean over the spatial dims"
-            )
+            return self._opaque(node, f"a mean over dims {dims}")
         return self._segs(node.args[0], node)
 
     def _resolve(self) -> None:
@@ -379,6 +460,14 @@ class ChannelGraph:
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
+    def fixed_summary(self, limit: int = 6) -> str:
+        """Why the groups that cannot be pruned are fixed, one clause per group (the first `limit`)."""
+        fixed = [g for g in self.groups if g.fixed]
+        clauses = [f"'{g.name}' ({g.size} channels): {g.fixed}" for g in fixed[:limit]]
+        if len(fixed) > limit:
+            clauses.append(f"and {len(fixed) - limit} more")
+        return "; ".join(clauses)
+
     def node_segments(self, node_name: str) -> list[Segment]:
         return self._node_segs[node_name]
 
@@ -408,9 +497,8 @@ class ChannelGraph:
         """The channels to keep per group: the `counts[g]` most important ones, in ascending order."""
         scores = self.importance(criterion)
         keep = {}
+        self._check_keep(counts)
         for g, count in counts.items():
-            if not self.groups[g].prunable:
-                raise ValueError(f"group {g} ({self.groups[g].name}) cannot be pruned: {self.groups[g].fixed}")
             count = int(min(max(count, 1), self.groups[g].size))
             keep[g] = np.sort(np.argsort(-scores[g], kind="stable")[:count])
         return keep
@@ -429,12 +517,20 @@ class ChannelGraph:
             offset += s.size * s.unit
         return torch.from_numpy(np.concatenate(out).astype(np.int64))
 
+    def _check_keep(self, keep: Mapping[int, Any]) -> None:
+        """Refuses a selection that cuts a fixed group (a `select` count or a `prune`/`masked` keep)."""
+        for g in keep:
+            if not self.groups[g].prunable:
+                raise ValueError(f"group {g} ({self.groups[g].name}) cannot be pruned: {self.groups[g].fixed}")
+
     def prune(self, keep: Mapping[int, np.ndarray], reconstruct: Reconstruct | None = None) -> fx.GraphModule:
-        """A dense copy of the model with only the `keep` channels of each group in `keep`.
+        """A dense copy of the model with only the `keep` channels of each group in `keep` (prunable
+        groups only: a fixed one is refused).
 
         `reconstruct(layer, weight, kept_columns)`, when given, returns a conv/linear layer's new
         weight over its kept input columns (default: the old weight's kept columns).
         """
+        self._check_keep(keep)
         model = copy.deepcopy(self.module)
         with torch.no_grad():
             for name, layout in self._layouts.items():
@@ -447,6 +543,7 @@ class ChannelGraph:
 
     def masked(self, keep: Mapping[int, np.ndarray]) -> fx.GraphModule:
         """The original-size model with every consumer's weights on pruned channels set to zero."""
+        self._check_keep(keep)
         model = copy.deepcopy(self.module)
         modules = dict(model.named_modules())
         with torch.no_grad():
@@ -572,18 +669,17 @@ class LayerTable:
     def __init__(self, graph: ChannelGraph) -> None:
         self.graph = graph
         self.layers = describe_model(graph.module, graph.input_shape)
-        nodes = {
-            n.target if n.op == "call_module" else n.name: n
-            for n in graph.module.graph.nodes
-            if n.op in ("call_module", "call_function", "call_method")
-        }
+        nodes: dict[str, list[fx.Node]] = {}  # a parameter-free layer (a pooling) may be called several times
+        for n in graph.module.graph.nodes:
+            if n.op in ("call_module", "call_function", "call_method"):
+                nodes.setdefault(str(n.target) if n.op == "call_module" else n.name, []).append(n)
         groups = len(graph.groups)
         self.full_counts = np.array([g.size for g in graph.groups], np.float64)
         self.in_coef = np.zeros((len(self.layers), groups))
         self.out_coef = np.zeros((len(self.layers), groups))
         self.uses_in = np.zeros(len(self.layers), bool)
         for i, layer in enumerate(self.layers):
-            node = nodes[layer.name]
+            node = nodes[layer.name].pop(0)  # describe_model lists the layers in the graph's order
             for seg in graph.node_segments(node.args[0].name):
                 self.in_coef[i, seg.group] += seg.unit
             for seg in graph.node_segments(node.name):
@@ -635,6 +731,40 @@ class LayerTable:
 
 def _out_channels(layer: LayerDesc) -> int:
     return layer.output_shape[-1] if layer.op == "linear" else layer.output_shape[1]
+
+
+def _has_state(mod: nn.Module) -> bool:
+    """Whether a layer has parameters or buffers (weights or statistics the analysis would have to cut)."""
+    return any(True for _ in mod.parameters()) or any(True for _ in mod.buffers())
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    return isinstance(node.meta.get("tensor_meta"), TensorMetadata)
+
+
+def _broadcasts_spatially(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Shapes of equal rank (>= 3) with the same batch and channel dims, one of them 1 in every
+    other dim: a per-channel scale of shape (N, C, 1, 1) times an (N, C, H, W) map."""
+    if len(a) != len(b) or len(a) < 3 or a[:2] != b[:2]:
+        return False
+    return all(d == 1 for d in a[2:]) or all(d == 1 for d in b[2:])
+
+
+def _torchvision_channel_preserving_functions() -> tuple[Callable, ...]:
+    """torchvision's `stochastic_depth` (fx keeps it as one call): the identity in eval mode, a
+    per-sample (or whole-batch) scaling in training -- the channels are kept. Looked up among the
+    imported modules, never imported: a model that holds one has imported torchvision, and channel
+    pruning must not need it (nor pay for importing it)."""
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    function = getattr(module, "stochastic_depth", None)
+    return (function,) if function is not None else ()
+
+
+def _torchvision_channel_preserving_modules() -> tuple[type, ...]:
+    """torchvision's `StochasticDepth` module (a leaf only for a custom tracer): as the function above."""
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    cls = getattr(module, "StochasticDepth", None)
+    return (cls,) if isinstance(cls, type) else ()
 
 
 def _attribute(module: nn.Module, target: str) -> torch.Tensor:
