@@ -4,14 +4,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `model torchvision(...)` builds with torchvision's own builders; its wheel pins another torch, so
+# it is installed without dependencies next to the pinned CPU torch (see adl/models/torchvision_import.py)
+TORCHVISION := torchvision==0.28.0
 
 .PHONY: demo demo-quick demo-fashion test test-fast lint install bench-deps bench-status fashion-mnist clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(TORCHVISION)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
@@ -48,7 +52,6 @@ test-fast: $(STAMP)
 
 bench-deps: $(STAMP) fashion-mnist
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps torchvision==0.28.0
 
 # Fashion-MNIST from Debian's package dataset-fashion-mnist (the `fashion_mnist` source's default folder).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist

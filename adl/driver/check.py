@@ -34,7 +34,7 @@ from adl.ir.spec import (
     TaskSpec,
     available_cores,
 )
-from adl.models.families import MODEL_FAMILIES
+from adl.models.families import MODEL_FAMILIES, arrives_trained
 
 if TYPE_CHECKING:
     from adl.hwmodels.registry import CostModelRegistry
@@ -176,7 +176,10 @@ class _Checker:
         target = self.target(blocks.get("target"))
         budgets = self.constraints(blocks.get("constraints"))
         # A model block with errors still counts as a model: its errors are reported already.
-        pipeline = self.pipeline(blocks["pipeline"], has_model="model" in blocks)
+        facts = {"model"} if "model" in blocks else set()
+        if model is not None and arrives_trained(model.family, model.as_dict()):
+            facts.add("trained")
+        pipeline = self.pipeline(blocks["pipeline"], facts=facts)
         if self.errors:
             raise self._failure()
         assert task and data and target is not None
@@ -264,18 +267,22 @@ class _Checker:
 
     def _data_path(self, path: str, span: ast.Span) -> str | None:
         """`path` resolved against the spec's folder, if something is there; else an error at `span`."""
+        return self._existing_path(path, span, f"data path '{path}'")
+
+    def _existing_path(self, path: str, span: ast.Span, what: str) -> str | None:
+        """`path` resolved against the spec's folder, if something is there; else an error at `span`."""
         try:
             resolved = (self.base_dir / path).resolve()
             found = resolved.exists()
         except ValueError:  # a NUL byte
-            self.error(f"data path '{path}' cannot be used: it contains a NUL byte", span)
+            self.error(f"{what} cannot be used: it contains a NUL byte", span)
             return None
         except (OSError, RuntimeError) as err:  # too long, a symbolic link loop (RuntimeError before 3.13)
             why = err.strerror if isinstance(err, OSError) and err.strerror else os.strerror(errno.ELOOP)
-            self.error(f"data path '{path}' cannot be used: {why}", span)
+            self.error(f"{what} cannot be used: {why}", span)
             return None
         if not found:
-            self.error(f"data path '{path}' does not exist", span, f"looked for {resolved}")
+            self.error(f"{what} does not exist", span, f"looked for {resolved}")
             return None
         return str(resolved)
 
@@ -286,6 +293,17 @@ class _Checker:
         values = self._settings(settings, MODEL_FAMILIES[family], f"model '{family}'", block.keyword_span)
         if values is None:
             return None
+        value_spans = tuple((s.key, s.value.span) for s in settings)
+        for opt in MODEL_FAMILIES[family]:
+            if opt.kind == "path" and values.get(opt.name):
+                span = dict(value_spans)[opt.name]
+                resolved = self._existing_path(values[opt.name], span, f"model file '{values[opt.name]}'")
+                if resolved is None:
+                    return None
+                if not os.path.isfile(resolved):
+                    self.error(f"model file '{values[opt.name]}' is not a file", span, f"found {resolved}")
+                    return None
+                values[opt.name] = resolved
         if family == "resnet" and len(values["blocks"]) != len(values["widths"]):
             self.error("resnet's `blocks` and `widths` differ in length", block.head.span)
             return None
@@ -298,7 +316,7 @@ class _Checker:
                     block.head.span,
                 )
                 return None
-        return ModelSpec(family, tuple(values.items()), block.span)
+        return ModelSpec(family, tuple(values.items()), block.span, value_spans)
 
     def target(self, block: ast.Block | None) -> TargetSpec | None:
         if block is None:
@@ -432,12 +450,15 @@ class _Checker:
 
     # -- pipeline ------------------------------------------------------------------------------
 
-    def pipeline(self, block: ast.PipelineBlock, *, has_model: bool) -> tuple[StageSpec, ...]:
+    def pipeline(self, block: ast.PipelineBlock, *, facts: set[str]) -> tuple[StageSpec, ...]:
+        """The pipeline's stages, each pass's `requires` checked against the facts before it
+        (`facts`: what the `model` block provides: ``model``, and ``trained`` for a network that
+        arrives trained)."""
         if not block.stages:
             self.error("empty pipeline", block.keyword_span, "list passes, e.g. `pipeline { train lower }`")
             return ()
         stages = []
-        facts = {"model"} if has_model else set()
+        facts = set(facts)
         for stage in block.stages:
             resolved = resolve_stage(stage, self.registry, self.errors)
             pass_cls = self.registry.get(stage.name)

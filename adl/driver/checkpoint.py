@@ -77,13 +77,16 @@ def _changed_output(files: Mapping[str, str], digests: Mapping[str, str]) -> str
     return None
 
 
+_NOT_MEANING = ("span", "value_spans", "source", "text")  # where things are written, not what they say
+
+
 def _plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in asdict(value).items() if k not in ("span", "source", "text")}
+        return {k: _plain(v) for k, v in asdict(value).items() if k not in _NOT_MEANING}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if k not in ("span", "source", "text")}
+        return {k: _plain(v) for k, v in value.items() if k not in _NOT_MEANING}
     return value
 
 

@@ -6,10 +6,10 @@
 
 naming the artifact's manifest as the output (a file, as Make, Ninja and CMake's DEPFILE
 expect) and as prerequisites everything the compile's result depends on that lives outside
-adl itself: the spec, the data (every file of a data folder), every file-valued option of the
-pipeline's passes (e.g. ``optimizer = l2o(weights = "w.npz")``), and the source files of
-plug-in passes and cost models. The list is derived from the spec, not from what ran, so a
-rerun that reuses every checkpoint writes the same depfile.
+adl itself: the spec, the data (every file of a data folder), the model block's files (an
+ONNX file, torchvision weights), every file-valued option of the pipeline's passes (e.g.
+``optimizer = l2o(weights = "w.npz")``), and the source files of plug-in passes and cost models.
+The list is derived from the spec, not from what ran, so a rerun that reuses every checkpoint writes the same depfile.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from adl.ir.files import atomic_write_text
 from adl.ir.options import Option
 from adl.ir.spec import CallValue, Spec
+from adl.models.families import MODEL_FAMILIES
 
 
 def _path_options(options: Sequence[Option], values: dict[str, Any]) -> Iterator[Path]:
@@ -68,6 +69,8 @@ def dependencies(
     data_path = spec.data.path or data_path
     if data_path:
         found.extend(_files_under(Path(data_path)))
+    if spec.model is not None:  # an imported network's file and weights
+        found.extend(_path_options(MODEL_FAMILIES.get(spec.model.family, ()), spec.model.as_dict()))
     for p in passes:
         found.extend(_path_options(p.options, p.config))
         found.append(_plugin_source(p))

@@ -34,6 +34,8 @@ def build_manifest(
     library = metrics.pop("library", None)
     layers = metrics.pop("layers", [])
     history = metrics.pop("train_history", [])
+    source = metrics.pop("model_source", None)
+    normalised = source is None or source.get("normalize")
     return without_non_finite(
         {
             "schema_version": SCHEMA_VERSION,
@@ -51,8 +53,12 @@ def build_manifest(
                 "dtype": "float32",
                 "layout": "NCHW",
                 "value_range": list(dataset.value_range),
-                "preprocessing": "none: normalisation is compiled into the library",
+                "preprocessing": "none: normalisation is compiled into the library"
+                if normalised
+                else "none: the library takes the imported network's input as it is",
             },
+            # where the network came from: an imported file's digest and the layers adl replaced
+            "model": source or ({"family": spec.model.family} if spec.model else None),
             "output": {"shape": [1, spec.task.classes], "meaning": "class logits"},
             "data": {
                 "source": spec.data.source,

@@ -74,8 +74,11 @@ def initial_module(spec: Spec, dataset: Any, seed: int) -> Module:
     import torch
 
     from adl.models import build_model
+    from adl.models.families import IMPORTED_FAMILIES
 
     torch.manual_seed(seed)
+    if spec.model.family in IMPORTED_FAMILIES:
+        return _imported_module(spec, dataset)
     try:
         model = build_model(
             spec.model.family,
@@ -88,6 +91,27 @@ def initial_module(spec: Spec, dataset: Any, seed: int) -> Module:
     except ValueError as err:
         raise AdlError.at(str(err), spec.model.span, filename=spec.filename, source=spec.source) from None
     return Module(spec=spec, model=model)
+
+
+def _imported_module(spec: Spec, dataset: Any) -> Module:
+    """The module of a network the user brings (onnx, torchvision): trained when it arrives with
+    weights for this task, and its provenance (file digest, replaced layers) in `model_source`."""
+    from adl.models.imported import ModelSourceError, build_imported
+
+    try:
+        imported = build_imported(
+            spec.model.family,
+            spec.model.as_dict(),
+            input_shape=dataset.input_shape,
+            classes=spec.task.classes,
+            mean=dataset.mean,
+            std=dataset.std,
+        )
+    except ModelSourceError as err:
+        span = spec.model.value_span(err.key) if err.key else spec.model.span
+        raise AdlError.at(str(err), span, filename=spec.filename, source=spec.source) from None
+    module = Module(spec=spec, model=imported.model).with_metrics(model_source=imported.record)
+    return module.establish("trained") if imported.pretrained else module
 
 
 class DumpIR(Instrument):
@@ -305,6 +329,9 @@ def _compile_locked(
     if trained:
         module = module.establish("trained")
     inputs = dataset.fingerprint() + (f"\nmodel {model_fingerprint(model)}" if model is not None else "")
+    source = module.metrics.get("model_source")
+    if source is not None and source.get("sha256"):  # the imported file's content, not only its path
+        inputs += f"\nmodel file {source['sha256']}"
     upstream = root_key(spec, inputs, seed, ADL_VERSION)
     module = run_pipeline(module, pipeline, ctx, CheckpointStore(cache_dir), upstream, on_pass)
 

@@ -50,12 +50,19 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: str  # "mlp" | "cnn" | "mobilenet"
+    family: str  # a key of adl.models.families.MODEL_FAMILIES: "mlp", "cnn", ..., "onnx", "torchvision"
     options: tuple[tuple[str, Any], ...] = ()
     span: Span | None = field(default=None, compare=False)
+    # where each setting's value is written, so an error about a value (a damaged file, a
+    # mismatched shape) points at it; not part of what the spec means
+    value_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.options)
+
+    def value_span(self, key: str) -> Span | None:
+        """The span of setting `key`'s value, or the block's span when the setting is not written."""
+        return dict(self.value_spans).get(key, self.span)
 
 
 def available_cores() -> int:

@@ -73,4 +73,81 @@ RESNET: tuple[Option, ...] = (
     Option("widths", "int_list", (64, 128, 256, 512), "channels of each stage", low=1, high=MAX_WIDTH),
 )
 
-MODEL_FAMILIES: dict[str, tuple[Option, ...]] = {"mlp": MLP, "cnn": CNN, "mobilenet": MOBILENET, "resnet": RESNET}
+NORMALIZE = Option(
+    "normalize",
+    "bool",
+    False,
+    "put the data's per-channel normalisation ((x - mean) / std, compiled into the library) before the "
+    "network; off by default, so an imported network keeps its own input contract",
+)
+
+ONNX: tuple[Option, ...] = (
+    Option("path", "path", doc='the .onnx file, e.g. `path = "net.onnx"` (relative to the spec)'),
+    NORMALIZE,
+)
+
+# torchvision architectures adl builds (torchvision's own builders, no download) and has tested
+# with its passes; `adl.models.torchvision_import` builds them.
+TORCHVISION_NAMES: tuple[str, ...] = (
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mnasnet0_5",
+    "mnasnet1_0",
+    "efficientnet_b0",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+)
+
+TORCHVISION: tuple[Option, ...] = (
+    Option("name", "name", doc="the architecture, as torchvision names its builder", choices=TORCHVISION_NAMES),
+    Option(
+        "weights",
+        "path",
+        "",
+        "trained weights: a state dict (.pt, loaded with weights_only) or .safetensors; default: "
+        "torchvision's random initialisation",
+    ),
+    Option(
+        "stem",
+        "name",
+        "keep",
+        "the first convolution: keep it (its input channels must match the data's) or replace it "
+        "(a new layer for the data's channels; from pretrained RGB filters, their sum over channels)",
+        choices=("keep", "replace"),
+    ),
+    Option(
+        "head",
+        "name",
+        "keep",
+        "the last Linear layer: keep it (its outputs must match the task's classes) or replace it "
+        "(a new, freshly initialised layer with one output per class)",
+        choices=("keep", "replace"),
+    ),
+    NORMALIZE,
+)
+
+MODEL_FAMILIES: dict[str, tuple[Option, ...]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "mobilenet": MOBILENET,
+    "resnet": RESNET,
+    "onnx": ONNX,
+    "torchvision": TORCHVISION,
+}
+IMPORTED_FAMILIES = ("onnx", "torchvision")  # networks the user brings: no Normalize unless asked
+
+
+def arrives_trained(family: str, options: dict) -> bool:
+    """Whether a `model` block's network arrives trained for the task, so passes that need a trained
+    network (amc, haq) may run without `train`: an ONNX file always carries its weights; a torchvision
+    network does when `weights` are given and its classifier is kept (a replaced head starts untrained).
+    `adl.models.imported` decides the same at build time, when it also knows the data's channels."""
+    if family == "onnx":
+        return True
+    if family == "torchvision":
+        return bool(options.get("weights")) and options.get("head", "keep") == "keep"
+    return False
