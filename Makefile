@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # it is installed without dependencies next to the pinned CPU torch (see adl/models/torchvision_import.py)
 TORCHVISION := torchvision==0.28.0
 
-.PHONY: demo demo-quick demo-fashion test test-fast lint install bench-deps bench-status fashion-mnist clean
+.PHONY: demo demo-quick demo-fashion demo-onnx test test-fast lint install bench-deps bench-status fashion-mnist clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ demo-fashion: $(STAMP) fashion-mnist
 	$(BIN)/adl compile examples/fashion.adl -o build/fashion
 	$(BIN)/adl data examples/fashion.adl --split test -o build/fashion.test.npz
 	$(BIN)/adl run build/fashion --input build/fashion.test.npz --expect-accuracy
+
+# A network brought as an ONNX file: examples/onnx/export.py writes it, the spec compiles it (under a minute).
+demo-onnx: $(STAMP)
+	$(BIN)/python examples/onnx/export.py
+	$(BIN)/adl compile examples/onnx/digits_onnx.adl -o build/digits_onnx
 
 test: lint
 	$(BIN)/python -m pytest -q --durations=15
