@@ -9,7 +9,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from adl.data import default_data_path, known_input_shape
 from adl.driver.checkpoint import CheckpointStore, model_fingerprint, root_key
@@ -23,7 +23,7 @@ from adl.ir.module import Module, PassRecord
 from adl.ir.passes import BudgetInfeasible, Instrument, Pass, PassContext, PassCrash, PassError, stage_key
 from adl.ir.pipeline import Pipeline
 from adl.ir.progress import Progress, SilentProgress
-from adl.ir.report import Section
+from adl.ir.report import Section, Table
 from adl.ir.spec import Spec
 
 
@@ -388,8 +388,37 @@ def preflight_target(spec: Spec) -> None:
 
 
 def report_sections(pipeline: Pipeline, module: Module) -> list[Section]:
-    """Every pass's own sections of the reports (see `Pass.report`), in pipeline order."""
-    return [section for p in pipeline for section in p.report(module.metrics)]
+    """The imported network's provenance (if the `model` block brought one), then every pass's own
+    sections of the reports (see `Pass.report`), in pipeline order."""
+    source = model_source_section(module.metrics.get("model_source"))
+    return source + [section for p in pipeline for section in p.report(module.metrics)]
+
+
+def model_source_section(record: Mapping[str, Any] | None) -> list[Section]:
+    """Where a network the user brought came from (`adl.models.imported`): file, digest, contract,
+    and the layers adl replaced; nothing for adl's own families."""
+    if not record:
+        return []
+    what = record.get("file") or record.get("name")
+    if record["family"] == "torchvision":
+        what = f"torchvision's {record['name']}" + (
+            f" with weights {record['weights']}" if record.get("weights") else ""
+        )
+    lines = [f"Imported ({record['family']}): {what}."]
+    if record.get("sha256"):
+        lines.append(f"sha256 {record['sha256']}.")
+    if record.get("opset") is not None:
+        lines.append(f"ONNX opset {record['opset']}, written by {record.get('producer') or 'an unknown producer'}.")
+    lines.append(f"Input: {record['input_contract']}.")
+    blocks: list[Any] = [" ".join(lines)]
+    if record.get("replaced"):
+        blocks.append(
+            Table(
+                ["replaced layer", "before", "after", "initialised"],
+                [(r["layer"], r["before"], r["after"], r["init"]) for r in record["replaced"]],
+            )
+        )
+    return [Section("Model", blocks)]
 
 
 def artifact_files(pipeline: Pipeline, module: Module) -> dict[str, str]:

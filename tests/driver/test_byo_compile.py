@@ -63,6 +63,8 @@ def test_an_onnx_network_lowered_as_is_computes_what_onnx_runtime_computes(tmp_p
     assert manifest["model"]["sha256"] == hashlib.sha256(digits_onnx.read_bytes()).hexdigest()
     assert manifest["model"]["normalize"] is False
     assert "imported network's input" in manifest["input"]["preprocessing"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Model" in report and manifest["model"]["sha256"] in report
 
 
 @pytest.mark.slow

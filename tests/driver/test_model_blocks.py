@@ -115,3 +115,24 @@ def test_the_depfile_names_the_model_files(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"x")
     spec = _check(tmp_path, _spec('model torchvision(name = resnet18, weights = "w.safetensors")'))
     assert (tmp_path / "w.safetensors").resolve() in dependencies(spec, [])
+
+
+def test_the_reports_say_where_an_imported_network_came_from_and_what_adl_replaced():
+    from adl.driver.run import model_source_section
+    from adl.ir.report import Table
+
+    assert model_source_section(None) == []
+    record = {
+        "family": "torchvision",
+        "name": "resnet18",
+        "weights": "w.pt",
+        "sha256": "ab" * 32,
+        "input_contract": "the data's values as they are (the imported network's own contract)",
+        "replaced": [{"layer": "fc", "before": "Linear(512 -> 1000)", "after": "Linear(512 -> 10)", "init": "fresh"}],
+    }
+    (section,) = model_source_section(record)
+    text = "\n".join(section.markdown())
+    assert section.title == "Model"
+    assert "torchvision's resnet18 with weights w.pt" in text and "ab" * 32 in text
+    table = next(b for b in section.blocks if isinstance(b, Table))
+    assert table.rows == [("fc", "Linear(512 -> 1000)", "Linear(512 -> 10)", "fresh")]
