@@ -90,6 +90,7 @@ def _onnx(options: Mapping[str, Any], input_shape: Sequence[int], classes: int) 
         "onnx",
         options,
         file=path.name,
+        external_data=list(imported.external_files),
         sha256=imported.sha256,
         opset=imported.opset,
         producer=imported.producer,

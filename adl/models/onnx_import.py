@@ -57,6 +57,7 @@ class ImportedOnnx:
     producer: str  # producer_name + version
     operators: dict[str, int]  # op type -> count, as in the file (first appearance first)
     path: str = ""  # the file, as given to `import_onnx`
+    external_files: tuple[str, ...] = ()  # external data files it read, relative to its folder (in `sha256`)
 
 
 MIN_OPSET = 7  # numpy-style broadcasting of Add/Sub/Mul/Div
@@ -82,7 +83,7 @@ def import_onnx(path: str | os.PathLike) -> ImportedOnnx:
         data = Path(path).read_bytes()
     except OSError as err:
         raise OnnxImportError(f"{label} is not a readable ONNX model: {err.strerror or err}") from err
-    model = _parse(onnx, data, Path(path), label)
+    model, external_files = _parse(onnx, data, Path(path), label)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         raise OnnxImportError(f"{label} uses ONNX opset {opset}; adl imports opset {MIN_OPSET} and newer")
@@ -97,11 +98,12 @@ def import_onnx(path: str | os.PathLike) -> ImportedOnnx:
         input_name=input_name,
         input_shape=tuple(input_dims[1:]),
         output_name=output_name,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=_digest(data, Path(path).parent, external_files),
         opset=opset,
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         operators=operators,
         path=label,
+        external_files=tuple(external_files),
     )
 
 
@@ -131,8 +133,9 @@ def _first_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def _parse(onnx: Any, data: bytes, path: Path, label: str) -> Any:
-    """The ModelProto in `data`, with its external data loaded, checked by onnx.checker."""
+def _parse(onnx: Any, data: bytes, path: Path, label: str) -> tuple[Any, list[str]]:
+    """The ModelProto in `data`, with its external data loaded, checked by onnx.checker, and the
+    external data files it read (locations relative to the model's folder, sorted)."""
     from onnx import external_data_helper
 
     try:
@@ -141,7 +144,9 @@ def _parse(onnx: Any, data: bytes, path: Path, label: str) -> Any:
         model = onnx.load_model_from_string(data)
         if not model.HasField("graph"):
             raise ValueError("the file has no graph")
-        if any(external_data_helper.uses_external_data(t) for t in model.graph.initializer):
+        external = [t for t in model.graph.initializer if external_data_helper.uses_external_data(t)]
+        locations = sorted({external_data_helper.ExternalDataInfo(t).location for t in external})
+        if external:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         if model.ByteSize() < 2_000_000_000:
             onnx.checker.check_model(model)
@@ -149,7 +154,17 @@ def _parse(onnx: Any, data: bytes, path: Path, label: str) -> Any:
             onnx.checker.check_model(str(path))
     except Exception as err:  # noqa: BLE001 -- protobuf, onnx.checker and OS errors, all reported alike
         raise OnnxImportError(f"{label} is not a readable ONNX model: {_first_line(err)}") from err
-    return model
+    return model, locations
+
+
+def _digest(data: bytes, folder: Path, locations: Sequence[str]) -> str:
+    """sha256 of the model file and of every external data file it names (weights exported beside
+    it, e.g. torch's `net.onnx.data`), so a change to either changes the digest."""
+    digest = hashlib.sha256(data)
+    for location in locations:
+        digest.update(b"\0" + location.encode() + b"\0")
+        digest.update((folder / location).read_bytes())
+    return digest.hexdigest()
 
 
 def _dims(onnx: Any, value_info: Any) -> list[int | None]:

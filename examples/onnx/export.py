@@ -72,7 +72,8 @@ def main() -> None:
         str(args.out),
         input_names=["pixels"],
         output_names=["logits"],
-        dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},  # any batch size
+        external_data=False,  # the weights inside net.onnx (adl also reads a net.onnx.data beside it)
     )
     print(f"wrote {args.out}")
 

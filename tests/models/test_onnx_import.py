@@ -479,3 +479,24 @@ def test_channel_pruning_follows_the_imported_graph(tmp_path, exporter):
         keep = graph.select({g.index: max(1, g.size // 2) for g in graph.prunable})
         pruned = graph.prune(keep)
         assert pruned(torch.randn(2, *shape)).shape == module(torch.randn(2, *shape)).shape
+
+
+def test_weights_in_an_external_data_file_are_loaded_and_in_the_digest(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    single = tmp_path / "single.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(single), dynamo=False)
+    split = tmp_path / "split.onnx"
+    onnx.save_model(onnx.load(str(single)), str(split), save_as_external_data=True, location="w.data", size_threshold=0)
+    imported = import_onnx(split)
+    assert imported.external_files == ("w.data",)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(imported.module(x), model(x), atol=1e-5, rtol=0)
+    assert imported.sha256 != hashlib.sha256(split.read_bytes()).hexdigest()
+    weights = bytearray((tmp_path / "w.data").read_bytes())
+    weights[0] ^= 1  # one bit of one weight
+    (tmp_path / "w.data").write_bytes(bytes(weights))
+    assert import_onnx(split).sha256 != imported.sha256
