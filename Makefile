@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # it is installed without dependencies next to the pinned CPU torch (see adl/models/torchvision_import.py)
 TORCHVISION := torchvision==0.28.0
 
-.PHONY: demo demo-quick demo-fashion demo-onnx test test-fast lint install bench-deps bench-status fashion-mnist clean
+.PHONY: demo demo-quick demo-fashion demo-onnx demo-hpo test test-fast lint install bench-deps bench-status fashion-mnist clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ demo-fashion: $(STAMP) fashion-mnist
 demo-onnx: $(STAMP)
 	$(BIN)/python examples/onnx/export.py
 	$(BIN)/adl compile examples/onnx/digits_onnx.adl -o build/digits_onnx
+
+# The training hyperparameters searched by the hpo stage (Optuna TPE, two worker processes), then lowered.
+demo-hpo: $(STAMP)
+	$(BIN)/adl compile examples/digits_hpo.adl -o build/digits_hpo
 
 test: lint
 	$(BIN)/python -m pytest -q --durations=15

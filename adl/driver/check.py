@@ -19,6 +19,7 @@ from adl.data import DATA_SOURCES
 from adl.dsl import ast
 from adl.dsl.errors import AdlError, Diagnostic
 from adl.dsl.parser import MAX_SPEC_BYTES, parse
+from adl.ir.domains import domains_in
 from adl.ir.options import Option, OptionError, coerce_settings, quantity_of
 from adl.ir.passes import PassRegistry, default_registry
 from adl.ir.pipeline import resolve_stage
@@ -459,9 +460,12 @@ class _Checker:
             return ()
         stages = []
         facts = set(facts)
+        searcher: ast.Stage | None = None  # the stage before, when it searches the stage after it (hpo)
         for stage in block.stages:
             resolved = resolve_stage(stage, self.registry, self.errors)
             pass_cls = self.registry.get(stage.name)
+            self._search_domains(stage, resolved, searcher)
+            searcher = stage if getattr(pass_cls, "searches_next_stage", False) else None
             if pass_cls is None:
                 continue
             missing = [fact for fact in pass_cls.requires if fact not in facts]
@@ -479,7 +483,34 @@ class _Checker:
             facts.update(pass_cls.ensures)
             if resolved is not None:
                 stages.append(resolved)
+        if searcher is not None:
+            self._nothing_to_search(searcher, None)
         return tuple(stages)
+
+    def _search_domains(self, stage: ast.Stage, resolved: StageSpec | None, searcher: ast.Stage | None) -> None:
+        """Search domains need an `hpo` stage right before theirs, and an `hpo` stage needs a stage
+        with domains right after it."""
+        if resolved is None:  # its options were reported already
+            return
+        domains = domains_in(resolved.as_dict())
+        if domains and searcher is None:
+            first = next(iter(domains.values()))
+            self.error(
+                f"search domains in '{stage.name}' need an `hpo` stage right before it",
+                first.span or stage.name_span,
+                f"e.g. `hpo(trials = 20)` before `{stage.name}(...)`; hpo chooses the values, then '{stage.name}' "
+                "runs with them",
+            )
+        if searcher is not None and not domains:
+            self._nothing_to_search(searcher, stage)
+
+    def _nothing_to_search(self, searcher: ast.Stage, stage: ast.Stage | None) -> None:
+        what = f"the stage after it, '{stage.name}', has none" if stage else "no stage follows it"
+        self.error(
+            f"'{searcher.name}' searches the search domains of the next stage, and {what}",
+            searcher.name_span,
+            "write domains in the next stage's options, e.g. `train(optimizer = adam(lr = loguniform(1e-4, 1e-1)))`",
+        )
 
 
 _REQUIRED_HINTS = {

@@ -149,7 +149,7 @@ def run_pipeline(
             record = PassRecord(p.name, str(p), key, time.perf_counter() - started, reused=True)
             module = cached.evolve(log=module.log + (record,))
         else:
-            module = _run_one(p, module, ctx, done)
+            module = _run_one(with_searched_values(p, module), module, ctx, done)
             record = PassRecord(p.name, str(p), key, time.perf_counter() - started)
             module = module.evolve(log=module.log + (record,))
             store.save(key, module)
@@ -158,6 +158,29 @@ def run_pipeline(
         on_pass(record)
         done.append(p.name)
     return module
+
+
+def link_search_stages(pipeline: Pipeline) -> None:
+    """Give each pass that searches the stage after it (`hpo`) that stage, as `searched`."""
+    passes = list(pipeline)
+    for index, p in enumerate(passes):
+        if getattr(p, "searches_next_stage", False):
+            p.searched = passes[index + 1] if index + 1 < len(passes) else None
+
+
+def with_searched_values(p: Pass, module: Module) -> Pass:
+    """`p` itself, or, when its options hold search domains, `p` configured with the values the
+    `hpo` stage before it chose (the module's ``hpo`` metric)."""
+    from adl.ir.domains import has_domains, substitute
+
+    if not has_domains(p.explicit):
+        return p
+    chosen = (module.metrics.get("hpo") or {}).get("params")
+    if chosen is None:
+        raise PassError(f"'{p}' has search domains, and no `hpo` stage before it chose their values")
+    resolved = type(p)(**substitute(p.explicit, chosen))
+    resolved.budget_shares = p.budget_shares
+    return resolved
 
 
 def _run_one(p: Pass, module: Module, ctx: PassContext, done: Sequence[str]) -> Module:
@@ -244,6 +267,7 @@ def _check_before_any_pass(
     preflight_target(spec)
     cost_model = make_cost_model(spec)
     cost_model.progress = progress or SilentProgress()  # a measured model shows its measuring
+    link_search_stages(pipeline)
     plan = plan_budgets(spec, list(pipeline))
     for index, p in enumerate(pipeline):
         p.budget_shares = plan.for_pass(index)

@@ -66,10 +66,14 @@ class Setting:
 
 @dataclass(frozen=True)
 class Call:
+    """`name(a, b, key = value)`: `args` are the named arguments, `positional` the values written
+    before them (only a search domain takes those: `loguniform(1e-4, 1e-1)`)."""
+
     name: str
     name_span: Span
     args: tuple[Setting, ...]
     span: Span
+    positional: tuple["Value", ...] = ()
 
 
 Value = Union[Number, String, Name, ListValue, RangeValue, Call]

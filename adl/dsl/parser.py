@@ -6,6 +6,7 @@ import functools
 import math
 import re
 import sys
+from dataclasses import dataclass
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -157,6 +158,17 @@ def _number(token: Token, source: str, filename: str) -> int | float:
     return -digits if text.startswith("-") else digits
 
 
+@dataclass(frozen=True)
+class _Args:
+    """A call's arguments while the tree is transformed: the named ones and the positional ones."""
+
+    named: tuple[ast.Setting, ...]
+    positional: tuple[ast.Value, ...]
+
+
+POSITIONAL_MESSAGE = "positional argument: write `name = value`"
+
+
 @v_args(meta=True)
 class _ToAst(Transformer):
     """One method per grammar rule; each builds the AST node with its span."""
@@ -169,6 +181,9 @@ class _ToAst(Transformer):
     @staticmethod
     def _span(meta) -> Span:
         return Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _error(self, message: str, span: Span, note: str | None = None) -> AdlError:
+        return AdlError.at(message, span, filename=self._filename, source=self._source, note=note)
 
     def spec_block(self, meta, children):
         (name,) = children
@@ -185,6 +200,12 @@ class _ToAst(Transformer):
                 head = ast.Name(str(child), _span_of(child))
             else:
                 head = child
+        if isinstance(head, ast.Call) and head.positional:
+            raise self._error(
+                POSITIONAL_MESSAGE,
+                head.positional[0].span,
+                note=f"a block's head takes settings, e.g. `{keyword} {head.name}(name = value)`",
+            )
         return ast.Block(str(keyword), _span_of(keyword), head, settings, self._span(meta))
 
     task_block = data_block = model_block = target_block = _block
@@ -214,6 +235,14 @@ class _ToAst(Transformer):
         name, *parts = children
         settings: list[ast.Setting] = []
         for part in parts:
+            if isinstance(part, _Args):
+                if part.positional:
+                    raise self._error(
+                        POSITIONAL_MESSAGE,
+                        part.positional[0].span,
+                        note=f"a pass's options are named, e.g. `{name}(option = value)`",
+                    )
+                part = part.named
             settings.extend(part)
         return ast.Stage(str(name), _span_of(name), tuple(settings), self._span(meta))
 
@@ -243,10 +272,24 @@ class _ToAst(Transformer):
 
     def call(self, meta, children):
         name, args = children
-        return ast.Call(str(name), _span_of(name), args, self._span(meta))
+        return ast.Call(str(name), _span_of(name), args.named, self._span(meta), args.positional)
 
     def args(self, meta, children):
-        return tuple(children)
+        named: list[ast.Setting] = []
+        positional: list[ast.Value] = []
+        for child in children:
+            if isinstance(child, ast.Setting):
+                named.append(child)
+                continue
+            value = ast.Name(str(child), _span_of(child)) if isinstance(child, Token) else child
+            if named:
+                raise self._error(
+                    "positional argument after a named one",
+                    value.span,
+                    note="write positional arguments first, e.g. `int(8, 256, log = true)`",
+                )
+            positional.append(value)
+        return _Args(tuple(named), tuple(positional))
 
     def _source_text(self, meta) -> str:
         """The node's text as written (spread over lines: joined by single spaces); a slice of the
@@ -366,6 +409,21 @@ def _syntax_error(err: UnexpectedInput, text: str, filename: str) -> AdlError:
         )
     if expected == {"EQUAL"}:
         return fail(f"expected '='{after}", span)
+    if (
+        "EQUAL" in expected
+        and previous is not None
+        and previous.type == "NAME"
+        and token.type in ("NUMBER", "STRING", "NAME", "LSQB")
+    ):
+        # `f(lr 0.1)`: a call's argument may be a bare name too, but a value after it means a missing '='
+        return fail(f"expected '='{after}", span)
+    if token.type == "EQUAL" and previous is not None and previous.type in ("NUMBER", "STRING"):
+        # `f(10 = x)`: a positional value where a setting's name belongs
+        return fail(
+            f"expected a setting name, found {_found(previous)}",
+            _span_of(previous),
+            note="a setting is written `name = value`",
+        )
     if token.type == "EQUAL" and previous is not None and previous.type == "NAME":
         return fail(f"'=' is not allowed here: '{previous}' is not a setting in this position", span)
     if token.type == "UNIT":

@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from adl.dsl import ast
 from adl.dsl.errors import Diagnostic
+from adl.dsl.parser import POSITIONAL_MESSAGE
+from adl.ir.domains import DOMAIN_FORMS, DOMAIN_NAMES, Domain
 from adl.ir.spec import CallValue
 
 # unit -> (quantity, factor to the base unit)
@@ -155,9 +157,17 @@ def quantity_of(number: ast.Number, quantity: str, what: str) -> float:
     return float(f"{value:.15g}")
 
 
-def coerce(value: ast.Value, opt: Option) -> Any:
-    """Turn an AST value into the Python value `opt` describes, or raise OptionError at its span."""
+def coerce(value: ast.Value, opt: Option, *, domains: bool = False) -> Any:
+    """Turn an AST value into the Python value `opt` describes, or raise OptionError at its span.
+
+    With `domains` (a pass's options), a search domain such as ``loguniform(1e-4, 1e-1)`` or
+    ``choice(32, 64)`` becomes a `Domain` in the option's base unit; elsewhere it is an error.
+    """
     kind = opt.kind
+    if isinstance(value, ast.Call) and value.name in DOMAIN_NAMES and kind != "call":
+        if not domains:
+            raise _domain_not_allowed(value)
+        return _coerce_domain(value, opt)
     if kind in ("int", "float"):
         number = _number_value(value, opt)
         if number.unit is not None:
@@ -192,13 +202,13 @@ def coerce(value: ast.Value, opt: Option) -> Any:
         item_opt = Option(opt.name, "int", low=opt.low, high=opt.high)
         if isinstance(value, ast.ListValue) and not items:
             raise _fail(f"'{opt.name}' must not be empty", value.span)
-        return tuple(coerce(item, item_opt) for item in items)
+        return tuple(_coerce_item(item, item_opt, opt, domains) for item in items)
     if kind == "name_list":
         items = value.items if isinstance(value, ast.ListValue) else (value,)
         if isinstance(value, ast.ListValue) and not items:
             raise _fail(f"'{opt.name}' must not be empty", value.span)
         item_opt = Option(opt.noun or opt.name, "name", choices=opt.choices)
-        names = tuple(coerce(item, item_opt) for item in items)
+        names = tuple(_coerce_item(item, item_opt, opt, domains) for item in items)
         for i, item in enumerate(items):
             if names[i] in names[:i]:
                 raise _fail(f"'{names[i]}' is listed twice in '{opt.name}'", item.span)
@@ -207,28 +217,182 @@ def coerce(value: ast.Value, opt: Option) -> Any:
         if not isinstance(value, ast.RangeValue):
             raise _fail(f"'{opt.name}' must be a range such as 2..8", value.span)
         item_opt = Option(opt.name, "int", low=opt.low, high=opt.high)
-        low, high = coerce(value.low, item_opt), coerce(value.high, item_opt)
+        low, high = coerce(value.low, item_opt), coerce(value.high, item_opt)  # numbers: no domains
         if low > high:
             raise _fail(f"empty range {low}..{high} for '{opt.name}'", value.span)
         return (low, high)
     if kind == "call":
-        return _coerce_call(value, opt)
+        return _coerce_call(value, opt, domains=domains)
     raise AssertionError(f"unknown option kind {kind!r}")
 
 
-def _coerce_call(value: ast.Value, opt: Option) -> CallValue:
+def _coerce_item(item: ast.Value, item_opt: Option, opt: Option, domains: bool) -> Any:
+    """One item of a list-valued option: a search domain stands for the whole list, not an item."""
+    if domains and isinstance(item, ast.Call) and item.name in DOMAIN_NAMES:
+        raise _fail(
+            f"a search domain stands for the whole value of '{opt.name}', not for one item",
+            item.span,
+            note=f"search among whole lists, e.g. `{opt.name} = choice([16, 32], [32, 64])`",
+        )
+    return coerce(item, item_opt)
+
+
+def _coerce_call(value: ast.Value, opt: Option, *, domains: bool = False) -> CallValue:
     assert opt.calls is not None
     if isinstance(value, ast.Name):
-        name, name_span, args = value.value, value.span, ()
+        name, name_span, args, positional = value.value, value.span, (), ()
     elif isinstance(value, ast.Call):
-        name, name_span, args = value.name, value.name_span, value.args
+        name, name_span, args, positional = value.name, value.name_span, value.args, value.positional
     else:
         raise _fail(f"'{opt.name}' must be one of: {', '.join(opt.calls)}", value.span)
     if name not in opt.calls:
+        if isinstance(value, ast.Call) and name in DOMAIN_NAMES:
+            if not domains:
+                raise _domain_not_allowed(value)
+            example = next(iter(opt.calls), "f")
+            raise _fail(
+                f"'{opt.name}' cannot be searched with {name}(...): search its arguments instead",
+                value.span,
+                note=f"e.g. `{opt.name} = {example}(option = uniform(low, high))`",
+            )
         raise _fail(
             f"unknown {opt.noun or opt.name} '{name}'", name_span, note="expected one of: " + ", ".join(opt.calls)
         )
-    return CallValue(name, tuple(coerce_settings(args, opt.calls[name], what=f"{name}(...)", span=value.span).items()))
+    schema = opt.calls[name]
+    if positional:
+        known = ", ".join(o.name for o in schema)
+        raise _fail(
+            POSITIONAL_MESSAGE,
+            positional[0].span,
+            note=f"the arguments of {name}(...) are named: {known}" if known else f"{name}(...) takes no arguments",
+        )
+    values = coerce_settings(args, schema, what=f"{name}(...)", span=value.span, domains=domains)
+    return CallValue(name, tuple(values.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Search domains (pass options only)
+
+_FLOAT_KINDS = ("float", "fraction", "time", "bytes", "flops", "count")
+_INT_KINDS = ("int", "count")
+_KIND_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "fraction": "a fraction",
+    "time": "a time",
+    "bytes": "a size",
+    "flops": "a FLOP count",
+    "count": "a count",
+    "bool": "true or false",
+    "name": "a name",
+    "string": "a string",
+    "path": "a path",
+    "int_list": "a list of integers",
+    "name_list": "a list of names",
+    "int_range": "a range",
+}
+
+
+def _domain_not_allowed(call: ast.Call) -> OptionError:
+    return _fail(
+        f"search domain '{call.name}(...)' is allowed only in pass options (pipeline stages)",
+        call.span,
+        note="a setting outside the pipeline takes one value",
+    )
+
+
+def _coerce_domain(call: ast.Call, opt: Option) -> Domain:
+    """A `Domain` from ``uniform(a, b)``, ``loguniform(a, b)``, ``int(a, b[, log = true])`` or
+    ``choice(v1, v2, ...)``, every bound and choice checked and normalised as `opt` says."""
+    name, kind, positional = call.name, opt.kind, call.positional
+    form = f"`{opt.name} = {DOMAIN_FORMS[name]}`"
+    for item in positional:
+        if isinstance(item, ast.Call) and item.name in DOMAIN_NAMES:
+            raise _fail("search domains do not nest", item.span, note=f"write {form}")
+    log, log_setting = False, None
+    for setting in call.args:
+        if name == "int" and setting.key == "log":
+            if log_setting is not None:
+                first = log_setting.key_span
+                raise _fail("duplicate argument 'log'", setting.key_span, f"first set at {first.line}:{first.column}")
+            log_setting = setting
+            log = coerce(setting.value, Option("log", "bool"))
+            continue
+        takes = "takes only `log = true|false`" if name == "int" else "takes no named arguments"
+        raise _fail(f"unknown argument '{setting.key}' for {name}(...)", setting.key_span, note=f"{name}(...) {takes}")
+    if name == "choice":
+        return _coerce_choice(call, opt)
+
+    if name == "int" and kind not in _INT_KINDS:
+        instead = "uniform(low, high) or loguniform(low, high)" if kind in _FLOAT_KINDS else "choice(a, b, ...)"
+        raise _fail(
+            f"int(...) searches an integer, but '{opt.name}' takes {_KIND_WORDS.get(kind, kind)}",
+            call.name_span,
+            note=f"search it with {instead}",
+        )
+    if name != "int" and kind not in _FLOAT_KINDS:
+        if kind == "int":
+            message, instead = f"'{opt.name}' takes an integer: search it with int(...)", "int(low, high)"
+        else:
+            message = f"{name}(...) searches a number, but '{opt.name}' takes {_KIND_WORDS.get(kind, kind)}"
+            instead = "choice(a, b, ...)"
+        raise _fail(message, call.name_span, note=f"write `{opt.name} = {instead}`")
+    if len(positional) != 2:
+        where = positional[2].span if len(positional) > 2 else call.span
+        raise _fail(f"{name}(...) takes two bounds, got {len(positional)}", where, note=f"write {form}")
+
+    low_value, high_value = positional
+    low, high = coerce(low_value, opt), coerce(high_value, opt)
+    if name == "int" and kind == "count":  # counts are floats ("40 K"); the domain's are whole
+        for item, bound in zip(positional, (low, high)):
+            if bound != int(bound):
+                raise _fail(f"int(...) takes whole numbers, got {_text(item)}", item.span)
+        low, high = int(low), int(high)
+    if not low < high:
+        raise _fail(
+            f"empty search domain: {name}(...) needs low < high, got {_text(low_value)} and {_text(high_value)}",
+            call.span,
+        )
+    if (name == "loguniform" or log) and low <= 0:
+        written = "int(..., log = true)" if log else f"{name}(...)"
+        raise _fail(
+            f"{written} needs a low bound above 0, got {_text(low_value)}",
+            low_value.span,
+            note="a log scale starts above 0; uniform(low, high) includes 0",
+        )
+    return Domain(name, low, high, log=log, span=call.span)
+
+
+def _coerce_choice(call: ast.Call, opt: Option) -> Domain:
+    positional = call.positional
+    if len(positional) < 2:
+        raise _fail(
+            f"choice(...) needs at least two values, got {len(positional)}",
+            call.span,
+            note=f"a single value is written as it is: `{opt.name} = value`",
+        )
+    choices: list[Any] = []
+    for item in positional:
+        value = coerce(item, opt)
+        for j, earlier in enumerate(choices):
+            if value == earlier:
+                first = positional[j].span
+                raise _fail(
+                    f"choice(...) lists {_text(item)} twice", item.span, note=f"first at {first.line}:{first.column}"
+                )
+        choices.append(value)
+    return Domain("choice", choices=tuple(choices), span=call.span)
+
+
+def _text(value: ast.Value) -> str:
+    """A value as written (a number with its unit), for messages."""
+    if isinstance(value, ast.Number):
+        return value.text
+    if isinstance(value, ast.Name):
+        return value.value
+    if isinstance(value, ast.String):
+        return f'"{value.value}"'
+    return "this value"
 
 
 def coerce_settings(
@@ -239,11 +403,13 @@ def coerce_settings(
     span: ast.Span | None,
     fill_defaults: bool = True,
     errors: list[Diagnostic] | None = None,
+    domains: bool = False,
 ) -> dict[str, Any]:
     """Check and convert a list of settings against a schema.
 
     Unknown and duplicate keys, missing required keys and bad values are errors. With
     `errors`, every problem is appended and the valid part returned; otherwise the first raises.
+    With `domains` (a pass's options), values may be search domains (see `coerce`).
     """
     by_name = {o.name: o for o in schema}
     seen: dict[str, ast.Setting] = {}
@@ -272,7 +438,7 @@ def coerce_settings(
             continue
         seen[setting.key] = setting
         try:
-            result[setting.key] = coerce(setting.value, opt)
+            result[setting.key] = coerce(setting.value, opt, domains=domains)
         except OptionError as err:
             report(err.diagnostic)
     for opt in schema:
@@ -319,12 +485,16 @@ def format_value(value: Any) -> str:
     if isinstance(value, CallValue):
         inner = ",".join(f"{k}={format_value(v)}" for k, v in value.args)
         return f"{value.name}({inner})"
+    if isinstance(value, Domain):
+        return value.describe(format_value)
     if isinstance(value, tuple):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     raise TypeError(f"cannot print option value {value!r}")
 
 
 def format_option(opt: Option, value: Any) -> str:
+    if isinstance(value, Domain):  # its bounds or choices, each as the option prints a value
+        return value.describe(lambda item: format_option(opt, item))
     if opt.kind == "int_range":
         return f"{value[0]}..{value[1]}"
     if opt.kind in ("time", "bytes", "flops"):

@@ -91,6 +91,7 @@ class Pass:
     ensures: ClassVar[tuple[str, ...]] = ()  # facts the output module provides
     # A pass that searches against the latency budget gets a share of it (see budget_plan.py).
     searches_latency: ClassVar[bool] = False
+    tunable: ClassVar[bool] = False  # its options may hold search domains, which an `hpo` stage before it resolves
     # Files the pass produces that the artifact carries: `Module.files` key -> file name in the artifact.
     artifact_files: ClassVar[Mapping[str, str]] = {}
 
@@ -133,6 +134,11 @@ class Pass:
         schema = {o.name: o for o in self.options}
         inner = ",".join(f"{k}={format_option(schema[k], v)}" for k, v in self.explicit.items())
         return f"{self.name}{{{inner}}}"
+
+    def key_text(self) -> str:
+        """What the pass's checkpoint key hashes of the pass itself: its pipeline string, and for a
+        pass whose result depends on more than its options (`hpo`: the stage it searches), that too."""
+        return str(self)
 
     def __repr__(self) -> str:
         return f"<Pass {self}>"
@@ -213,7 +219,7 @@ class PassContext:
 
 
 def stage_key(upstream: str, p: Pass, version: str) -> str:
-    return hashlib.sha256(f"{upstream}\n{p}\n{version}".encode()).hexdigest()
+    return hashlib.sha256(f"{upstream}\n{p.key_text()}\n{version}".encode()).hexdigest()
 
 
 class PassRegistry(Registry[type[Pass]]):

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 from adl.dsl import ast
 from adl.dsl.errors import AdlError, Diagnostic
 from adl.dsl.parser import parse_pipeline_text
+from adl.ir.domains import domains_in
 from adl.ir.options import OptionError, coerce_settings
 from adl.ir.passes import Pass, PassRegistry, default_registry
 from adl.ir.spec import StageSpec
@@ -80,10 +81,18 @@ def resolve_stage(stage: ast.Stage, registry: PassRegistry, errors: list[Diagnos
             span=stage.name_span,
             fill_defaults=False,
             errors=errors,
+            domains=True,
         )
     except OptionError as err:  # pragma: no cover - coerce_settings collects into `errors`
         errors.append(err.diagnostic)
         return None
     if len(errors) > before:
+        return None
+    searched = domains_in(explicit)
+    if searched and not pass_cls.tunable:
+        domain = next(iter(searched.values()))
+        tunable = [name for name, cls in registry.items() if getattr(cls, "tunable", False)]
+        where = "search domains are allowed in: " + ", ".join(tunable) if tunable else "no pass takes search domains"
+        errors.append(Diagnostic(f"pass '{stage.name}' has no searchable options", domain.span, where))
         return None
     return StageSpec(stage.name, tuple(explicit.items()), stage.span)

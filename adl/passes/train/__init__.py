@@ -65,6 +65,7 @@ class TrainPass(Pass):
     )
     requires = ("model",)
     ensures = ("model", "trained")
+    tunable = True  # an `hpo` stage before it may search its options (adl.passes.hpo)
 
     def run(self, module: Module, ctx: PassContext) -> Module:
         if self.config["distributed"].name != "none":
