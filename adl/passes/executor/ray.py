@@ -209,14 +209,16 @@ class LocalRayCluster:
         import subprocess
         import sys
         import tempfile
-        from pathlib import Path
 
         self.temp = tempfile.mkdtemp(prefix="adl-ray-")  # short: Ray's socket paths must fit 107 bytes
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.address = f"127.0.0.1:{port}"
-        command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus", str(cpus)]
+        # Ray's CLI run by this interpreter (not the `ray` script beside it, which a venv that reaches
+        # its packages through a .pth file lacks): the cluster's workers run this Python too
+        command = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+        command += ["start", "--head", "--num-cpus", str(cpus)]
         command += ["--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard=false"]
         command += [
             "--disable-usage-stats",
