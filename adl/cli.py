@@ -183,8 +183,10 @@ def _cmd_passes(args, out, err) -> int:
 
     for pass_cls in default_registry():
         out.print(_option_table(f"{pass_cls.name}: {pass_cls.summary}", pass_cls.options))
+        searchable = "   options may be search domains (docs/hpo.md)" if pass_cls.tunable else ""
         out.print(
-            f"  requires: {', '.join(pass_cls.requires) or '-'}   ensures: {', '.join(pass_cls.ensures) or '-'}\n"
+            f"  requires: {', '.join(pass_cls.requires) or '-'}   ensures: {', '.join(pass_cls.ensures) or '-'}"
+            f"{searchable}\n"
         )
     return EXIT_OK
 

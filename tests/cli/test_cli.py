@@ -47,6 +47,8 @@ def test_passes_lists_every_pass_with_options(capsys):
         "nas:",
         "amc:",
         "haq:",
+        "hpo:",
+        "options may be search domains",
         "epochs",
         "optimizer",
         "repeats",

@@ -6,6 +6,7 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -25,8 +26,8 @@ from adl.ir.progress import SilentProgress
 from adl.ir.spec import CallValue
 from adl.models import build_model
 from adl.passes.executor import LocalExecutor
-from adl.passes.hpo.search import Budget, best_trial, run_search, trial_records
-from adl.passes.hpo.trial import EpochTask, TrialShared, run_epoch
+from adl.passes.hpo.search import Budget, TrialStates, best_trial, run_search, trial_records
+from adl.passes.hpo.trial import EpochResult, EpochTask, TrialShared, run_epoch
 from adl.passes.train import TrainPass
 from adl.passes.train.loop import train_model
 
@@ -137,6 +138,15 @@ def test_the_same_seed_asks_the_same_values_and_another_seed_others(digits, tmp_
     assert [r["params"] for r in first] == [r["params"] for r in again]
     assert [r["value"] for r in first] == [r["value"] for r in again]
     assert [r["params"] for r in first] != [r["params"] for r in other]
+
+
+def test_a_trial_state_planted_in_the_cache_is_never_unpickled(tmp_path, planted, private_key_dir):
+    states = TrialStates(tmp_path / "trials")
+    states.save(EpochResult(3, 2, b"state", {}))
+    assert states.load(3) == (2, b"state")
+    marker = tmp_path / "ran"
+    (tmp_path / "trials" / "trial-4.pkl").write_bytes(pickle.dumps(planted(marker)))
+    assert states.load(4) == (0, None) and not marker.exists()
 
 
 def test_a_rerun_of_a_finished_study_runs_no_more_trials(digits, tmp_path):

@@ -20,8 +20,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from adl.ir import seal
 from adl.ir.domains import Domain, substitute
-from adl.ir.files import atomic_path
 from adl.ir.passes import PassError
 from adl.passes.executor import Executor, ExecutorLost, Outcome
 from adl.passes.hpo.trial import EpochResult, EpochTask, TrialShared, run_epoch
@@ -106,8 +106,9 @@ def decode(space: Mapping[str, Domain], params: Mapping[str, Any]) -> dict[str, 
 
 
 class TrialStates:
-    """Each running trial's state after its last finished epoch, one file per trial, so that a
-    killed search continues its trials instead of restarting them."""
+    """Each running trial's state after its last finished epoch, one sealed file per trial (see
+    `adl.ir.seal`: the cache is a folder on disk), so that a killed search continues its trials
+    instead of restarting them."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -117,15 +118,15 @@ class TrialStates:
         return self.folder / f"trial-{number}.pkl"
 
     def save(self, result: EpochResult) -> None:
-        with atomic_path(self._path(result.trial)) as tmp:
-            tmp.write_bytes(pickle.dumps({"epoch": result.epoch, "state": result.state}))
+        seal.dump({"epoch": result.epoch, "state": result.state}, self._path(result.trial))
 
     def load(self, number: int) -> tuple[int, bytes | None]:
-        """(last finished epoch, its state); (0, None) when there is none or it is unreadable."""
+        """(last finished epoch, its state); (0, None) when there is none, or a file this user's adl
+        did not write (never unpickled) or cannot read: the trial then starts over."""
         try:
-            saved = pickle.loads(self._path(number).read_bytes())
+            saved = seal.load(self._path(number))
             return int(saved["epoch"]), bytes(saved["state"])
-        except (OSError, pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError):
+        except (OSError, seal.BadSeal, pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError):
             return 0, None
 
     def drop(self, number: int) -> None:
