@@ -154,6 +154,9 @@ deep_values = st.builds(
 )
 
 
+DOMAIN_CALLS = ("uniform", "loguniform", "int", "choice")  # search domains (adl.ir.domains)
+
+
 def rarely(draw, one_in: int) -> bool:
     """True once in `one_in` draws; the usual case is the simple one Hypothesis starts from and shrinks to."""
     return draw(st.integers(1, one_in)) == one_in
@@ -207,7 +210,9 @@ def hostile_values(draw, depth: int = 0) -> str:
         return _list(draw(st.lists(hostile_values(depth + 1), max_size=3)))
     if choice == 6:
         args = draw(st.lists(st.tuples(names, hostile_values(depth + 1)), max_size=2))
-        return _call(draw(names), args)
+        positional = draw(st.lists(hostile_values(depth + 1), max_size=2))
+        callee = draw(st.sampled_from(DOMAIN_CALLS) | names)
+        return callee + "(" + ", ".join([*positional, *(f"{k} = {v}" for k, v in args)]) + ")"
     return draw(deep_values if rarely(draw, 3) else _IDENTIFIERS)
 
 
@@ -264,8 +269,23 @@ def _calls(callee: str, schema: tuple[Option, ...]) -> st.SearchStrategy[str]:
 
 @st.composite
 def value_of(draw, opt: Option) -> str:
-    """A value for `opt`: valid nine times in ten, hostile otherwise."""
-    return draw(hostile_values() if rarely(draw, 10) else _valid_value(opt))
+    """A value for `opt`: valid most of the time, now and then a search domain of valid values,
+    hostile one time in ten."""
+    if rarely(draw, 10):
+        return draw(hostile_values())
+    if rarely(draw, 8):
+        return draw(domain_value(opt))
+    return draw(_valid_value(opt))
+
+
+@st.composite
+def domain_value(draw, opt: Option) -> str:
+    """A search domain over values of `opt`'s kind (`loguniform(1e-4, 0.1)`), now and then of the
+    wrong arity or form."""
+    callee = draw(st.sampled_from(DOMAIN_CALLS))
+    values = draw(st.lists(_valid_value(opt), min_size=1, max_size=3))
+    log = ", log = true" if callee == "int" and rarely(draw, 3) else ""
+    return f"{callee}({', '.join(values)}{log})"
 
 
 @st.composite
@@ -350,7 +370,7 @@ def stage(draw, name: str) -> str:
 def pipeline_block(draw) -> str:
     passes = vocabulary()["passes"]
     if not rarely(draw, 5):  # in the usual order
-        order = [p for p in ("nas", "train", "amc", "haq", "lower") if p in passes]
+        order = [p for p in ("nas", "hpo", "train", "amc", "haq", "lower") if p in passes]
         names_ = [p for p in order if (p in ("train", "lower") and not rarely(draw, 8)) or draw(st.booleans())]
     else:
         names_ = draw(st.lists(st.sampled_from(passes) | names, max_size=5))
