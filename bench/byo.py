@@ -62,6 +62,7 @@ from peers import (
     guarded,
     ort_engine,
     ort_session,
+    same_run_ratio,
     time_interleaved,
     versions,
 )
@@ -251,24 +252,19 @@ def _value(report: Mapping, arch: str, engine: str, key: str) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
-def same_run_ratio(report: Mapping, arch: str, numerator: str, denominator: str) -> float | None:
-    """The median over rounds of each round's latency ratio: both engines timed back to back in every
-    round, so a slow spell of this shared machine, which slows both, cancels out."""
+def engines_ratio(report: Mapping, arch: str, numerator: str, denominator: str) -> float | None:
+    """Two engines' same-run latency ratio (`peers.same_run_ratio` of their per-round medians)."""
     engines = report["archs"].get(arch, {}).get("engines", {})
-    a = engines.get(numerator, {}).get("rounds_ms")
-    b = engines.get(denominator, {}).get("rounds_ms")
-    if not a or not b or len(a) != len(b):
-        return None
-    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+    return same_run_ratio(engines.get(numerator, {}).get("rounds_ms"), engines.get(denominator, {}).get("rounds_ms"))
 
 
 def goals(report: Mapping) -> dict:
     out = {}
     for arch in report["archs"]:
-        out[f"{arch}_haq_vs_ort_int8"] = goal(same_run_ratio(report, arch, "adl_haq", "ort_int8"), HAQ_VS_ORT_INT8)
-        out[f"{arch}_train_vs_ort"] = goal(same_run_ratio(report, arch, "adl_train", "ort_train"), TRAIN_VS_ORT)
+        out[f"{arch}_haq_vs_ort_int8"] = goal(engines_ratio(report, arch, "adl_haq", "ort_int8"), HAQ_VS_ORT_INT8)
+        out[f"{arch}_train_vs_ort"] = goal(engines_ratio(report, arch, "adl_train", "ort_train"), TRAIN_VS_ORT)
         out[f"{arch}_amc_speedup"] = goal(
-            same_run_ratio(report, arch, "adl_train", "adl_amc"), AMC_SPEEDUP, at_least=True
+            engines_ratio(report, arch, "adl_train", "adl_amc"), AMC_SPEEDUP, at_least=True
         )
         trained, quantized = (_value(report, arch, e, "accuracy") for e in ("adl_train", "adl_haq"))
         drop = None if trained is None or quantized is None else 100 * (trained - quantized)

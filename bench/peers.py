@@ -144,6 +144,16 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator and denominator else None
 
 
+def same_run_ratio(numerator: Sequence[float] | None, denominator: Sequence[float] | None) -> float | None:
+    """The median over rounds of each round's ratio numerator / denominator (two engines' per-round
+    latencies, timed back to back in every round), so that a slow spell of this shared machine,
+    which slows both, cancels out -- a ratio of the two medians can pair a slow round of one with a
+    fast round of the other. None when either is missing or they differ in length."""
+    if not numerator or not denominator or len(numerator) != len(denominator):
+        return None
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
 def export_onnx(model: torch.nn.Module, example: np.ndarray, path: Path) -> str:
     """Export `model` to ONNX at `path` (input "x", output "y", opset 17): the TorchScript exporter
     (dynamo=False, deprecated), else torch.export's. Returns which."""

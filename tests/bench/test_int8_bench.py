@@ -67,7 +67,8 @@ def test_bad_arguments_are_rejected(argv, capsys):
 
 
 def engines(**latencies):
-    return {"engines": {name: {"latency_s": value} for name, value in latencies.items()}}
+    """Engines timed at `latency` in each of three rounds."""
+    return {"engines": {name: {"latency_s": value, "rounds_s": [value] * 3} for name, value in latencies.items()}}
 
 
 def test_goals_speedup_and_peers():
@@ -88,6 +89,16 @@ def test_goals_speedup_and_peers():
     assert openvino["value"] == pytest.approx(1.6) and openvino["met"] is False
     assert not any(goal.startswith("mobilenet_v2_32: adl int8 latency <=") for goal in out)  # no peer goals there
     assert len(out) == 4
+
+
+def test_goals_compare_engines_round_by_round():
+    """A slow spell that slows every engine in two rounds leaves the ratio alone; the ratio of the
+    engines' medians would have paired adl's slow round with ONNX Runtime's fast one."""
+    row = engines(adl_fp32=4e-3, adl_int8=1e-3, ort_int8=1e-3, openvino_int8=1e-3)
+    row["engines"]["adl_int8"].update(latency_s=1.9e-3, rounds_s=[1.9e-3, 1.9e-3, 1e-3])
+    row["engines"]["ort_int8"].update(latency_s=1.0e-3, rounds_s=[2e-3, 2e-3, 1e-3])
+    out = int8.goals({"networks": {"mobilenet_v2_224": row}})
+    assert out["mobilenet_v2_224: adl int8 latency <= ONNX Runtime int8"]["value"] == pytest.approx(0.95)
 
 
 def test_goals_with_missing_figures_are_not_met():

@@ -85,3 +85,15 @@ def test_hpo_without_a_validation_split_is_refused_before_any_work(tmp_path):
         adl.compile(spec, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
     assert "hpo scores its trials on the validation split" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_hpo_before_a_distributed_train_is_refused_at_the_train_stage(tmp_path):
+    spec = HEAD + (
+        "pipeline {\nhpo(trials = 2)\n"
+        "train(distributed = terngrad(workers = 2), optimizer = adam(lr = loguniform(1e-3, 1e-1)))\n}\n"
+    )
+    with pytest.raises(AdlError) as info:
+        adl.compile(spec, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "s.adl:7:1: error: hpo trains each trial in one process; 'train' is distributed" in message
+    assert not (tmp_path / "out").exists()
