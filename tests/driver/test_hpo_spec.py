@@ -95,5 +95,5 @@ def test_hpo_before_a_distributed_train_is_refused_at_the_train_stage(tmp_path):
     with pytest.raises(AdlError) as info:
         adl.compile(spec, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
     message = str(info.value)
-    assert "s.adl:7:1: error: hpo trains each trial in one process; 'train' is distributed" in message
+    assert "<spec>:7:1: error: hpo trains each trial in one process; 'train' is distributed" in message
     assert not (tmp_path / "out").exists()
