@@ -71,8 +71,8 @@ from adl.hwmodels.calibration import host_cpu
 from adl.ir.layers import describe_model
 from adl.models.zoo import build_model
 from adl.passes.amc.env import AmcEnv
-from adl.passes.amc.graph import ChannelGraph
 from adl.passes.amc.search import AmcConfig, make_env, run_amc
+from adl.passes.channels import ChannelGraph
 
 if TYPE_CHECKING:
     from adl.backends.tvm.build import TuneRequest
@@ -82,6 +82,7 @@ MEASURES = (
     "bench/amc.py",
     "bench/common.py",
     "adl/passes/amc",
+    "adl/passes/channels.py",
     "adl/passes/rl",
     "adl/passes/train/loop.py",
     "adl/models",

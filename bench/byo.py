@@ -77,6 +77,7 @@ MEASURES = (
     "adl/driver",
     "adl/passes/train",
     "adl/passes/amc",
+    "adl/passes/channels.py",
     "adl/passes/haq",
     "adl/passes/rl",
     "adl/backends/tvm",

@@ -480,12 +480,26 @@ class _Checker:
                     stage.name_span,
                     hint,
                 )
+            if resolved is not None:
+                self._option_requires(stage, pass_cls, resolved, facts)
             facts.update(pass_cls.ensures)
             if resolved is not None:
                 stages.append(resolved)
         if searcher is not None:
             self._nothing_to_search(searcher, None)
         return tuple(stages)
+
+    def _option_requires(self, stage: ast.Stage, pass_cls: Any, resolved: StageSpec, facts: set[str]) -> None:
+        """Option values that need facts no earlier step provides, reported at the value."""
+        for option, (needed, hint) in pass_cls.option_requires(resolved.as_dict()).items():
+            missing = [fact for fact in needed if fact not in facts]
+            if missing:
+                setting = next((s for s in stage.settings if s.key == option), None)
+                self.error(
+                    f"'{option}' of pass '{stage.name}' needs {', '.join(missing)}, which no earlier step provides",
+                    setting.value.span if setting is not None else stage.name_span,
+                    hint,
+                )
 
     def _search_domains(self, stage: ast.Stage, resolved: StageSpec | None, searcher: ast.Stage | None) -> None:
         """Search domains need an `hpo` stage right before theirs, and an `hpo` stage needs a stage

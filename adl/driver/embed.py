@@ -89,6 +89,10 @@ def check_requires(passes: Sequence[Any], facts: set[str]) -> None:
                 f"pass '{p.name}' needs {', '.join(missing)}, which neither the network given nor an "
                 f"earlier pass provides{hint}"
             )
+        for option, (needed, why) in p.option_requires(p.explicit).items():
+            lacking = [fact for fact in needed if fact not in facts]
+            if lacking:
+                raise ValueError(f"'{option}' of pass '{p.name}' needs {', '.join(lacking)}: {why}")
         facts.update(p.ensures)
 
 

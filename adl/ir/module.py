@@ -39,6 +39,8 @@ class Module:
     files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     log: tuple[PassRecord, ...] = ()
     facts: frozenset[str] = frozenset()  # what passes established: "trained", "library", ...
+    # the network before the first compression pass (amc, haq) changed it: distillation's teacher
+    reference: Any = None
 
     def evolve(self, **changes: Any) -> "Module":
         for name in ("metrics", "files"):

@@ -95,6 +95,13 @@ class Pass:
     # Files the pass produces that the artifact carries: `Module.files` key -> file name in the artifact.
     artifact_files: ClassVar[Mapping[str, str]] = {}
 
+    @classmethod
+    def option_requires(cls, options: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], str]]:
+        """Facts that some option values need on top of `requires` (`train { distill = teacher() }`:
+        a compression pass before it): option name -> (facts, hint). `options` are the stage's
+        explicit options; the checker reports a missing fact at the option's value."""
+        return {}
+
     def __init__(self, **explicit: Any) -> None:
         self.config: dict[str, Any] = configure(f"pass '{self.name}'", self.options, explicit)
         self.explicit: dict[str, Any] = {o.name: explicit[o.name] for o in self.options if o.name in explicit}

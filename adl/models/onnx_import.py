@@ -1,7 +1,7 @@
 """An ONNX file as a `torch.fx.GraphModule` of standard torch modules (`model onnx(path = ...)`).
 
 Every adl pass works on a torch network: `train` fine-tunes its parameters, `amc` prunes channels
-on its torch.fx graph (`adl/passes/amc/graph.py`), `haq` replaces its Conv2d and Linear modules
+on its torch.fx graph (`adl/passes/channels.py`), `haq` replaces its Conv2d and Linear modules
 and `lower` exports it with torch.export. So each ONNX operator becomes the module or function
 those passes know: Conv -> nn.Conv2d, Gemm and MatMul (+ Add) -> nn.Linear, BatchNormalization
 -> nn.BatchNorm2d/1d, Relu -> nn.ReLU, Clip(0, 6) -> nn.ReLU6, Add/Sub/Mul/Div ->

@@ -28,7 +28,7 @@ def bench_network(request) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 
 def environment(model: torch.nn.Module, shape: tuple[int, ...], budget: float, multiple: int):
     from adl.passes.amc.env import AmcEnv, PolicyScore, Resources
-    from adl.passes.amc.graph import ChannelGraph
+    from adl.passes.channels import ChannelGraph
 
     graph = ChannelGraph(model, (1, *shape))
     return AmcEnv(

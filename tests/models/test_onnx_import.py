@@ -469,7 +469,7 @@ def test_check_input_shape(tmp_path):
 def test_channel_pruning_follows_the_imported_graph(tmp_path, exporter):
     """amc's ChannelGraph understands the converted vocabulary (residual adds, ReLU6, depthwise
     convs, constants of the input normalisation, a concatenation) and prunes it."""
-    graph_module = pytest.importorskip("adl.passes.amc.graph")
+    graph_module = pytest.importorskip("adl.passes.channels")
     torch.manual_seed(0)
     for name in ("mobilenet", "cat"):
         make, shape = MODELS[name]

@@ -19,8 +19,8 @@ from adl.ir.spec import TargetSpec
 from adl.models.zoo import BasicBlock, InvertedResidual, _conv_bn, build_model
 from adl.passes.amc import AmcPass
 from adl.passes.amc.env import AmcEnv, BudgetError, PolicyScore, Resources, keep_grid
-from adl.passes.amc.graph import ChannelGraph, PruningError
 from adl.passes.amc.reconstruct import Reconstructor
+from adl.passes.channels import ChannelGraph, PruningError
 
 SHAPE = (2, 3, 8, 8)
 

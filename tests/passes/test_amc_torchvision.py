@@ -21,8 +21,8 @@ from torch import nn
 
 from adl.ir.layers import describe_model
 from adl.passes.amc.env import AmcEnv, PolicyScore, Resources
-from adl.passes.amc.graph import ChannelGraph, PruningError
 from adl.passes.amc.reconstruct import Reconstructor
+from adl.passes.channels import ChannelGraph, PruningError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

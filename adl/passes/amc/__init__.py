@@ -6,7 +6,7 @@
       lower
     }
 
-The trained network's channel groups are found on its torch.fx graph (`graph.py`: residual
+The trained network's channel groups are found on its torch.fx graph (`adl/passes/channels.py`: residual
 additions, depthwise convolutions, concatenations and BatchNorms tie channels together); a
 DDPG agent (`adl.passes.rl.ddpg`) walks the groups and picks each one's keep fraction
 (`env.py`), every action clipped so that the budget stays reachable; each episode's pruned
@@ -29,7 +29,7 @@ from adl.ir.options import Option
 from adl.ir.passes import Pass, PassContext, PassError
 from adl.ir.report import Section
 from adl.ir.search_state import load_search_state, save_search_state, search_key
-from adl.passes.train import finetune, finetune_options, scoring_images_note
+from adl.passes.train import finetune, finetune_options, pre_compression, scoring_images_note
 
 if TYPE_CHECKING:
     from adl.passes.amc.env import AmcEnv
@@ -114,7 +114,7 @@ class AmcPass(Pass):
         *finetune_options(10, 0.001, "fine-tuning the pruned network"),
     )
     requires = ("trained",)
-    ensures = ("model", "trained", "pruned")
+    ensures = ("model", "trained", "pruned", "compressed")
 
     def latency_factor(self, spec: Any) -> float:
         """The latency budget if given, else the FLOPs budget (latency ~ FLOPs to first order)."""
@@ -130,8 +130,8 @@ class AmcPass(Pass):
 
         from adl.ir.layers import describe_model
         from adl.passes.amc.env import BudgetError
-        from adl.passes.amc.graph import PruningError
         from adl.passes.amc.search import AmcConfig, make_env
+        from adl.passes.channels import PruningError
 
         dataset = ctx.dataset()
         budgets = self.budgets()
@@ -170,7 +170,7 @@ class AmcPass(Pass):
         )
         metrics: dict[str, Any] = {}
         if self.config["finetune"] > 0:
-            finetuned = finetune(pruned, ctx, self.config)
+            finetuned = finetune(pruned, ctx, self.config, teacher=pre_compression(module))
             pruned = finetuned.model
             metrics.update(torch_accuracy=finetuned.test_accuracy)
             finetuning = {
@@ -191,7 +191,7 @@ class AmcPass(Pass):
             )
         channels = {env.graph.groups[d.group].name: [int(result.counts[d.group]), d.size] for d in env.decisions}
         return (
-            module.evolve(model=pruned)
+            module.evolve(model=pruned, reference=pre_compression(module))
             .with_metrics(
                 **metrics,
                 amc={
@@ -212,7 +212,7 @@ class AmcPass(Pass):
                     "history": result.history,
                 },
             )
-            .establish("pruned", "trained")
+            .establish("pruned", "trained", "compressed")
         )
 
     def report(self, metrics: Mapping[str, Any]) -> list[Section]:

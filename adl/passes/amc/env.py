@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from adl.ir.layers import LayerDesc
-from adl.passes.amc.graph import ChannelGraph, LayerTable
+from adl.passes.channels import ChannelGraph, LayerTable
 from adl.passes.rl.ddpg import Step
 
 RESOURCES = ("flops", "params", "latency")

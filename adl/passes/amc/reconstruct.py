@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adl.passes.amc.graph import ChannelGraph
+from adl.passes.channels import ChannelGraph
 
 
 class Reconstructor:

@@ -15,8 +15,8 @@ import torch
 from adl.ir.layers import LayerDesc
 from adl.ir.progress import Progress, SilentProgress
 from adl.passes.amc.env import AmcEnv, PolicyScore, Resources
-from adl.passes.amc.graph import ChannelGraph
 from adl.passes.amc.reconstruct import Reconstructor
+from adl.passes.channels import ChannelGraph
 from adl.passes.rl.ddpg import DDPGAgent, DDPGConfig, Episode, search
 
 

@@ -35,7 +35,7 @@ from adl.ir.options import Option
 from adl.ir.passes import Pass, PassContext, PassError
 from adl.ir.report import Section
 from adl.ir.search_state import load_search_state, save_search_state, search_key
-from adl.passes.train import finetune, finetune_options, scoring_images_note
+from adl.passes.train import finetune, finetune_options, pre_compression, scoring_images_note
 
 if TYPE_CHECKING:
     from torch import nn
@@ -108,7 +108,7 @@ class HaqPass(Pass):
     )
     artifact_files = {"packed_weights": "weights.packed.npz"}  # the weight codes, bit-packed per layer
     requires = ("trained",)
-    ensures = ("model", "trained", "quantized")
+    ensures = ("model", "trained", "quantized", "compressed")
 
     def latency_factor(self, spec: Any) -> float:
         """A latency budget's fraction of the highest-width latency (1.0 when the budget is the
@@ -137,16 +137,16 @@ class HaqPass(Pass):
         data = SearchData.split(dataset, config.val_samples, config.calibration_samples, config.seed)
         result = self._search_policy(model, pricing, data, config, ctx)
         chosen = self._price_choice(pricing, result, ctx)
-        fake, finetune_history = self._finetune(model, result, data, config, ctx)
+        fake, finetune_history = self._finetune(model, result, data, config, ctx, pre_compression(module))
         deployment = deployable_model(fake, ctx.spec.target.kind)
         packed_path = self._pack(deployment.packed, ctx)
         scores = _test_scores(fake, deployment.model, dataset)
         metrics = self._metrics(config, pricing, result, chosen, deployment, finetune_history, scores)
         return (
-            module.evolve(model=deployment.model)
+            module.evolve(model=deployment.model, reference=pre_compression(module))
             .with_files(packed_weights=str(packed_path))
             .with_metrics(torch_accuracy=scores.deployed_accuracy, haq=metrics)
-            .establish("quantized", "trained")
+            .establish("quantized", "trained", "compressed")
         )
 
     def _pricing(self, model: nn.Module, dataset: Any, ctx: PassContext) -> _Pricing:
@@ -237,7 +237,13 @@ class HaqPass(Pass):
         return chosen
 
     def _finetune(
-        self, model: nn.Module, result: HaqResult, data: SearchData, config: HaqConfig, ctx: PassContext
+        self,
+        model: nn.Module,
+        result: HaqResult,
+        data: SearchData,
+        config: HaqConfig,
+        ctx: PassContext,
+        teacher: nn.Module,
     ) -> tuple[nn.Module, list[dict[str, Any]]]:
         """The network fake-quantized to the chosen policy, after quantization-aware fine-tuning (if
         any), in eval mode; the fine-tuning history."""
@@ -246,7 +252,7 @@ class HaqPass(Pass):
         fake = quantize_model(model, result.policy, data.calibration, method=config.calibration, mode=config.mode)
         history: list[dict[str, Any]] = []
         if self.config["finetune"] > 0:
-            trained = finetune(fake, ctx, self.config)
+            trained = finetune(fake, ctx, self.config, teacher=teacher)
             fake, history = trained.model, trained.history
         fake.eval()
         return fake, history

@@ -21,7 +21,6 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-# the loop's own epoch and layout: a trial's epoch must be train_model's, bit for bit
 from adl.passes.train.loop import (
     TrainingDiverged,
     _train_epoch,
@@ -32,6 +31,9 @@ from adl.passes.train.loop import (
     make_optimizer,
     make_scheduler,
 )
+
+# the loop's own epoch and layout: a trial's epoch must be train_model's, bit for bit
+from adl.passes.train.regularizers import build_objective
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,15 @@ def run_epoch(shared: TrialShared, task: EpochTask) -> EpochResult:
     model.to(memory_format=layout)
     optimizer = make_optimizer(model.parameters(), config["optimizer"])
     scheduler = make_scheduler(optimizer, config)
+    # as in train_model: the terms see the starting weights, before the trial's state is loaded
+    objective = build_objective(model, config, dataset=dataset, teacher=None, seed=task.seed, log=lambda _: None)
+    objective.attach(model, optimizer)
     if task.state is not None:
         state = torch.load(io.BytesIO(task.state), weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
     x_train, y_train = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     index = task.epoch - 1  # train_model counts epochs from 0 in its seeds
     torch.manual_seed(task.seed * 100_003 + index)
@@ -88,11 +92,14 @@ def run_epoch(shared: TrialShared, task: EpochTask) -> EpochResult:
     lr = optimizer.param_groups[0]["lr"]
     try:
         total_loss, correct = _train_epoch(
-            model, optimizer, loss_fn, x_train[order], y_train[order], config["batch_size"], layout, task.epoch, lr
+            model, optimizer, objective, x_train[order], y_train[order], config["batch_size"], layout, task.epoch, lr
         )
         check_finite_weights(model, task.epoch, lr)
     except TrainingDiverged as err:
+        objective.detach()
         return EpochResult(task.trial, task.epoch, b"", {"epoch": task.epoch, "lr": lr}, diverged=str(err))
+    extra_figures = objective.epoch_record()
+    objective.detach()
     if scheduler is not None:
         scheduler.step()
     row = {
@@ -100,6 +107,7 @@ def run_epoch(shared: TrialShared, task: EpochTask) -> EpochResult:
         "loss": total_loss / len(order),
         "train_accuracy": correct / len(order),
         "lr": lr,
+        **extra_figures,
         "val_accuracy": evaluate(model, dataset.x_val, dataset.y_val),  # in the training layout, as train_model
     }
     buffer = io.BytesIO()

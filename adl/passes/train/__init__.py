@@ -14,6 +14,7 @@ from adl.ir.options import Option
 from adl.ir.passes import Pass, PassContext
 from adl.ir.spec import CallValue
 from adl.passes.train.distributed import STRATEGIES
+from adl.passes.train.regularizers import DISTILL, REGULARIZERS, TRANSFER
 
 OPTIMIZERS: dict[str, tuple[Option, ...]] = {
     "adam": (
@@ -39,6 +40,15 @@ OPTIMIZERS: dict[str, tuple[Option, ...]] = {
 }
 
 
+DISTILL_OPTION = Option(
+    "distill",
+    "call",
+    CallValue("none"),
+    "teacher(temperature, weight): learn the pre-compression network's soft outputs too (docs/distill.md)",
+    calls=DISTILL,
+)
+
+
 class TrainPass(Pass):
     name = "train"
     summary = "train the model on the spec's training split (PyTorch, CPU) and measure test accuracy"
@@ -55,6 +65,15 @@ class TrainPass(Pass):
         Option("schedule", "name", "cosine", "learning-rate schedule over the epochs", choices=("cosine", "constant")),
         Option("label_smoothing", "fraction", 0.0, "label smoothing of the cross-entropy loss", low=0.0, high=0.5),
         Option(
+            "regularizer",
+            "call",
+            CallValue("none"),
+            "ssl(filters, channels, step): structured sparsity (docs/ssl.md); l2sp(alpha, beta) or "
+            "delta(alpha, beta, attention, probe, samples): transfer from pretrained weights (docs/transfer.md)",
+            calls=REGULARIZERS,
+        ),
+        DISTILL_OPTION,
+        Option(
             "distributed",
             "call",
             CallValue("none"),
@@ -68,6 +87,7 @@ class TrainPass(Pass):
     tunable = True  # an `hpo` stage before it may search its options (adl.passes.hpo)
 
     def run(self, module: Module, ctx: PassContext) -> Module:
+        self._check_objective(module)
         if self.config["distributed"].name != "none":
             return self._run_distributed(module, ctx)
         from adl.passes.train.loop import train_model
@@ -81,6 +101,7 @@ class TrainPass(Pass):
             progress=ctx.progress,
             threads=ctx.spec.target.cores,
             log=ctx.log,
+            teacher=module.reference,
         )
         return (
             module.evolve(model=result.model)
@@ -91,6 +112,40 @@ class TrainPass(Pass):
             )
             .establish("trained")
         )
+
+    @classmethod
+    def option_requires(cls, options: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], str]]:
+        needs: dict[str, tuple[tuple[str, ...], str]] = {}
+        distill, regularizer = options.get("distill"), options.get("regularizer")
+        if distill is not None and distill.name != "none":
+            needs["distill"] = (
+                ("compressed",),
+                "the teacher is the network before `amc`, `haq` or `shrink`: put one first",
+            )
+        if regularizer is not None and regularizer.name in TRANSFER:
+            needs["regularizer"] = (
+                ("trained",),
+                f"{regularizer.name} pulls the network toward its starting weights: bring pretrained ones "
+                "(model torchvision(weights = ...), model onnx(...)) or train it in an earlier stage",
+            )
+        return needs
+
+    def _check_objective(self, module: Module) -> None:
+        """Refuse, before any work, what the loss terms cannot do with this module."""
+        from adl.ir.passes import PassError
+        from adl.passes.train.regularizers import NO_TEACHER
+
+        regularizer, distill = self.config["regularizer"].name, self.config["distill"].name
+        if distill != "none" and module.reference is None:
+            raise PassError(f"train: {NO_TEACHER}")
+        if regularizer in TRANSFER and "trained" not in module.facts:
+            raise PassError(
+                f"train: regularizer = {regularizer}(...) pulls the network toward its starting weights, but "
+                "this network arrives untrained: give pretrained weights (model torchvision(weights = ...), "
+                "model onnx(...)) or train it in an earlier stage"
+            )
+        if self.config["distributed"].name != "none" and (regularizer != "none" or distill != "none"):
+            raise PassError("train: `regularizer` and `distill` are not supported with `distributed` training yet")
 
     def _optimizer_record(self) -> dict[str, Any]:
         """For the learned optimizer, which weights trained the network (file and digest)."""
@@ -136,8 +191,8 @@ class TrainPass(Pass):
 
 
 def finetune_options(epochs: int, lr: float, what: str) -> tuple[Option, ...]:
-    """The options of a compression pass's fine-tuning (`finetune`, `batch_size`, `optimizer`),
-    read by `finetune`; `what` names the fine-tuning in the option's help."""
+    """The options of a compression pass's fine-tuning (`finetune`, `batch_size`, `optimizer`,
+    `distill`), read by `finetune`; `what` names the fine-tuning in the option's help."""
     return (
         Option("finetune", "int", epochs, f"epochs of {what} (0: none)", low=0, high=100_000),
         Option("batch_size", "int", 64, "fine-tuning samples per step", low=1, high=65536),
@@ -148,17 +203,24 @@ def finetune_options(epochs: int, lr: float, what: str) -> tuple[Option, ...]:
             "fine-tuning optimizer: adam(...), adamw(...), sgd(...) or l2o(...)",
             calls=OPTIMIZERS,
         ),
+        DISTILL_OPTION,
     )
 
 
-def finetune(model: Any, ctx: PassContext, options: Mapping[str, Any]) -> Any:
+def finetune(model: Any, ctx: PassContext, options: Mapping[str, Any], teacher: Any = None) -> Any:
     """Fine-tune `model` (a compression pass's output) as the pass's `finetune_options` say, the
     `train` loop's defaults for the rest; resumable in the running pass's state folder.
+    `teacher` (the network before compression) is what `distill = teacher(...)` learns from.
     Returns the loop's `TrainResult`."""
     from adl.passes.train.loop import train_model
 
     config = {o.name: o.default for o in TrainPass.options}
-    config.update(epochs=options["finetune"], batch_size=options["batch_size"], optimizer=options["optimizer"])
+    config.update(
+        epochs=options["finetune"],
+        batch_size=options["batch_size"],
+        optimizer=options["optimizer"],
+        distill=options["distill"],
+    )
     state = ctx.state_dir() / "finetune"
     state.mkdir(exist_ok=True)
     return train_model(
@@ -170,7 +232,14 @@ def finetune(model: Any, ctx: PassContext, options: Mapping[str, Any]) -> Any:
         progress=ctx.progress,
         threads=ctx.spec.target.cores or 1,
         log=ctx.log,
+        teacher=teacher,
     )
+
+
+def pre_compression(module: Module) -> Any:
+    """The network before the first compression pass: what a compression pass records as the
+    module's `reference` and what its distillation learns from by default."""
+    return module.reference if module.reference is not None else module.model
 
 
 def scoring_images_note(pass_name: str, dataset: Any, samples: int) -> str:

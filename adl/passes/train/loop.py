@@ -155,7 +155,7 @@ def _training_layout(input_dims: int) -> torch.memory_format:
 def _train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
     batch_size: int,
@@ -188,19 +188,29 @@ def train_model(
     progress: Progress,
     threads: int = 1,
     log: Callable[[str], None] = print,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train `model` in place on `dataset`'s training split; resumes from `state_dir` if a run was cut off.
 
     Every epoch reseeds its own shuffling and torch RNG from (seed, epoch), so a run
-    resumed after epoch k produces bit-identical weights to an uninterrupted one.
+    resumed after epoch k produces bit-identical weights to an uninterrupted one. The loss is
+    the cross-entropy plus what the config's `regularizer` and `distill` add (`teacher`: the
+    network `distill` learns from); their terms see the weights as they are before any resumed
+    state is loaded: the starting point that `l2sp` and `delta` pull toward.
     """
+    from adl.passes.train.regularizers import build_objective
+
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     epochs, batch_size = config["epochs"], config["batch_size"]
     layout = _training_layout(dataset.x_train.ndim)
     model.to(memory_format=layout)
     optimizer = make_optimizer(model.parameters(), config["optimizer"])
     scheduler = make_scheduler(optimizer, config)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    try:
+        objective = build_objective(model, config, dataset=dataset, teacher=teacher, seed=seed, log=log)
+    except ValueError as err:
+        raise PassError(f"train: {err}") from err
+    objective.attach(model, optimizer)
     history: list[dict[str, float]] = []
     start_epoch = 0
 
@@ -220,7 +230,7 @@ def train_model(
                 order = epoch_order(seed, epoch, len(x_train))
                 lr = optimizer.param_groups[0]["lr"]
                 total_loss, correct = _train_epoch(
-                    model, optimizer, loss_fn, x_train[order], y_train[order], batch_size, layout, epoch + 1, lr
+                    model, optimizer, objective, x_train[order], y_train[order], batch_size, layout, epoch + 1, lr
                 )
                 check_finite_weights(model, epoch + 1, lr)
                 if scheduler is not None:
@@ -231,6 +241,7 @@ def train_model(
                         "loss": total_loss / len(order),
                         "train_accuracy": correct / len(order),
                         "lr": lr,
+                        **objective.epoch_record(),
                     }
                 )
                 if dataset.has_validation:
@@ -247,6 +258,7 @@ def train_model(
                 )
                 bar.advance(1, loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_accuracy']:.3f}")
     finally:
+        objective.detach()
         model.to(memory_format=torch.contiguous_format)  # what every later pass (export, pruning) expects
     accuracy = evaluate(model, dataset.x_test, dataset.y_test)
     model.eval()
