@@ -97,3 +97,14 @@ def test_hpo_before_a_distributed_train_is_refused_at_the_train_stage(tmp_path):
     message = str(info.value)
     assert "<spec>:7:1: error: hpo trains each trial in one process; 'train' is distributed" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_hpo_before_a_distilling_train_is_refused_at_the_train_stage(tmp_path):
+    spec = HEAD + (
+        "pipeline {\ntrain(epochs = 1)\namc(flops = 50 %, episodes = 2, warmup = 1, finetune = 0)\nhpo(trials = 2)\n"
+        "train(distill = teacher, optimizer = adam(lr = loguniform(1e-3, 1e-1)))\n}\n"
+    )
+    with pytest.raises(AdlError) as info:
+        adl.compile(spec, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert "<spec>:9:1: error: hpo's trials train without a teacher; 'train' distills" in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -98,6 +98,12 @@ class HpoPass(Pass):
                 _stage_span(spec, searched.name),
                 note="search without `distributed`, then train the chosen values distributed in a second compile",
             )
+        if searched is not None and searched.config.get("distill", CallValue("none")).name != "none":
+            raise SettingInvalid(
+                f"hpo's trials train without a teacher; '{searched.name}' distills",
+                _stage_span(spec, searched.name),
+                note="search without `distill`, or distill in the compression pass's own fine-tuning",
+            )
 
     def run(self, module: Module, ctx: PassContext) -> Module:
         from adl.passes.executor import make_executor
@@ -183,4 +189,7 @@ def _without_test_split(dataset: Any) -> Any:
 
 
 def _stage_span(spec: Spec, name: str) -> Any:
-    return next((stage.span for stage in spec.pipeline if stage.pass_name == name), spec.data.span)
+    """The span of the stage `name` that an `hpo` stage searches: the first one right after an `hpo`."""
+    stages = spec.pipeline
+    searched = (b for a, b in zip(stages, stages[1:]) if a.pass_name == HpoPass.name and b.pass_name == name)
+    return next((stage.span for stage in searched), spec.data.span)
