@@ -111,6 +111,7 @@ def test_delta_gradient_matches_central_differences():
     generator = torch.Generator().manual_seed(3)
     weights = {"3": 0.5 + torch.rand(4, generator=generator), "6": 0.5 + torch.rand(6, generator=generator)}
     source = copy.deepcopy(model).eval()
+    source[1].train()  # DELTA's source normalizes with the batch's statistics, as the student does
     term = Delta(alpha=0.7, beta=0.3, layers=["3", "6"], weights=weights)
     term.attach(model)
     _move_away(model)
@@ -119,7 +120,7 @@ def test_delta_gradient_matches_central_differences():
     def penalty() -> torch.Tensor:
         return term.penalty(model(x), torch.zeros(len(x), dtype=torch.long))
 
-    # the value, by hand: the student's stages in training mode, the source's in eval mode
+    # the value, by hand: the student's stages in training mode, the source's in eval mode but for BatchNorm
     with torch.no_grad():
         head = sum(float(p.pow(2).sum()) for n, p in model.named_parameters() if n in HEAD)
         distance = 0.0
@@ -158,8 +159,9 @@ def test_delta_gradient_matches_central_differences():
     term.detach()
 
 
-def test_delta_is_zero_with_zero_gradient_at_the_start():
-    model = _cnn(batchnorm=False).double().train()
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_delta_is_zero_with_zero_gradient_at_the_start(batchnorm):
+    model = _cnn(batchnorm=batchnorm).double().train()
     term = Delta(alpha=2.0, beta=0.0, layers=Delta.default_layers(model), weights=None)
     term.attach(model)
     penalty = term.penalty(model(_batch()), torch.zeros(5, dtype=torch.long))

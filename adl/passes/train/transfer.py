@@ -155,9 +155,12 @@ class Delta(Term):
     rather than weights leaves the network free to reach the same features with other weights, and
     the attention weights W relax the constraint on channels the target task does not use.
 
-    The source runs in eval mode (its pretrained BatchNorm statistics: the features it computes at
-    inference), while the student's BatchNorm layers use the batch's statistics during training, so
-    with BatchNorm before a regularized layer the distance at the starting point is small, not 0.
+    The source's BatchNorm layers normalize with the batch's statistics, as the student's do in
+    training (the rest of the source runs in eval mode): the distance then measures how far the
+    weights have moved the features, and is exactly 0 at the starting point. With the pretrained
+    running statistics instead, a target set whose statistics differ from the source data's
+    (Fashion-MNIST -> upsampled digits) would pull the student toward features it never computed,
+    a penalty no weight change can remove.
     """
 
     name = "delta"
@@ -212,6 +215,9 @@ class Delta(Term):
         student_layers = [_feature_layer(model, name) for name in layers]
         _, self._head = _split_head(model)
         self._source = frozen_copy(model)  # before any hook lands on `model`: the copy must carry none
+        for module in self._source.modules():  # batch statistics, as the student's (see the class docstring)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
         self._student, self._teacher, self._last_distance = {}, {}, None
 
         source = self._source
