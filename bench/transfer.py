@@ -27,6 +27,8 @@ max(5, ceil(300 / ceil(10 n / 16))) epochs (about 300 steps at every size) -- an
     l2sp       regularizer = l2sp(alpha = tuned, beta = 0.01), weight_decay 0
     delta      regularizer = delta(alpha = tuned, beta = 0.01, attention = true, probe = 10, samples = 1000),
                weight_decay 0; its layers: the default ones, the outputs of the two MaxPool2d
+    scratch    a reference without transfer (no goal): every layer re-initialised, trained as finetune
+
 
 Tuning, at equal cost: before the comparison each method gets a 4-point grid of its one strength --
 finetune's weight_decay in {0, 1e-4, 1e-3, 1e-2}, l2sp's alpha in {1e-3, 1e-2, 1e-1, 1}, delta's alpha in
@@ -91,9 +93,10 @@ MIN_EPOCHS = 5
 LR, MOMENTUM = 0.01, 0.9
 BETA = 0.01  # l2sp's and delta's L2 on the new classifier
 DELTA_PROBE, DELTA_SAMPLES = 10, 1000
-METHODS = ("finetune", "l2sp", "delta")
+METHODS = ("finetune", "l2sp", "delta", "scratch")  # scratch: no transfer, a reference (no goal)
 GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
     "finetune": ("weight_decay", (0.0, 1e-4, 1e-3, 1e-2)),
+    "scratch": ("weight_decay", (0.0, 1e-4, 1e-3, 1e-2)),
     "l2sp": ("alpha", (1e-3, 1e-2, 1e-1, 1.0)),
     # DELTA's distance sums squared differences over every position of 32 14x14 and 64 7x7 maps, so its
     # alpha lives orders of magnitude below L2-SP's; a first run on {1e-4 .. 1e-1} picked its lowest point
@@ -197,6 +200,18 @@ def with_new_head(source: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
+def reinitialised(source: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of `source` with every layer re-initialised under torch seed `seed` (its compiled-in input
+    normalisation kept): the `scratch` reference, what 10-100 images per class give without transfer."""
+    model = copy.deepcopy(source)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return model
+
+
 # -- fine-tuning ---------------------------------------------------------------------------------
 
 
@@ -209,9 +224,9 @@ def epochs_for(per_class: int, steps: int = STEPS) -> int:
 
 def method_config(method: str, value: float, epochs: int) -> dict:
     """The `train` options of `method` with its strength at `value` (GRIDS names which option)."""
-    decay = value if method == "finetune" else 0.0
+    decay = value if method in ("finetune", "scratch") else 0.0
     optimizer = CallValue("sgd", (("lr", LR), ("momentum", MOMENTUM), ("weight_decay", decay), ("nesterov", True)))
-    if method == "finetune":
+    if method in ("finetune", "scratch"):
         regularizer = CallValue("none")
     elif method == "l2sp":
         regularizer = CallValue("l2sp", (("alpha", value), ("beta", BETA)))
@@ -239,10 +254,13 @@ def method_config(method: str, value: float, epochs: int) -> dict:
     }
 
 
-def finetune(source: torch.nn.Module, data: Dataset, config: dict, seed: int, threads: int) -> dict:
-    """One transfer run through the `train` loop from the source with a fresh head (seed `seed`):
-    test accuracy, validation accuracy (when `data` has a validation split) and wall seconds."""
-    model = with_new_head(source, seed)
+def finetune(
+    source: torch.nn.Module, data: Dataset, config: dict, seed: int, threads: int, scratch: bool = False
+) -> dict:
+    """One transfer run through the `train` loop from the source with a fresh head (seed `seed`), or with
+    every layer fresh (`scratch`): test accuracy, validation accuracy (when `data` has a validation split)
+    and wall seconds."""
+    model = reinitialised(source, seed) if scratch else with_new_head(source, seed)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="adl-transfer-bench-") as state:
         result = train_model(
@@ -281,7 +299,8 @@ def tune(
         option, values = GRIDS[method]
         rows = []
         for value in (values[i] for i in grid_points):
-            row = finetune(source, data, method_config(method, value, epochs), TUNE_SEED, threads)
+            config = method_config(method, value, epochs)
+            row = finetune(source, data, config, TUNE_SEED, threads, scratch=method == "scratch")
             rows.append({"value": value, "val_accuracy": row["val_accuracy"], "seconds": row["seconds"]})
             log(f"tuning {method} {option}={value:g}: validation {row['val_accuracy']:.3f} ({row['seconds']:.1f} s)")
         out[method] = {"option": option, "grid": rows, "picked": pick(rows)}
@@ -313,7 +332,8 @@ def compare(
         for seed in range(seeds):
             data = target_dataset(x, y, training_draw(y, pool, n, seed), test)
             for method in METHODS:
-                row = finetune(source, data, method_config(method, picked[method], epochs), seed, threads)
+                config = method_config(method, picked[method], epochs)
+                row = finetune(source, data, config, seed, threads, scratch=method == "scratch")
                 row.update(seed=seed, epochs=epochs, steps=epochs * math.ceil(n * CLASSES / BATCH))
                 runs[method][str(n)].append(row)
                 log(f"n={n} seed {seed} {method}: test {row['test_accuracy']:.3f} ({row['seconds']:.1f} s)")
@@ -332,11 +352,12 @@ def summarize(runs: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]]) -
     """Per size: each method's test accuracy (percent: per seed, mean, sd, standard error) and DELTA's
     paired differences with each rival (accuracy points, seed by seed), and wall seconds per method."""
     sizes = list(runs["delta"])
+    methods = [m for m in METHODS if m in runs]
     out: dict[str, Any] = {}
     for n in sizes:
-        by_seed = {m: {r["seed"]: 100.0 * r["test_accuracy"] for r in runs[m][n]} for m in METHODS}
+        by_seed = {m: {r["seed"]: 100.0 * r["test_accuracy"] for r in runs[m][n]} for m in methods}
         row: dict[str, Any] = {}
-        for method in METHODS:
+        for method in methods:
             values = [by_seed[method][s] for s in sorted(by_seed[method])]
             row[method] = {"per_seed": values, **_stats(values)}
         for rival in RIVALS:
@@ -344,7 +365,7 @@ def summarize(runs: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]]) -
             paired = [by_seed["delta"][s] - by_seed[rival][s] for s in seeds]
             row[f"delta_minus_{rival}"] = {"seeds": seeds, "per_seed": paired, **_stats(paired)}
         out[n] = row
-    seconds = {m: sum(r.get("seconds", 0.0) for n in runs[m] for r in runs[m][n]) for m in METHODS}
+    seconds = {m: sum(r.get("seconds", 0.0) for n in runs[m] for r in runs[m][n]) for m in methods}
     return {"accuracy_percent": out, "seconds": seconds}
 
 
@@ -378,8 +399,8 @@ def plot(summary: Mapping[str, Any], path: Path, title: str) -> None:
     sizes = sorted(rows, key=int)
     xs = [int(n) for n in sizes]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = {"finetune": "tab:blue", "l2sp": "tab:green", "delta": "tab:red"}
-    for i, method in enumerate(METHODS):
+    colors = {"finetune": "tab:blue", "l2sp": "tab:green", "delta": "tab:red", "scratch": "tab:gray"}
+    for i, method in enumerate(m for m in METHODS if m in rows[sizes[0]]):
         shift = 1.0 + 0.03 * (i - 1)  # multiplicative: the bars side by side on the log axis
         left.errorbar(
             [x * shift for x in xs],

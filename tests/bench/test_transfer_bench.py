@@ -135,12 +135,12 @@ def test_the_new_head_changes_only_the_last_linear():
 
 def test_the_methods_share_the_schedule_and_differ_in_the_regularizer():
     configs = {m: transfer.method_config(m, 0.01, epochs=16) for m in transfer.METHODS}
-    assert {c["regularizer"].name for c in configs.values()} == {"none", "l2sp", "delta"}
+    assert [c["regularizer"].name for c in configs.values()] == ["none", "l2sp", "delta", "none"]
     for method, config in configs.items():
         sgd = config["optimizer"].as_dict()
         assert config["optimizer"].name == "sgd" and (sgd["lr"], sgd["momentum"], sgd["nesterov"]) == (0.01, 0.9, True)
         assert (config["epochs"], config["batch_size"], config["schedule"]) == (16, 16, "cosine")
-        assert sgd["weight_decay"] == (0.01 if method == "finetune" else 0.0)
+        assert sgd["weight_decay"] == (0.01 if method in ("finetune", "scratch") else 0.0)
     delta = configs["delta"]["regularizer"].as_dict()
     assert delta == {"alpha": 0.01, "beta": 0.01, "attention": True, "probe": 10, "samples": 1000}
     assert configs["l2sp"]["regularizer"].as_dict() == {"alpha": 0.01, "beta": 0.01}
@@ -151,3 +151,16 @@ def test_tuning_picks_the_best_validation_accuracy_and_the_smaller_value_on_a_ti
     assert transfer.pick(rows) == 1e-2
     rows.append({"value": 1e-1, "val_accuracy": 0.85})
     assert transfer.pick(rows) == 1e-2
+
+
+def test_the_scratch_reference_starts_from_fresh_weights_everywhere():
+    source = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(2, 3)
+    )
+    with torch.no_grad():
+        source[1].weight.fill_(5.0)
+    fresh = transfer.reinitialised(source, seed=3)
+    assert not torch.equal(fresh[0].weight, source[0].weight) and not torch.equal(fresh[3].weight, source[3].weight)
+    assert torch.equal(fresh[1].weight, torch.ones(2)) and torch.equal(source[1].weight, torch.full((2,), 5.0))
+    again = transfer.reinitialised(source, seed=3)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in fresh.state_dict().items())
