@@ -164,3 +164,16 @@ def test_the_scratch_reference_starts_from_fresh_weights_everywhere():
     assert torch.equal(fresh[1].weight, torch.ones(2)) and torch.equal(source[1].weight, torch.full((2,), 5.0))
     again = transfer.reinitialised(source, seed=3)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_the_fashion_split_setup_keeps_source_and_target_classes_apart():
+    pytest.importorskip("sklearn")
+    try:
+        x, y, test, pool, text = transfer.target_images("fashion_split")
+    except Exception as err:  # the data set is a bench extra: `make bench-deps`
+        pytest.skip(f"Fashion-MNIST is not installed: {err}")
+    assert set(np.unique(y)) == set(transfer.TARGET_CLASSES)
+    assert not set(transfer.SOURCE_CLASSES["fashion_split"]) & set(transfer.TARGET_CLASSES)
+    assert (len(pool), len(test)) == (30_000, 5_000) and not set(pool) & set(test)
+    assert transfer.epochs_for(10, classes=5) == math.ceil(300 / math.ceil(50 / transfer.BATCH))
+    assert "classes [5, 6, 7, 8, 9]" in text
