@@ -463,4 +463,10 @@ if __name__ == "__main__":
     # through the module's import name, so that what it pickles (WorkerResult) unpickles in the launcher
     from adl.passes.train.distributed import worker as _worker
 
-    sys.exit(_worker.main(sys.argv[1:]))
+    code = _worker.main(sys.argv[1:])
+    # Leave without the interpreter's teardown: by now the result and any error are on disk, and
+    # destroying torch.distributed's store client and gloo's threads at exit now and then aborts the
+    # process (SIGABRT), which the launcher rightly reads as a dead worker.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
