@@ -128,6 +128,34 @@ def test_outputs_match_torch(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
 
 
 @pytest.mark.slow
+def test_batch_one_calls_reuse_one_input_tensor_per_thread(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
+    """`run` on one sample copies it into the calling thread's reused input tensor: each call
+    answers for its own input, and threads calling one library at once never share that tensor."""
+    model, out_path, info = built
+    library = CompiledLibrary(out_path, info.input_shape)
+    x = random_inputs(12, seed=7)
+    expected = torch_outputs(model, x)
+    one_by_one = np.concatenate([library.run(x[i : i + 1]) for i in range(len(x))])
+    assert one_by_one.dtype == np.float32 and one_by_one.shape == (12, CLASSES)
+    assert np.max(np.abs(one_by_one - expected)) <= 1e-4  # the float32 bound of test_outputs_match_torch
+
+    barrier = threading.Barrier(3)
+
+    def worker(offset: int) -> np.ndarray:
+        barrier.wait()
+        return np.concatenate([library.run(x[i : i + 1]) for _ in range(20) for i in range(offset, 12, 3)])
+
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, worker(k))) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k in range(3):
+        np.testing.assert_array_equal(results[k], np.tile(one_by_one[k::3], (20, 1)))
+
+
+@pytest.mark.slow
 def test_predict_matches_argmax(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
     model, out_path, info = built
     x = random_inputs(20, seed=3)
