@@ -254,8 +254,9 @@ def statuses(root: Path = ROOT) -> list[Verdict]:
 
 
 def _git(root: Path, *args: str) -> str | None:
-    """git's stdout, or None when it exits non-zero."""
-    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    """git's stdout, or None when it exits non-zero. Bytes that are not UTF-8 (a binary file under a
+    MEASURES path: l2o's weights) become surrogates, so two versions still compare byte for byte."""
+    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, errors="surrogateescape")
     return done.stdout.strip() if done.returncode == 0 else None
 
 

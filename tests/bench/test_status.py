@@ -302,3 +302,18 @@ def test_formatting_comments_import_order_and_moves_keep_a_result_fresh(repo):
         "toy": f"stale (measured at {first[:7]}, bench/toy.py, lib/toy changed since in {changed[:7]})"
     }
     assert reformatted != changed
+
+
+def test_a_binary_file_under_a_measured_path_is_compared_byte_for_byte(repo):
+    root, code = repo
+    (root / "passes/toy/weights.npz").write_bytes(b"\x00\xb6\xff weights")
+    first = commit_all(root, "weights")
+    result(root, "toy", recorded_at(first))
+    commit_all(root, "results")
+    write(root, "docs/toy.md", "toy, again\n")
+    write(root, "passes/toy/search.py", "STEPS = 1  # reformatted: the same code\n")
+    commit_all(root, "comment")
+    assert states(root)["toy"].startswith("fresh (the same code since")
+    (root / "passes/toy/weights.npz").write_bytes(b"\x00\xb7\xff weights")
+    changed = commit_all(root, "new weights")
+    assert states(root)["toy"] == f"stale (measured at {first[:7]}, passes/toy changed since in {changed[:7]})"
