@@ -306,7 +306,7 @@ def compile_point(index: int, budget_ms: float, args: argparse.Namespace, work: 
     from adl.driver.run import compile_spec
 
     name = f"budget_{budget_ms:.4g}ms"
-    record = work / f"{name}.json"
+    record = work / f"{name}.json"  # the finished compile's timings; the rest is read from its manifest
     out_dir = work / name
     if record.exists() and (out_dir / "manifest.json").exists():
         return {**json.loads(record.read_text()), "reused": True}
@@ -316,42 +316,84 @@ def compile_point(index: int, budget_ms: float, args: argparse.Namespace, work: 
     log(f"adl: compiling {path.name}")
     started = time.perf_counter()
     result = compile_spec(spec, out_dir=out_dir, cache_dir=work / f"{name}_cache", dataset=dataset, log=log)
-    seconds = time.perf_counter() - started
-    metrics = result.manifest["metrics"]
     row = {
         "budget_ms": budget_ms,
         "artifact": str(result.artifact_dir),
-        "compile_seconds": seconds,
+        "compile_seconds": time.perf_counter() - started,
         "passes": {
             p["name"]: {"seconds": p.get("seconds"), "reused": p.get("reused")} for p in result.manifest["passes"]
         },
-        "manifest_verdict": all(v.holds for v in result.verdicts),
-        "verdicts": [str(v) for v in result.verdicts],
-        "manifest_accuracy": metrics.get("accuracy"),
-        "manifest_latency_ms": 1e3 * metrics["latency_s"] if metrics.get("latency_s") else None,
-        "flops": metrics.get("flops"),
-        "params": metrics.get("params"),
-        "library_bytes": (result.manifest.get("library") or {}).get("bytes"),
-        "stages": stage_summary(metrics),
     }
     record.write_text(json.dumps(row, default=str))
     return {**row, "reused": False}
 
 
-def stage_summary(metrics: Mapping) -> dict:
-    """What each pass's metrics say about where accuracy and latency went."""
-    keys = {
-        "nas": ("genotype", "predicted_latency_s", "budget_s", "accuracy"),
-        "train": ("test_accuracy", "val_accuracy", "accuracy"),
-        "amc": ("flops_ratio", "ratios", "accuracy", "finetuned_accuracy"),
-        "haq": ("bits", "accuracy", "size_bytes", "integer_layers", "latency_s", "budget"),
+def described(artifact: Path) -> dict:
+    """What the artifact's manifest says: the compile's own verdicts and measurements, and per
+    pass where accuracy and latency went (validation accuracy before and after each compression
+    and its fine-tuning, the latency each pass predicted, what `lower` measured)."""
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    metrics, library = manifest.get("metrics") or {}, manifest.get("library") or {}
+    latency = metrics.get("latency_s")
+    return {
+        "manifest_verdict": bool(manifest.get("all_budgets_hold")),
+        "verdicts": [
+            {k: b.get(k) for k in ("metric", "bound_text", "measured_text", "holds")}
+            for b in manifest.get("budgets", [])
+        ],
+        "manifest_accuracy": metrics.get("accuracy"),
+        "manifest_latency_ms": 1e3 * latency if latency else None,
+        "flops": metrics.get("flops"),
+        "params": metrics.get("params"),
+        "library_bytes": library.get("library_bytes"),
+        "stages": stage_summary(manifest),
     }
-    out = {}
-    for stage, wanted in keys.items():
-        found = metrics.get(stage)
-        if isinstance(found, Mapping):
-            out[stage] = {k: found[k] for k in wanted if k in found}
-    return out
+
+
+def _ms(seconds: Any) -> float | None:
+    return 1e3 * seconds if isinstance(seconds, (int, float)) else None
+
+
+def _last_val(history: Any) -> float | None:
+    return history[-1].get("val_accuracy") if isinstance(history, list) and history else None
+
+
+def stage_summary(manifest: Mapping) -> dict:
+    """Per pass, the figures that say where accuracy and latency went (missing ones are None)."""
+    metrics = manifest.get("metrics") or {}
+    nas, amc, haq = (metrics.get(k) or {} for k in ("nas", "amc", "haq"))
+    amc_finetune, haq_finetune = amc.get("finetune") or {}, haq.get("finetune") or {}
+    return {
+        "nas": {
+            "blocks": (nas.get("genotype") or {}).get("blocks"),
+            "predicted_latency_ms": _ms(nas.get("predicted_latency_s")),
+            "search_budget_ms": _ms(nas.get("latency_budget_s")),
+        },
+        "train": {"val_accuracy": _last_val((manifest.get("training") or {}).get("history"))},
+        "amc": {
+            "kept": amc.get("kept"),
+            "predicted_latency_ms": {k: _ms((amc.get(k) or {}).get("latency")) for k in ("before", "after")},
+            "val_accuracy_unpruned": amc.get("val_accuracy_unpruned"),
+            "val_accuracy_pruned": amc.get("val_accuracy_pruned"),
+            "val_accuracy_finetuned": _last_val(amc_finetune.get("history")),
+            "test_accuracy_finetuned": amc_finetune.get("test_accuracy"),
+        },
+        "haq": {
+            "bits": haq.get("bits"),
+            "size": haq.get("cost"),
+            "integer_layers": haq.get("integer_layers"),
+            "val_accuracy_full_precision": haq.get("val_accuracy_full_precision"),
+            "val_accuracy_quantized": haq.get("val_accuracy_quantized"),
+            "val_accuracy_finetuned": _last_val(haq_finetune.get("history")),
+            "test_accuracy_finetuned": haq_finetune.get("test_accuracy"),
+        },
+        "lower": {
+            "latency_ms": _ms(metrics.get("latency_s")),
+            "threads": metrics.get("runtime_threads"),
+            "threads_median_ms": {k: _ms(v) for k, v in (metrics.get("threads_median_s") or {}).items()},
+            "int8_kernels": (manifest.get("library") or {}).get("int8_kernels"),
+        },
+    }
 
 
 ACCURACY_LINE = re.compile(r"accuracy: ([0-9.]+) % \((\d+)/(\d+)\)")
@@ -555,6 +597,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
             log(f"{key}: failed: {first_line(err)}")
             adl[key] = {"budget_ms": budget, "error": first_line(err)}
             continue
+        row.update(described(Path(row["artifact"])))
         expect = len(y_test) == 10_000
         row.update(adl_run_accuracy(Path(row["artifact"]), test_npz, expect))
         library = adl_library(Path(row["artifact"]))

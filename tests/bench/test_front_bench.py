@@ -5,6 +5,7 @@ compile, no timing."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import front  # bench/front.py (tests/bench/conftest.py puts bench/ on the path)
 import pytest
@@ -111,3 +112,35 @@ def test_a_failed_compile_counts_against_the_front():
 def test_adl_runs_accuracy_line_is_parsed():
     found = front.ACCURACY_LINE.search("accuracy: 88.44 % (8844/10000)\n")
     assert found is not None and found.groups() == ("88.44", "8844", "10000")
+
+
+def test_the_manifest_says_where_accuracy_and_latency_went(tmp_path):
+    manifest = {
+        "all_budgets_hold": False,
+        "budgets": [{"metric": "latency", "bound_text": "0.1 ms", "measured_text": "0.12 ms", "holds": False}],
+        "library": {"library_bytes": 5000, "int8_kernels": {"vnni": 3}},
+        "training": {"history": [{"val_accuracy": 0.88}, {"val_accuracy": 0.9}]},
+        "metrics": {
+            "accuracy": 0.89,
+            "latency_s": 1.2e-4,
+            "nas": {"genotype": {"blocks": ["mb6_k3"]}, "predicted_latency_s": 2e-4, "latency_budget_s": 1.6e-4},
+            "amc": {
+                "before": {"latency": 2e-4},
+                "after": {"latency": 1e-4},
+                "val_accuracy_unpruned": 0.9,
+                "val_accuracy_pruned": 0.7,
+                "finetune": {"history": [{"val_accuracy": 0.89}], "test_accuracy": 0.885},
+            },
+            "haq": {"val_accuracy_quantized": 0.87},
+        },
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    found = front.described(tmp_path)
+    assert found["manifest_verdict"] is False and found["verdicts"][0]["measured_text"] == "0.12 ms"
+    assert found["manifest_latency_ms"] == pytest.approx(0.12) and found["library_bytes"] == 5000
+    stages = found["stages"]
+    assert stages["nas"]["predicted_latency_ms"] == pytest.approx(0.2)
+    assert stages["train"]["val_accuracy"] == 0.9
+    assert stages["amc"]["predicted_latency_ms"] == {"before": pytest.approx(0.2), "after": pytest.approx(0.1)}
+    assert stages["amc"]["val_accuracy_finetuned"] == 0.89 and stages["amc"]["test_accuracy_finetuned"] == 0.885
+    assert stages["haq"]["val_accuracy_quantized"] == 0.87 and stages["haq"]["val_accuracy_finetuned"] is None
