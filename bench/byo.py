@@ -24,7 +24,8 @@ The peers, on ONNX Runtime (2 threads, every graph optimisation):
           network, calibrated on the first training images -- what a user of ONNX Runtime picks
           to quantize (bench/int8.py's `ort_int8`)
 Accuracy: every engine on the 10,000 test images. Latency: batch 1, every engine of an architecture
-in interleaved rounds in one process (bench/peers.py's `time_interleaved`), each call through its
+in interleaved rounds in one process (bench/peers.py's `time_interleaved`, a 0.5 s pause before
+each engine), each call through its
 Python API (adl: `CompiledLibrary.run`; ONNX Runtime: `InferenceSession.run`), so the figures include
 each API's per-call overhead (tens of microseconds, against 0.1-0.7 ms networks); an engine's latency
 is the median over rounds of each round's median call, adl's libraries at the thread count their
@@ -87,6 +88,10 @@ MEASURES = (
 )
 
 THREADS = 2
+# Idle seconds before each engine's calls: ONNX Runtime's and TVM's worker threads spin for longer
+# than peers.PAUSE_S (0.05 s) after their last call, and slowed whichever ~0.1-0.4 ms network came
+# next by up to 2x (ONNX Runtime's MobileNetV2 read 0.42 ms in one run, 0.20 ms in the one before).
+PAUSE_S = 0.5
 ARCHS = ("mobilenet_v2", "resnet18")
 STAGES = {"train": "train lower", "amc": "train amc lower", "haq": "train amc haq lower"}
 FASHION_DATA = "Fashion-MNIST (official split: 60,000 training images, 10 % held out for validation; 10,000 tests)"
@@ -238,7 +243,7 @@ def measure_arch(arch: str, args: argparse.Namespace, work: Path, dataset: Any) 
         log(f"{arch}: accuracy of {name} on {len(x_test)} test images")
         info[name]["accuracy"] = guarded(lambda call=call: accuracy(call, x_test, y_test))
     log(f"{arch}: timing {len(engines)} engines, {args.rounds} interleaved rounds")
-    rounds = time_interleaved(engines, example, args.rounds, args.repeats)
+    rounds = time_interleaved(engines, example, args.rounds, args.repeats, pause_s=PAUSE_S)
     for name, seconds in rounds.items():
         if isinstance(seconds, str):
             info[name]["latency_error"] = seconds
@@ -318,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": args.rounds,
             "repeats": args.repeats,
             "warmup": WARMUP,
+            "pause_s": PAUSE_S,
             "calibration": args.calibration,
             "test_samples": args.test_samples,
             "quick": args.quick,
