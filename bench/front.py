@@ -16,7 +16,7 @@ Hand-built points -- what a practitioner does without adl:
              with its max-pool), initialised as torchvision initialises convolutions (Kaiming
              normal, fan out); the data's mean/std normalisation is a layer in front, exported
              with the network. With torchvision's strides the 28x28 image reaches the classifier
-             as a 1x1 map. A stride-1 stem (the CIFAR habit) would double or triple the training
+             as a 1x1 map. A stride-1 stem (the CIFAR habit) measured 1.8-2.8x the training
              time, which this bench's budget on 2 cores cannot pay; the figures say what the
              stride-2 stem reaches.
   recipe     one for all, and the same as adl's `train` pass: Adam (lr 3e-3, no weight decay),
@@ -34,7 +34,8 @@ examples/fashion.adl's style):
          kernels 3/5, expansion 1/3/6, width 2: 0.045-0.37 ms as the measured cost model prices
          it here), `latency_weight = 0` so that the budget's hinge alone steers it: the most
          accurate network within nas's share of the budget. (With the default 0.1 x log(E[lat])
-         term every budget got the same small network in a smoke run.)
+         term every budget got the same small network in a smoke run; at 0 the full run
+         still chose one network for all four budgets: see docs/front.md.)
   train  the same epochs and recipe as the hand-built networks
   amc    60 % of the FLOPs, fine-tuned 1 epoch
   haq    4..8 bits in 75 % of the 8-bit size, fine-tuned 1 epoch: the measured cost model prices
