@@ -212,7 +212,8 @@ class CompiledLibrary:
         self._config_threadpool = tvm.get_global_func("runtime.config_threadpool")
         self._warned_threads = False
         self._output_shape: tuple[int, ...] | None = None
-        self._local = threading.local()  # per calling thread: its input tensor
+        self._input: Any = None  # the VM's input tensor, allocated on the first call and reused
+        self._lock = threading.Lock()  # one call of the VM at a time: it is not thread-safe
         self._apply_threads()
 
     def __repr__(self) -> str:
@@ -274,6 +275,15 @@ class CompiledLibrary:
         batch, _ = check_input(x, self.input_shape, self.input_dtype)
         self._apply_threads()
         n, per_call = batch.shape[0], self.input_shape[0]
+        with self._lock:
+            outputs = self._run_locked(batch, n, per_call)
+        if outputs is None:  # empty batch: learn the output shape from one call
+            return np.empty((0, *self.output_shape[1:]), dtype=np.float32)
+        return outputs
+
+    def _run_locked(self, batch: np.ndarray, n: int, per_call: int) -> np.ndarray | None:
+        """`run`'s calls of the VM, under `_lock`: TVM's Relax VM keeps per-call state, and two
+        threads calling it at once crashed the process (a segmentation fault in the test suite)."""
         staging = self._staging()
         if n == per_call:  # one call, as a deployed batch-1 library is called: its output as is
             staging.copyfrom(batch)
@@ -292,19 +302,15 @@ class CompiledLibrary:
                 outputs = np.empty((n, *y.shape[1:]), dtype=np.float32)
                 self._output_shape = tuple(y.shape)
             outputs[i : i + per_call] = y[: min(per_call, n - i)]
-        if outputs is None:  # empty batch: learn the output shape from one call
-            return np.empty((0, *self.output_shape[1:]), dtype=np.float32)
         return outputs
 
     def _staging(self) -> Any:
-        """The calling thread's input tensor, allocated on its first call and reused: allocating
-        one costs about 5 us, a tenth of a small network's whole call (issue 28 measured run()
-        at 60 us around a 21 us network). One per thread, so concurrent callers never share it."""
-        tensor = getattr(self._local, "staging", None)
-        if tensor is None:
-            tensor = self._tvm.runtime.empty(self.input_shape, str(self.input_dtype), self._device)
-            self._local.staging = tensor
-        return tensor
+        """The VM's input tensor, allocated on the first call and reused (callers hold `_lock`):
+        allocating one costs about 5 us, a tenth of a small network's whole call (issue 28
+        measured run() at 58 us around a 21 us network)."""
+        if self._input is None:
+            self._input = self._tvm.runtime.empty(self.input_shape, str(self.input_dtype), self._device)
+        return self._input
 
     @property
     def output_shape(self) -> tuple[int, ...]:

@@ -128,9 +128,12 @@ def test_outputs_match_torch(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
 
 
 @pytest.mark.slow
-def test_batch_one_calls_reuse_one_input_tensor_per_thread(built: tuple[SmallCNN, Path, BuildInfo]) -> None:
-    """`run` on one sample copies it into the calling thread's reused input tensor: each call
-    answers for its own input, and threads calling one library at once never share that tensor."""
+def test_batch_one_calls_reuse_the_input_tensor_and_threads_take_turns(
+    built: tuple[SmallCNN, Path, BuildInfo],
+) -> None:
+    """`run` on one sample copies it into the library's reused input tensor: each call answers for
+    its own input; threads calling one library at once take turns (the VM is not thread-safe:
+    without the lock this crashed the process)."""
     model, out_path, info = built
     library = CompiledLibrary(out_path, info.input_shape)
     x = random_inputs(12, seed=7)
