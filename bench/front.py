@@ -421,14 +421,6 @@ def adl_run_accuracy(artifact: Path, test_npz: Path, expect: bool) -> dict:
 # -- measuring --------------------------------------------------------------------------------
 
 
-def accuracy_of(call: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of a batch-1 engine over every sample of `x`."""
-    hits = sum(
-        int(np.argmax(np.asarray(call(np.ascontiguousarray(x[i : i + 1]))).reshape(-1)) == y[i]) for i in range(len(x))
-    )
-    return hits / len(x)
-
-
 def derived_budgets(latencies_ms: Sequence[float], count: int = BUDGET_COUNT) -> list[float]:
     """`count` budgets log-spaced from the fastest to the slowest of `latencies_ms`, 2 significant digits."""
     low, high = min(latencies_ms), max(latencies_ms)
@@ -550,6 +542,8 @@ def load_data(args: argparse.Namespace) -> Any:
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
     """Train and deploy the hand-built points, compile the adl points, score and time everything."""
+    from byo import accuracy, adl_library
+
     dataset = load_data(args)
     x_test = np.ascontiguousarray(dataset.x_test, dtype=np.float32)
     y_test = np.asarray(dataset.y_test)
@@ -572,7 +566,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
             hand[key]["seconds"] = info["train_seconds"] + engine.info["build_seconds"]
             log(f"{key}: accuracy on {len(x_test)} test images")
             try:
-                hand[key]["accuracy"] = accuracy_of(engine.call, x_test, y_test)
+                hand[key]["accuracy"] = accuracy(engine.call, x_test, y_test)
                 calls[key] = engine.call
             except Exception as err:  # noqa: BLE001 - that deployment fails, the others go on
                 hand[key]["error"] = first_line(err)
@@ -587,8 +581,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
     test_npz = work / "test.npz"
     np.savez(test_npz, x=x_test, y=y_test)
-    from byo import adl_library
-
     adl: dict[str, dict] = {}
     for index, budget in enumerate(sorted(budgets)):
         key = f"adl/{budget:.4g}ms"
